@@ -1,0 +1,218 @@
+"""The one event publisher: NATS JetStream, acks awaited, de-duplicated by message id.
+
+`JetStreamBus` is the async client. `EventBus` runs it on a private event loop thread so
+synchronous code (the Prefect flow, which waits on Ray futures) can share one long-lived
+connection per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import BaseModel, SecretStr
+
+from agents.errors import EventBusError
+from agents.events import STREAM_SUBJECTS, Event, parse_event
+from agents.llm import redact_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BusConfig(BaseModel):
+    url: str
+    token: SecretStr | None = None
+    creds_file: Path | None = None
+    connect_timeout: float = 5.0
+    publish_timeout: float = 10.0
+    stream_max_age_seconds: float = 7 * 24 * 3600.0
+    stream_duplicate_window_seconds: float = 24 * 3600.0
+    stream_storage: Literal["file", "memory"] = "file"
+    stream_replicas: int = 1
+
+
+class PublishReceipt(BaseModel):
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("NATS connection problem: %s", exc)
+
+
+class JetStreamBus:
+    def __init__(self, nc: NATS, config: BusConfig) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=config.publish_timeout)
+        self._config = config
+
+    @classmethod
+    async def connect(cls, config: BusConfig) -> JetStreamBus:
+        """Connect and make sure the streams exist. Raises EventBusError if NATS cannot be
+        reached within the connect timeout; after that, lost connections are retried."""
+        nc = NATS()
+        where = redact_url(config.url)
+        options: dict[str, Any] = {
+            "servers": [config.url],
+            "connect_timeout": config.connect_timeout,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "error_cb": _log_error,
+        }
+        if config.token is not None:
+            options["token"] = config.token.get_secret_value()
+        if config.creds_file is not None:
+            options["user_credentials"] = str(config.creds_file)
+        try:
+            # With unlimited reconnects nats-py retries the first connect forever.
+            await asyncio.wait_for(nc.connect(**options), timeout=config.connect_timeout * 2)
+        except (TimeoutError, OSError, NatsError) as exc:
+            await nc.close()
+            raise EventBusError(
+                f"cannot reach NATS at {where}: {type(exc).__name__}; "
+                "start nats-server with -js or set NATS_URL"
+            ) from None
+        bus = cls(nc, config)
+        try:
+            await bus.ensure_streams()
+        except EventBusError:
+            await nc.close()
+            raise
+        return bus
+
+    async def ensure_streams(self) -> None:
+        """Create the event streams, or bring their settings up to date; idempotent."""
+        for name, subjects in STREAM_SUBJECTS.items():
+            stream = StreamConfig(
+                name=name,
+                subjects=subjects,
+                max_age=self._config.stream_max_age_seconds,
+                duplicate_window=min(
+                    self._config.stream_duplicate_window_seconds,
+                    self._config.stream_max_age_seconds,
+                ),
+                storage=StorageType(self._config.stream_storage),
+                num_replicas=self._config.stream_replicas,
+            )
+            try:
+                await self._js.add_stream(stream)
+            except BadRequestError:
+                await self._js.update_stream(stream)
+            except NatsError as exc:
+                raise EventBusError(
+                    f"cannot create stream {name}: {exc}; is JetStream enabled (-js)?"
+                ) from None
+
+    async def publish(self, event: Event) -> PublishReceipt:
+        """Publish and wait for the stream's ack. A duplicate (same msg id within the
+        stream's duplicate window) is acknowledged without being stored again."""
+        try:
+            ack = await self._js.publish(
+                event.subject,
+                event.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+        except (NatsError, TimeoutError) as exc:
+            raise EventBusError(
+                f"publishing {event.subject} for {event.msg_id} failed: {type(exc).__name__} {exc}"
+            ) from None
+        return PublishReceipt(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def read_events(self, deliberation_id: str | None = None) -> list[Event]:
+        """Every stored event (of one deliberation), validated, in stream order per stream."""
+        events: list[Event] = []
+        for name in STREAM_SUBJECTS:
+            info = await self._js.stream_info(name)
+            if info.state.messages == 0:
+                continue
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await self._js.get_msg(name, seq)
+                except NotFoundError:
+                    continue
+                assert msg.subject is not None and msg.data is not None
+                event = parse_event(msg.subject, msg.data)
+                if deliberation_id is None or event.deliberation_id == deliberation_id:
+                    events.append(event)
+        return events
+
+    async def close(self) -> None:
+        if not self._nc.is_closed:
+            await self._nc.drain()
+
+
+class EventBus:
+    """A blocking handle on a JetStreamBus running on its own loop thread."""
+
+    def __init__(self, config: BusConfig) -> None:
+        self._config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="event-bus", daemon=True)
+        self._bus: JetStreamBus | None = None
+
+    @classmethod
+    def connect(cls, config: BusConfig) -> EventBus:
+        bus = cls(config)
+        bus._thread.start()
+        try:
+            bus._bus = bus._run(JetStreamBus.connect(config), config.connect_timeout * 3)
+        except BaseException:
+            bus._stop_loop()
+            raise
+        return bus
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise EventBusError(f"NATS did not answer within {timeout:.0f} s") from None
+
+    @property
+    def _client(self) -> JetStreamBus:
+        if self._bus is None:
+            raise EventBusError("the event bus is closed")
+        return self._bus
+
+    def publish(self, event: Event) -> PublishReceipt:
+        return self._run(self._client.publish(event), self._config.publish_timeout + 5)
+
+    def read_events(self, deliberation_id: str | None = None) -> list[Event]:
+        return self._run(self._client.read_events(deliberation_id), 60)
+
+    def close(self) -> None:
+        if self._bus is not None:
+            try:
+                self._run(self._bus.close(), self._config.connect_timeout * 2)
+            finally:
+                self._bus = None
+                self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> EventBus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

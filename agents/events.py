@@ -1,0 +1,128 @@
+"""Event payloads, their subjects and de-duplication ids. Pure: no I/O here.
+
+Every event carries `schema_version`; consumers validate with `parse_event`.
+Subjects:
+  agent.response.completed / agent.response.failed   one per agent per deliberation
+  deliberation.completed / deliberation.failed       one per deliberation
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agents.models import AgentOutcome, AgentStatus, DeliberationResult, DeliberationStatus
+
+SCHEMA_VERSION = 1
+
+AGENT_RESPONSE_COMPLETED = "agent.response.completed"
+AGENT_RESPONSE_FAILED = "agent.response.failed"
+DELIBERATION_COMPLETED = "deliberation.completed"
+DELIBERATION_FAILED = "deliberation.failed"
+
+# Completed and failed share a stream, so one de-duplication id covers both:
+# an agent (or a deliberation) can never be reported twice, whatever its outcome.
+STREAM_SUBJECTS: dict[str, list[str]] = {
+    "AGENT_RESPONSES": ["agent.response.>"],
+    "DELIBERATIONS": ["deliberation.>"],
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    deliberation_id: str
+    task_id: str
+    timestamp: datetime = Field(default_factory=_now)
+
+    @property
+    def subject(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def msg_id(self) -> str:
+        """The `Nats-Msg-Id` JetStream de-duplicates on."""
+        raise NotImplementedError
+
+
+class AgentResponseEvent(Event, AgentOutcome):
+    @property
+    def subject(self) -> str:
+        if self.status is AgentStatus.COMPLETED:
+            return AGENT_RESPONSE_COMPLETED
+        return AGENT_RESPONSE_FAILED
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.deliberation_id}.{self.agent_id}"
+
+
+class AgentSummary(BaseModel):
+    agent_id: str
+    status: AgentStatus
+
+
+class DeliberationEvent(Event):
+    status: DeliberationStatus
+    quorum: int
+    completed: int
+    missing: list[str]
+    agents: list[AgentSummary]
+    prompt_tokens: int
+    completion_tokens: int
+    duration_ms: int
+    summary: str
+
+    @property
+    def subject(self) -> str:
+        if self.status is DeliberationStatus.COMPLETED:
+            return DELIBERATION_COMPLETED
+        return DELIBERATION_FAILED
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.deliberation_id}.deliberation"
+
+
+def agent_event(deliberation_id: str, task_id: str, outcome: AgentOutcome) -> AgentResponseEvent:
+    return AgentResponseEvent(deliberation_id=deliberation_id, task_id=task_id, **outcome.model_dump())
+
+
+def deliberation_event(result: DeliberationResult) -> DeliberationEvent:
+    return DeliberationEvent(
+        deliberation_id=result.deliberation_id,
+        task_id=result.task_id,
+        status=result.status,
+        quorum=result.quorum,
+        completed=result.completed,
+        missing=result.missing,
+        agents=[AgentSummary(agent_id=o.agent_id, status=o.status) for o in result.outcomes],
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        duration_ms=result.duration_ms,
+        summary=result.summary,
+    )
+
+
+_EVENT_TYPES: dict[str, type[Event]] = {
+    AGENT_RESPONSE_COMPLETED: AgentResponseEvent,
+    AGENT_RESPONSE_FAILED: AgentResponseEvent,
+    DELIBERATION_COMPLETED: DeliberationEvent,
+    DELIBERATION_FAILED: DeliberationEvent,
+}
+
+
+def parse_event(subject: str, data: bytes) -> Event:
+    """Validate a consumed message; raises ValueError for unknown subjects or bad payloads."""
+    event_type = _EVENT_TYPES.get(subject)
+    if event_type is None:
+        raise ValueError(f"no event type for subject {subject!r}")
+    event = event_type.model_validate_json(data)
+    if event.subject != subject:
+        raise ValueError(f"payload says {event.subject!r} but arrived on {subject!r}")
+    return event

@@ -1,0 +1,243 @@
+"""The data that crosses process boundaries: the request, proposals, outcomes, the result.
+
+Size limits keep one deliberation's prompts bounded; they are documented in the README.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agents.roles import Role
+
+MAX_TASK_CHARS = 20_000
+MAX_RUBRIC_CHARS = 5_000
+MAX_REQUIREMENTS = 50
+MAX_REQUIREMENT_CHARS = 1_000
+MAX_METADATA_ITEMS = 50
+MAX_METADATA_CHARS = 1_000
+MAX_AGENTS_PER_ROLE = 10
+MAX_DEADLINE_SECONDS = 3_600.0
+
+# Ids end up in NATS message ids, subjects of key-value buckets and Prefect run names.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _printable(text: str, what: str) -> str:
+    if _CONTROL_CHARS.search(text):
+        raise ValueError(f"{what} contains control characters; use plain text")
+    return text
+
+
+class Constraints(BaseModel):
+    """What every proposal is judged against; rendered into every agent's prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rubric: str = Field(default="", max_length=MAX_RUBRIC_CHARS, description="How proposals will be judged.")
+    requirements: list[Annotated[str, Field(min_length=1, max_length=MAX_REQUIREMENT_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_REQUIREMENTS,
+        description="Requirements each proposal must address, one per item.",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free key/value context (repository, language, ticket ...).",
+    )
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric_is_text(cls, value: str) -> str:
+        return _printable(value.strip(), "rubric")
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements_are_text(cls, value: list[str]) -> list[str]:
+        cleaned = [_printable(item.strip(), "requirement") for item in value]
+        if any(not item for item in cleaned):
+            raise ValueError("requirements must not be blank")
+        return cleaned
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_ITEMS:
+            raise ValueError(f"metadata has more than {MAX_METADATA_ITEMS} items")
+        for key, item in value.items():
+            if len(key) + len(item) > MAX_METADATA_CHARS:
+                raise ValueError(f"metadata item {key[:40]!r} is longer than {MAX_METADATA_CHARS}")
+            _printable(key + item, "metadata")
+        return value
+
+
+class DeliberationRequest(BaseModel):
+    """One deliberation: the task, who deliberates, and under which limits.
+
+    This is the `deliberate` flow's parameter, so the Prefect UI builds its run form
+    from these fields and their descriptions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(
+        min_length=1,
+        max_length=MAX_TASK_CHARS,
+        description="The software-engineering task, e.g. 'Add rate limiting to the login endpoint'.",
+    )
+    task_id: str = Field(
+        default_factory=lambda: f"task-{uuid.uuid4().hex[:12]}",
+        pattern=ID_PATTERN,
+        description="Your id for the task; carried on every event.",
+    )
+    roles: list[Role] = Field(
+        default_factory=lambda: list(Role),
+        min_length=1,
+        description="Roles that propose: DEV, QA, ARCHITECT, DEVOPS, DATA.",
+    )
+    agents_per_role: int = Field(
+        default=1, ge=1, le=MAX_AGENTS_PER_ROLE, description="Agents per role; extra agents diverge."
+    )
+    constraints: Constraints = Field(default_factory=Constraints)
+    model: str | None = Field(
+        default=None, description="Served model name; empty: VLLM_MODEL, else the server's first."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, ge=1, le=32_768, description="Per proposal.")
+    deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=MAX_DEADLINE_SECONDS,
+        description="Agents still running at the deadline are cancelled and reported timed_out.",
+    )
+    quorum: int | None = Field(
+        default=None, ge=1, description="Proposals needed for success; empty: all agents."
+    )
+    deliberation_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Idempotency key; reusing it reuses finished proposals. Empty: the flow run id.",
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _task_is_text(cls, value: str) -> str:
+        value = _printable(value.strip(), "task")
+        if not value:
+            raise ValueError("task is empty; describe the work to deliberate on")
+        return value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            names = [item.strip().upper() if isinstance(item, str) else item for item in value]
+            unknown = [name for name in names if isinstance(name, str) and name not in Role.__members__]
+            if unknown:
+                raise ValueError(f"unknown role {unknown[0]!r}; choose from {', '.join(Role.__members__)}")
+            return names
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_unique(cls, value: list[Role]) -> list[Role]:
+        if len(set(value)) != len(value):
+            raise ValueError("each role may be listed once; use agents_per_role for more agents")
+        return value
+
+    @model_validator(mode="after")
+    def _quorum_reachable(self) -> DeliberationRequest:
+        if self.quorum is not None and self.quorum > self.agent_count:
+            raise ValueError(f"quorum {self.quorum} is more than the {self.agent_count} agents requested")
+        return self
+
+    @property
+    def agent_count(self) -> int:
+        return len(self.roles) * self.agents_per_role
+
+    @property
+    def required_proposals(self) -> int:
+        return self.quorum if self.quorum is not None else self.agent_count
+
+
+class AgentSpec(BaseModel):
+    """One member of the council, as planned before any call is made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent_id: str
+    role: Role
+    index: int = Field(ge=1, description="1-based position within its role.")
+    temperature: float
+    diverge: bool = Field(description="Told to take a distinctly different approach.")
+
+
+class Proposal(BaseModel):
+    content: str
+    author_id: str
+    author_role: Role
+    model: str
+    temperature: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int
+    finish_reason: str | None = None
+
+
+class AgentStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+    retryable: bool
+
+
+class AgentOutcome(BaseModel):
+    """How one agent ended: a proposal, or an error saying why not."""
+
+    agent_id: str
+    role: Role
+    status: AgentStatus
+    attempts: int = Field(ge=0)
+    duration_ms: int = Field(ge=0)
+    proposal: Proposal | None = None
+    error: ErrorInfo | None = None
+
+    @model_validator(mode="after")
+    def _proposal_xor_error(self) -> AgentOutcome:
+        if (self.status is AgentStatus.COMPLETED) != (self.proposal is not None):
+            raise ValueError("a completed outcome carries a proposal, and only it does")
+        if (self.proposal is None) != (self.error is not None):
+            raise ValueError("an outcome carries either a proposal or an error")
+        return self
+
+
+class DeliberationStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class DeliberationResult(BaseModel):
+    deliberation_id: str
+    task_id: str
+    status: DeliberationStatus
+    quorum: int
+    completed: int
+    missing: list[str] = Field(description="Ids of agents without a proposal.")
+    outcomes: list[AgentOutcome]
+    prompt_tokens: int
+    completion_tokens: int
+    started_at: datetime
+    duration_ms: int
+    summary: str

@@ -1,0 +1,87 @@
+"""Settings from the environment.
+
+The pipeline's own knobs use the prefix DELIBERATION_; the endpoints also answer to
+the names their ecosystems use (VLLM_URL, VLLM_MODEL, NATS_URL, RAY_ADDRESS, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.bus import BusConfig
+from agents.llm import LLMEndpoint
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, f"DELIBERATION_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DELIBERATION_", extra="ignore")
+
+    vllm_url: str | None = Field(
+        default=None,
+        validation_alias=_env("VLLM_URL"),
+        description="OpenAI-compatible server; unset: the CLI starts the local model server.",
+    )
+    vllm_model: str | None = Field(default=None, validation_alias=_env("VLLM_MODEL"))
+    vllm_api_key_env: str = Field(
+        default="VLLM_API_KEY",
+        description="Name of the environment variable that holds the API key (if any).",
+    )
+    vllm_connect_timeout: float = Field(default=5.0, gt=0)
+    vllm_read_timeout: float = Field(default=120.0, gt=0)
+
+    nats_url: str | None = Field(
+        default=None,
+        validation_alias=_env("NATS_URL"),
+        description="unset: the CLI starts a nats-server of its own.",
+    )
+    nats_token: SecretStr | None = Field(default=None, validation_alias=_env("NATS_TOKEN"))
+    nats_creds_file: Path | None = Field(default=None, validation_alias=_env("NATS_CREDS"))
+    nats_connect_timeout: float = Field(default=5.0, gt=0)
+    nats_publish_timeout: float = Field(default=10.0, gt=0)
+    stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    stream_duplicate_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    stream_storage: Literal["file", "memory"] = "file"
+    stream_replicas: int = Field(default=1, ge=1)
+
+    ray_address: str | None = Field(default=None, validation_alias=_env("RAY_ADDRESS"))
+    agent_cpus: float = Field(
+        default=0.05,
+        gt=0,
+        description="Ray CPUs per agent task; agents wait on I/O, so a fraction keeps all in flight.",
+    )
+    attempt_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_backoff_seconds: float = Field(default=1.0, ge=0)
+
+    def llm_endpoint(self, model: str) -> LLMEndpoint:
+        if self.vllm_url is None:
+            raise ValueError("vllm_url is not set")
+        return LLMEndpoint(
+            url=self.vllm_url,
+            model=model,
+            api_key_env=self.vllm_api_key_env,
+            connect_timeout=self.vllm_connect_timeout,
+            read_timeout=self.vllm_read_timeout,
+        )
+
+    def bus_config(self) -> BusConfig:
+        if self.nats_url is None:
+            raise ValueError("nats_url is not set")
+        return BusConfig(
+            url=self.nats_url,
+            token=self.nats_token,
+            creds_file=self.nats_creds_file,
+            connect_timeout=self.nats_connect_timeout,
+            publish_timeout=self.nats_publish_timeout,
+            stream_max_age_seconds=self.stream_max_age_seconds,
+            stream_duplicate_window_seconds=self.stream_duplicate_window_seconds,
+            stream_storage=self.stream_storage,
+            stream_replicas=self.stream_replicas,
+        )

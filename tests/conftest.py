@@ -1,0 +1,73 @@
+"""Real components for the tests: nats-server, Ray, Prefect's engine and test API, and an
+OpenAI-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+
+# Before Prefect is imported: isolated state (database, persisted results), no telemetry,
+# and none of the developer's own endpoints.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="deliberation-tests-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+for variable in ("PREFECT_API_URL", "VLLM_URL", "VLLM_MODEL", "NATS_URL", "RAY_ADDRESS", "VLLM_API_KEY"):
+    os.environ.pop(variable, None)
+
+import pytest  # noqa: E402
+
+from agents.bus import BusConfig, EventBus  # noqa: E402
+from agents.embedded import LocalNatsServer  # noqa: E402
+from agents.events import Event  # noqa: E402
+from tests.fake_llm import FakeLLMServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    with LocalNatsServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLMServer]:
+    server = FakeLLMServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(prefect_api: None) -> Iterator[None]:
+    import ray
+
+    # Started once: the flow's RayTaskRunner reuses a running Ray and leaves it up.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="prefect")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def pipeline(
+    monkeypatch: pytest.MonkeyPatch, fake_llm: FakeLLMServer, nats_url: str, ray_cluster: None
+) -> FakeLLMServer:
+    """Environment for running the `deliberate` flow against the fake model server."""
+    monkeypatch.setenv("VLLM_URL", fake_llm.url)
+    monkeypatch.setenv("NATS_URL", nats_url)
+    monkeypatch.setenv("DELIBERATION_RETRY_BACKOFF_SECONDS", "0.2")
+    return fake_llm
+
+
+@pytest.fixture
+def read_events(nats_url: str) -> Callable[[str], list[Event]]:
+    def read(deliberation_id: str) -> list[Event]:
+        with EventBus.connect(BusConfig(url=nats_url)) as bus:
+            return bus.read_events(deliberation_id)
+
+    return read

@@ -1,0 +1,52 @@
+"""The event bus against a real nats-server with JetStream."""
+
+import uuid
+
+import pytest
+
+from agents.bus import BusConfig, EventBus
+from agents.embedded import free_port
+from agents.errors import EventBusError
+from agents.events import AGENT_RESPONSE_FAILED, agent_event
+from agents.models import AgentOutcome, AgentStatus, ErrorInfo
+from agents.roles import Role
+
+
+def failed_outcome(agent_id: str = "agent-dev-001") -> AgentOutcome:
+    return AgentOutcome(
+        agent_id=agent_id,
+        role=Role.DEV,
+        status=AgentStatus.FAILED,
+        attempts=1,
+        duration_ms=3,
+        error=ErrorInfo(type="LLMRejected", message="400", retryable=False),
+    )
+
+
+def test_streams_are_created_idempotently(nats_url: str) -> None:
+    for _ in range(2):
+        EventBus.connect(BusConfig(url=nats_url)).close()
+
+
+def test_changed_retention_updates_the_existing_stream(nats_url: str) -> None:
+    EventBus.connect(BusConfig(url=nats_url, stream_max_age_seconds=3600)).close()
+    EventBus.connect(BusConfig(url=nats_url)).close()
+
+
+def test_publish_is_acked_and_a_second_copy_is_dropped(nats_url: str) -> None:
+    deliberation_id = uuid.uuid4().hex
+    event = agent_event(deliberation_id, "t", failed_outcome())
+    with EventBus.connect(BusConfig(url=nats_url)) as bus:
+        first = bus.publish(event)
+        second = bus.publish(event)
+        stored = bus.read_events(deliberation_id)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert first.seq == second.seq
+    assert [e.subject for e in stored] == [AGENT_RESPONSE_FAILED]
+    assert stored[0] == event
+
+
+def test_unreachable_nats_is_a_clear_error() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(EventBusError, match=f"cannot reach NATS at {url}"):
+        EventBus.connect(BusConfig(url=url, connect_timeout=1))

@@ -1,0 +1,63 @@
+import pytest
+
+from agents.events import (
+    AGENT_RESPONSE_COMPLETED,
+    AGENT_RESPONSE_FAILED,
+    DELIBERATION_FAILED,
+    AgentResponseEvent,
+    agent_event,
+    parse_event,
+)
+from agents.models import AgentOutcome, AgentStatus, ErrorInfo
+from agents.roles import Role
+
+FAILED = AgentOutcome(
+    agent_id="agent-qa-001",
+    role=Role.QA,
+    status=AgentStatus.TIMED_OUT,
+    attempts=2,
+    duration_ms=5,
+    error=ErrorInfo(type="DeadlineExceeded", message="late", retryable=False),
+)
+
+
+def test_failed_and_timed_out_agents_go_to_the_failed_subject() -> None:
+    event = agent_event("d1", "task-1", FAILED)
+    assert event.subject == AGENT_RESPONSE_FAILED
+    assert event.schema_version == 1
+
+
+def test_one_dedup_id_per_agent_whatever_the_outcome() -> None:
+    failed = agent_event("d1", "t", FAILED)
+    assert failed.msg_id == "d1.agent-qa-001"
+
+
+def test_events_round_trip_through_parse_event() -> None:
+    event = agent_event("d1", "t", FAILED)
+    parsed = parse_event(event.subject, event.model_dump_json().encode())
+    assert isinstance(parsed, AgentResponseEvent)
+    assert parsed == event
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "message"),
+    [
+        ("agent.response.unknown", b"{}", "no event type"),
+        (AGENT_RESPONSE_COMPLETED, b"{not json", "Invalid JSON"),
+        (DELIBERATION_FAILED, b'{"schema_version": 2}', "Input should be 1"),
+    ],
+)
+def test_consumed_payloads_are_validated(subject: str, payload: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_event(subject, payload)
+
+
+def test_an_event_on_the_wrong_subject_is_refused() -> None:
+    event = agent_event("d1", "t", FAILED)
+    with pytest.raises(ValueError, match="arrived on"):
+        parse_event(AGENT_RESPONSE_COMPLETED, event.model_dump_json().encode())
+
+
+def test_a_completed_outcome_must_carry_a_proposal() -> None:
+    with pytest.raises(ValueError, match="carries a proposal"):
+        AgentOutcome(agent_id="a", role=Role.DEV, status=AgentStatus.COMPLETED, attempts=1, duration_ms=1)
