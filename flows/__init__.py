@@ -1,0 +1,1 @@
+"""Prefect flows: the deliberation algorithm, and the command line that runs it."""

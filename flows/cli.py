@@ -1,0 +1,150 @@
+"""The command line: `python -m flows.deliberate "TASK" [options]`.
+
+Exit codes: 0 quorum met, 1 deliberation failed, 2 bad input or configuration.
+Flags win over environment variables; stdout holds only the table (or JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from agents.errors import ConfigurationError
+from agents.models import Constraints, DeliberationRequest, DeliberationResult
+from agents.preflight import connect_event_bus, resolve_model_endpoint
+from agents.report import outcome_rows, render_table
+from agents.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Flags that configure the environment rather than the request.
+ENV_FLAGS = {
+    "vllm_url": "VLLM_URL",
+    "nats_url": "NATS_URL",
+    "api_key_env": "DELIBERATION_VLLM_API_KEY_ENV",
+    "ray_address": "RAY_ADDRESS",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deliberate: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m flows.deliberate",
+        description="Run a council of role agents on a software-engineering task.",
+    )
+    parser.add_argument("task", help="the task, e.g. 'Add rate limiting to the login endpoint'")
+    parser.add_argument("--roles", default="DEV,QA,ARCHITECT,DEVOPS,DATA", help="comma-separated roles")
+    parser.add_argument("--agents-per-role", type=int, default=1)
+    parser.add_argument("--rubric", default="")
+    parser.add_argument("--requirement", action="append", default=[], help="repeat for several")
+    parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--timeout", type=float, default=120.0, help="deliberation deadline, seconds")
+    parser.add_argument("--quorum", type=int, default=None, help="proposals needed (default: all)")
+    parser.add_argument("--model", default=None, help="served model name (default: VLLM_MODEL or first)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--task-id", default=None)
+    parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
+    parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
+    parser.add_argument("--nats-url", default=None, help="NATS server (env NATS_URL)")
+    parser.add_argument("--api-key-env", default=None, help="env variable holding the model API key")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (env RAY_ADDRESS)")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
+    metadata = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"--metadata {item!r} is not KEY=VALUE")
+        metadata[key] = value
+    fields = {
+        "task": args.task,
+        "roles": args.roles,
+        "agents_per_role": args.agents_per_role,
+        "constraints": Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
+        "model": args.model,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "deadline_seconds": args.timeout,
+        "quorum": args.quorum,
+        # Fixed here so that a retried flow run reuses proposals and event ids.
+        "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
+    }
+    if args.task_id:
+        fields["task_id"] = args.task_id
+    return DeliberationRequest(**fields)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "input"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"invalid {where}: {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        request = request_from_args(args)
+        for flag, variable in ENV_FLAGS.items():
+            value = getattr(args, flag, None)
+            if value:
+                os.environ[variable] = value
+        settings = Settings()
+    except ValidationError as exc:
+        return _fail(describe_validation_error(exc))
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+
+    try:
+        return _run(request, settings, as_json=args.json)
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("deliberate: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int:
+    # Imported here so that bad input is refused without loading Prefect and Ray.
+    from prefect.states import State
+
+    from flows.deliberate import deliberate
+    from flows.runtime import embedded_servers, prefect_api, task_runner
+
+    with embedded_servers(settings) as settings:
+        # Check before starting anything heavy: an unreachable server is a configuration error.
+        resolve_model_endpoint(settings, request.model)
+        connect_event_bus(settings).close()
+        with prefect_api():
+            state: State[DeliberationResult] = deliberate.with_options(task_runner=task_runner(settings))(
+                request=request, return_state=True
+            )
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, ConfigurationError):
+        return _fail(str(value))
+    if not isinstance(value, DeliberationResult):
+        return _fail(f"deliberation crashed: {state.message or value}", EXIT_FAILED)
+    if as_json:
+        print(value.model_dump_json(indent=2))
+    else:
+        print(render_table(outcome_rows(value)))
+        print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"deliberate: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,79 @@
+"""The deliberate flow.
+
+    plan the council
+    check the model server and NATS          (bad configuration publishes nothing)
+    propose: every agent at once, on Ray     (retries and per-attempt timeouts per task)
+    gather until the deadline                (each outcome published as it arrives)
+    conclude against the quorum              (published, and shown as an artifact)
+
+`python -m flows.deliberate "TASK" ...` runs it from the command line (see flows/cli.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+from prefect_ray import RayTaskRunner
+
+from agents.council import conclude, plan_council
+from agents.events import agent_event, deliberation_event
+from agents.models import (
+    MAX_DEADLINE_SECONDS,
+    AgentOutcome,
+    DeliberationRequest,
+    DeliberationResult,
+    DeliberationStatus,
+)
+from agents.preflight import connect_event_bus, resolve_model_endpoint
+from agents.report import outcome_rows
+from agents.settings import Settings
+from flows.gathering import gather_outcomes, submit_proposals
+from tasks.publish import publish_event
+
+
+@flow(
+    name="deliberate",
+    task_runner=RayTaskRunner(),
+    # A backstop only: it does not fire while the flow waits on Ray, so the deadline
+    # is enforced by gather_outcomes.
+    timeout_seconds=MAX_DEADLINE_SECONDS + 600,
+    retries=1,
+    retry_delay_seconds=10,
+)
+def deliberate(request: DeliberationRequest) -> DeliberationResult | State[DeliberationResult]:
+    """Run a council of role agents on `request.task` and publish every outcome."""
+    logger = get_run_logger()
+    settings = Settings()
+    # The flow run id survives flow retries, so proposals and events are reused.
+    deliberation_id = request.deliberation_id or str(flow_run.get_id())
+    started_at = datetime.now(UTC)
+
+    council = plan_council(request)
+    endpoint = resolve_model_endpoint(settings, request.model)
+    with connect_event_bus(settings) as bus:
+
+        def publish_outcome(outcome: AgentOutcome) -> None:
+            logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
+            publish_event(bus, agent_event(deliberation_id, request.task_id, outcome))
+
+        futures = submit_proposals(deliberation_id, request, council, endpoint, settings)
+        outcomes = gather_outcomes(futures, request.deadline_seconds, publish_outcome)
+        result = conclude(request, deliberation_id, outcomes, started_at, datetime.now(UTC))
+        publish_event(bus, deliberation_event(result))
+
+    create_table_artifact(table=outcome_rows(result), description=result.summary)
+    logger.info("deliberation %s %s: %s", deliberation_id, result.status, result.summary)
+    if result.status is DeliberationStatus.FAILED:
+        return Failed(message=result.summary, data=result)
+    return result
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    raise SystemExit(main())

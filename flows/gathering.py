@@ -1,0 +1,149 @@
+"""Fan-out and gather: submit every agent to the task runner at once, then collect
+outcomes as they finish until the deliberation's deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.futures import PrefectFuture
+from prefect.states import Cancelled
+from prefect.tasks import exponential_backoff
+from prefect_ray.context import remote_options
+from prefect_ray.task_runners import PrefectRayFuture
+
+from agents.errors import LLMError
+from agents.llm import LLMEndpoint
+from agents.models import AgentOutcome, AgentSpec, AgentStatus, DeliberationRequest, ErrorInfo, Proposal
+from agents.settings import Settings
+from tasks.propose import generate_proposal
+
+Futures = dict[AgentSpec, PrefectFuture[Proposal]]
+
+
+def submit_proposals(
+    deliberation_id: str,
+    request: DeliberationRequest,
+    council: Sequence[AgentSpec],
+    endpoint: LLMEndpoint,
+    settings: Settings,
+) -> Futures:
+    propose = generate_proposal.with_options(
+        timeout_seconds=min(settings.attempt_timeout_seconds, request.deadline_seconds),
+        retries=settings.max_retries,
+        retry_delay_seconds=exponential_backoff(settings.retry_backoff_seconds),
+    )
+    # Agents wait on the model server, not the CPU: a fraction of a CPU each lets Ray
+    # keep the whole council in flight.
+    with remote_options(num_cpus=settings.agent_cpus):
+        return {
+            agent: propose.with_options(
+                task_run_name=f"propose-{agent.role.lower()}-{agent.index:03d}"
+            ).submit(deliberation_id=deliberation_id, request=request, agent=agent, endpoint=endpoint)
+            for agent in council
+        }
+
+
+def gather_outcomes(
+    futures: Futures,
+    deadline_seconds: float,
+    on_outcome: Callable[[AgentOutcome], Any],
+) -> list[AgentOutcome]:
+    """Outcomes in council order. Each is handed to `on_outcome` as soon as it is known;
+    agents unfinished at the deadline are cancelled and reported timed_out."""
+    started = time.monotonic()
+    deadline = started + deadline_seconds
+    finished: queue.Queue[PrefectFuture[Proposal]] = queue.Queue()
+    agent_of = {future: agent for agent, future in futures.items()}
+    for future in futures.values():
+        future.add_done_callback(finished.put)
+
+    outcomes: dict[AgentSpec, AgentOutcome] = {}
+    while len(outcomes) < len(futures):
+        try:
+            future = finished.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        agent = agent_of[future]
+        outcomes[agent] = _outcome_of(agent, future, _elapsed_ms(started))
+        on_outcome(outcomes[agent])
+
+    for agent, future in futures.items():
+        if agent not in outcomes:
+            _cancel(future, f"deadline of {deadline_seconds:g} s reached")
+            outcomes[agent] = AgentOutcome(
+                agent_id=agent.agent_id,
+                role=agent.role,
+                status=AgentStatus.TIMED_OUT,
+                attempts=_run_count(future),
+                duration_ms=_elapsed_ms(started),
+                error=ErrorInfo(
+                    type="DeadlineExceeded",
+                    message=f"no proposal within the deliberation deadline of {deadline_seconds:g} s",
+                    retryable=False,
+                ),
+            )
+            on_outcome(outcomes[agent])
+    return [outcomes[agent] for agent in futures]
+
+
+def _elapsed_ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
+
+
+def _outcome_of(agent: AgentSpec, future: PrefectFuture[Proposal], duration_ms: int) -> AgentOutcome:
+    value = future.result(raise_on_failure=False)
+    state = future.state
+    attempts = _run_count(future)
+    if state.is_completed() and isinstance(value, Proposal):
+        return AgentOutcome(
+            agent_id=agent.agent_id,
+            role=agent.role,
+            status=AgentStatus.COMPLETED,
+            attempts=attempts,
+            duration_ms=duration_ms,
+            proposal=value,
+        )
+    timed_out = state.name == "TimedOut"
+    return AgentOutcome(
+        agent_id=agent.agent_id,
+        role=agent.role,
+        status=AgentStatus.TIMED_OUT if timed_out else AgentStatus.FAILED,
+        attempts=attempts,
+        duration_ms=duration_ms,
+        error=_error_info(value, state.message or state.name or "failed"),
+    )
+
+
+def _error_info(value: object, state_message: str) -> ErrorInfo:
+    if isinstance(value, LLMError):
+        return ErrorInfo(type=type(value).__name__, message=str(value), retryable=value.retryable)
+    if isinstance(value, TimeoutError):
+        return ErrorInfo(type="AttemptTimeout", message=state_message, retryable=True)
+    if isinstance(value, BaseException):
+        return ErrorInfo(type=type(value).__name__, message=str(value) or state_message, retryable=False)
+    return ErrorInfo(type="Crashed", message=state_message, retryable=False)
+
+
+def _run_count(future: PrefectFuture[Any]) -> int:
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_task_run(future.task_run_id).run_count
+        except ObjectNotFound:
+            return 0
+
+
+def _cancel(future: PrefectFuture[Any], reason: str) -> None:
+    """Stop a straggler (force: kill its worker, so its HTTP request stops too) and record
+    the cancellation, which Prefect cannot see from inside a killed process."""
+    if isinstance(future, PrefectRayFuture):
+        ray.cancel(future.wrapped_future, force=True)
+    # ObjectNotFound: Ray had not started it, so there is no task run to update.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.set_task_run_state(future.task_run_id, Cancelled(message=reason), force=True)

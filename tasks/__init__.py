@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that call into `agents/` and add retries, timeouts, caching."""

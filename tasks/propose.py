@@ -1,0 +1,71 @@
+"""generate_proposal: one agent's chat completion, as a Prefect task run on Ray."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from prefect import Task, task
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+
+from agents.errors import LLMError
+from agents.llm import ChatClient, LLMEndpoint
+from agents.models import AgentSpec, DeliberationRequest, Proposal
+from agents.prompts import proposal_messages
+
+
+def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry connection failures, 429/5xx and timed-out attempts; nothing else."""
+    exc = state.data
+    if isinstance(exc, LLMError):
+        return exc.retryable
+    return isinstance(exc, TimeoutError)
+
+
+def proposal_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # A retried or repeated flow run with the same deliberation id reuses finished
+    # proposals instead of calling the model again.
+    return f"proposal-{parameters['deliberation_id']}-{parameters['agent'].agent_id}"
+
+
+@task(
+    name="generate_proposal",
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+    timeout_seconds=60,
+    cache_key_fn=proposal_cache_key,
+    cache_expiration=timedelta(days=1),
+    persist_result=True,
+)
+async def generate_proposal(
+    deliberation_id: str,
+    request: DeliberationRequest,
+    agent: AgentSpec,
+    endpoint: LLMEndpoint,
+) -> Proposal:
+    """Ask the model for `agent`'s proposal. The flow sets timeout and retries per run."""
+    # The key never travels as a parameter (parameters are visible in the Prefect API).
+    api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+    # Each Ray task runs its own event loop, so the client lives for one attempt.
+    async with ChatClient(endpoint, api_key) as client:
+        reply = await client.complete(
+            proposal_messages(request, agent),
+            temperature=agent.temperature,
+            max_tokens=request.max_tokens,
+            user=agent.agent_id,
+        )
+    return Proposal(
+        content=reply.content,
+        author_id=agent.agent_id,
+        author_role=agent.role,
+        model=reply.model,
+        temperature=agent.temperature,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        latency_ms=reply.latency_ms,
+        finish_reason=reply.finish_reason,
+    )
