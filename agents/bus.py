@@ -11,14 +11,15 @@ import asyncio
 import logging
 import threading
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 from pydantic import BaseModel, SecretStr
 
 from agents.errors import EventBusError
@@ -47,10 +48,6 @@ class PublishReceipt(BaseModel):
     duplicate: bool
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("NATS connection problem: %s", exc)
-
-
 class JetStreamBus:
     def __init__(self, nc: NATS, config: BusConfig) -> None:
         self._nc = nc
@@ -63,27 +60,36 @@ class JetStreamBus:
         reached within the connect timeout; after that, lost connections are retried."""
         nc = NATS()
         where = redact_url(config.url)
+        connected = asyncio.Event()
+
+        async def report(exc: Exception) -> None:
+            # Before the first connection the caller gets one clear error instead.
+            log.log(logging.WARNING if connected.is_set() else logging.DEBUG, "NATS: %s", exc)
+
         options: dict[str, Any] = {
             "servers": [config.url],
             "connect_timeout": config.connect_timeout,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            # nats-py retries a first connect forever when reconnects are unlimited.
+            "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0.5,
-            "error_cb": _log_error,
+            "error_cb": report,
         }
         if config.token is not None:
             options["token"] = config.token.get_secret_value()
         if config.creds_file is not None:
             options["user_credentials"] = str(config.creds_file)
         try:
-            # With unlimited reconnects nats-py retries the first connect forever.
-            await asyncio.wait_for(nc.connect(**options), timeout=config.connect_timeout * 2)
+            await asyncio.wait_for(nc.connect(**options), timeout=config.connect_timeout * 3)
         except (TimeoutError, OSError, NatsError) as exc:
             await nc.close()
             raise EventBusError(
                 f"cannot reach NATS at {where}: {type(exc).__name__}; "
                 "start nats-server with -js or set NATS_URL"
             ) from None
+        connected.set()
+        # Once connected, ride out server restarts: reconnect for as long as it takes.
+        nc.options["max_reconnect_attempts"] = -1
         bus = cls(nc, config)
         try:
             await bus.ensure_streams()
@@ -130,22 +136,28 @@ class JetStreamBus:
             ) from None
         return PublishReceipt(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
-    async def read_events(self, deliberation_id: str | None = None) -> list[Event]:
-        """Every stored event (of one deliberation), validated, in stream order per stream."""
+    async def read_events(
+        self, deliberation_id: str | None = None, since: datetime | None = None
+    ) -> list[Event]:
+        """Stored events (of one deliberation, published at or after `since`), validated,
+        in stream order per stream."""
         events: list[Event] = []
-        for name in STREAM_SUBJECTS:
-            info = await self._js.stream_info(name)
-            if info.state.messages == 0:
-                continue
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                try:
-                    msg = await self._js.get_msg(name, seq)
-                except NotFoundError:
-                    continue
-                assert msg.subject is not None and msg.data is not None
-                event = parse_event(msg.subject, msg.data)
-                if deliberation_id is None or event.deliberation_id == deliberation_id:
-                    events.append(event)
+        for name, subjects in STREAM_SUBJECTS.items():
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+            if since is not None:
+                config.deliver_policy = DeliverPolicy.BY_START_TIME
+                config.opt_start_time = since.astimezone(UTC).isoformat()
+            reader = await self._js.pull_subscribe(subjects[0], stream=name, config=config)
+            try:
+                pending = (await reader.consumer_info()).num_pending
+                while pending:
+                    for msg in await reader.fetch(batch=min(pending, 256), timeout=5):
+                        event = parse_event(msg.subject, msg.data)
+                        if deliberation_id is None or event.deliberation_id == deliberation_id:
+                            events.append(event)
+                        pending = msg.metadata.num_pending
+            finally:
+                await reader.unsubscribe()
         return events
 
     async def close(self) -> None:
@@ -190,8 +202,8 @@ class EventBus:
     def publish(self, event: Event) -> PublishReceipt:
         return self._run(self._client.publish(event), self._config.publish_timeout + 5)
 
-    def read_events(self, deliberation_id: str | None = None) -> list[Event]:
-        return self._run(self._client.read_events(deliberation_id), 60)
+    def read_events(self, deliberation_id: str | None = None, since: datetime | None = None) -> list[Event]:
+        return self._run(self._client.read_events(deliberation_id, since), 60)
 
     def close(self) -> None:
         if self._bus is not None:

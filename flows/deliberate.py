@@ -11,17 +11,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from prefect import flow
+from prefect import flow, get_client
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect_ray import RayTaskRunner
 
+from agents.bus import EventBus
 from agents.council import conclude, plan_council
-from agents.events import agent_event, deliberation_event
+from agents.events import AgentResponseEvent, agent_event, deliberation_event, outcome_of
 from agents.models import (
     MAX_DEADLINE_SECONDS,
     AgentOutcome,
@@ -35,6 +36,8 @@ from agents.settings import Settings
 from flows.gathering import gather_outcomes, submit_proposals
 from tasks.publish import publish_event
 
+CLOCK_SKEW = timedelta(seconds=60)
+
 
 @flow(
     name="deliberate",
@@ -43,7 +46,7 @@ from tasks.publish import publish_event
     # is enforced by gather_outcomes.
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,
     retries=1,
-    retry_delay_seconds=10,
+    retry_delay_seconds=5,
 )
 def deliberate(request: DeliberationRequest) -> DeliberationResult | State[DeliberationResult]:
     """Run a council of role agents on `request.task` and publish every outcome."""
@@ -56,13 +59,17 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     council = plan_council(request)
     endpoint = resolve_model_endpoint(settings, request.model)
     with connect_event_bus(settings) as bus:
+        # Published outcomes are final: a retried run reuses them and runs only the rest.
+        decided = published_outcomes(bus, deliberation_id)
+        pending = [agent for agent in council if agent.agent_id not in decided]
 
         def publish_outcome(outcome: AgentOutcome) -> None:
             logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
             publish_event(bus, agent_event(deliberation_id, request.task_id, outcome))
 
-        futures = submit_proposals(deliberation_id, request, council, endpoint, settings)
-        outcomes = gather_outcomes(futures, request.deadline_seconds, publish_outcome)
+        futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)
+        fresh = {o.agent_id: o for o in gather_outcomes(futures, request.deadline_seconds, publish_outcome)}
+        outcomes = [decided.get(agent.agent_id) or fresh[agent.agent_id] for agent in council]
         result = conclude(request, deliberation_id, outcomes, started_at, datetime.now(UTC))
         publish_event(bus, deliberation_event(result))
 
@@ -71,6 +78,18 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     if result.status is DeliberationStatus.FAILED:
         return Failed(message=result.summary, data=result)
     return result
+
+
+def published_outcomes(bus: EventBus, deliberation_id: str) -> dict[str, AgentOutcome]:
+    """Agent outcomes this deliberation already published during this flow run."""
+    with get_client(sync_client=True) as client:
+        created = client.read_flow_run(flow_run.get_id()).created
+    since = (created or datetime.now(UTC)) - CLOCK_SKEW
+    return {
+        event.agent_id: outcome_of(event)
+        for event in bus.read_events(deliberation_id, since=since)
+        if isinstance(event, AgentResponseEvent)
+    }
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import ray
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
-from prefect.states import Cancelled
+from prefect.states import Cancelled, State
 from prefect.tasks import exponential_backoff
 from prefect_ray.context import remote_options
 from prefect_ray.task_runners import PrefectRayFuture
@@ -25,6 +25,7 @@ from agents.settings import Settings
 from tasks.propose import generate_proposal
 
 Futures = dict[AgentSpec, PrefectFuture[Proposal]]
+RUN_COUNT_SYNC_SECONDS = 10.0
 
 
 def submit_proposals(
@@ -100,7 +101,7 @@ def _elapsed_ms(since: float) -> int:
 def _outcome_of(agent: AgentSpec, future: PrefectFuture[Proposal], duration_ms: int) -> AgentOutcome:
     value = future.result(raise_on_failure=False)
     state = future.state
-    attempts = _run_count(future)
+    attempts = _run_count(future, until=state)
     if state.is_completed() and isinstance(value, Proposal):
         return AgentOutcome(
             agent_id=agent.agent_id,
@@ -131,12 +132,20 @@ def _error_info(value: object, state_message: str) -> ErrorInfo:
     return ErrorInfo(type="Crashed", message=state_message, retryable=False)
 
 
-def _run_count(future: PrefectFuture[Any]) -> int:
+def _run_count(future: PrefectFuture[Any], until: State[Any] | None = None) -> int:
+    """Attempts made, as the API records them. The API learns of task-run states through
+    events, a moment after the future resolves: wait (briefly) until it shows `until`."""
+    give_up = time.monotonic() + RUN_COUNT_SYNC_SECONDS
     with get_client(sync_client=True) as client:
-        try:
-            return client.read_task_run(future.task_run_id).run_count
-        except ObjectNotFound:
-            return 0
+        while True:
+            try:
+                task_run = client.read_task_run(future.task_run_id)
+            except ObjectNotFound:
+                task_run = None
+            synced = task_run is not None and (until is None or task_run.state_type == until.type)
+            if synced or time.monotonic() > give_up:
+                return task_run.run_count if task_run is not None else 0
+            time.sleep(0.1)
 
 
 def _cancel(future: PrefectFuture[Any], reason: str) -> None:

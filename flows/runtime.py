@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from prefect.logging import get_logger
-from prefect.logging.handlers import APILogHandler
+from prefect.logging.handlers import APILogWorker
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_ray import RayTaskRunner
@@ -61,7 +61,7 @@ def prefect_api() -> Iterator[None]:
                 yield
             finally:
                 # Send buffered run logs while the API is still there to receive them.
-                APILogHandler.flush()
+                APILogWorker.drain_all(timeout=5)
     finally:
         api.stop()
 

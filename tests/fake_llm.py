@@ -8,6 +8,7 @@ OpenAI `user` field, which the pipeline sets to the agent id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -184,13 +185,11 @@ class FakeLLMServer:
         if kind == "barrier":
             assert self._in_flight_changed is not None
             async with self._in_flight_changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._in_flight_changed.wait_for(lambda: self.in_flight >= behaviour.barrier),
                         self.barrier_timeout,
                     )
-                except TimeoutError:
-                    pass
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
         if kind == "status":

@@ -48,7 +48,9 @@ def _outcome(agent_id: str, status: AgentStatus) -> AgentOutcome:
             agent_id=agent_id, role=Role.DEV, status=status, attempts=1, duration_ms=1, proposal=proposal
         )
     error = ErrorInfo(type="LLMRejected", message="no", retryable=False)
-    return AgentOutcome(agent_id=agent_id, role=Role.DEV, status=status, attempts=1, duration_ms=1, error=error)
+    return AgentOutcome(
+        agent_id=agent_id, role=Role.DEV, status=status, attempts=1, duration_ms=1, error=error
+    )
 
 
 def test_quorum_met_with_a_missing_agent_says_which_one() -> None:
@@ -69,7 +71,10 @@ def test_quorum_met_with_a_missing_agent_says_which_one() -> None:
 def test_default_quorum_is_every_agent() -> None:
     request = DeliberationRequest(task="t", roles=["DEV"], agents_per_role=2)
     now = datetime.now(UTC)
-    outcomes = [_outcome("agent-dev-001", AgentStatus.COMPLETED), _outcome("agent-dev-002", AgentStatus.FAILED)]
+    outcomes = [
+        _outcome("agent-dev-001", AgentStatus.COMPLETED),
+        _outcome("agent-dev-002", AgentStatus.FAILED),
+    ]
     result = conclude(request, "d1", outcomes, now, now)
     assert result.status is DeliberationStatus.FAILED
     assert result.quorum == 2

@@ -1,0 +1,130 @@
+"""`python -m flows.deliberate`: exit codes, one-line errors, clean stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agents.embedded import free_port
+from agents.events import AgentResponseEvent, Event
+from flows.cli import main
+from tests.fake_llm import FakeLLMServer, status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["   "], "invalid task: task is empty"),
+        (["t", "--roles", "DEV,CEO"], "unknown role 'CEO'"),
+        (["t", "--agents-per-role", "0"], "invalid agents_per_role"),
+        (["t", "--roles", "DEV", "--quorum", "3"], "quorum 3 is more than the 1 agents"),
+        (["t", "--timeout", "-5"], "invalid deadline_seconds"),
+        (["t", "--metadata", "novalue"], "is not KEY=VALUE"),
+        (["t", "--agents-per-role", "two"], "invalid int value"),
+        (["t", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+
+
+def exit_code(argv: list[str]) -> int | str | None:
+    """main's return value, or the code argparse exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_unreachable_model_server_exits_2_before_publishing(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["t", "--vllm-url", url, "--nats-url", nats_url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"deliberate: cannot reach {url}") and "VLLM_URL" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unreachable_nats_exits_2(fake_llm: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    assert main(["t", "--vllm-url", fake_llm.url, "--nats-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"deliberate: cannot reach NATS at {url}")
+    assert fake_llm.calls == []
+
+
+def test_unknown_model_exits_2(
+    fake_llm: FakeLLMServer, nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["t", "--vllm-url", fake_llm.url, "--nats-url", nats_url, "--model", "gpt-9"]) == 2
+    assert "model 'gpt-9' is not served" in capsys.readouterr().err
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.deliberate", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_cli_runs_a_deliberation_and_prints_only_json(
+    fake_llm: FakeLLMServer, nats_url: str, read_events: Callable[[str], list[Event]]
+) -> None:
+    fake_llm.script("agent-qa-002", status(400))
+    deliberation_id = uuid.uuid4().hex
+    args = ["Write a factorial function", "--roles", "DEV,QA", "--agents-per-role", "2", "--quorum", "3"]
+    args += ["--requirement", "Type hints", "--requirement", "Docstrings", "--rubric", "Correct first"]
+    args += ["--deliberation-id", deliberation_id, "--json"]
+    proc = _cli(args, {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # nothing but JSON on stdout
+    assert result["status"] == "completed" and result["missing"] == ["agent-qa-002"]
+    assert {o["agent_id"]: o["status"] for o in result["outcomes"]} == {
+        "agent-dev-001": "completed",
+        "agent-dev-002": "completed",
+        "agent-qa-001": "completed",
+        "agent-qa-002": "failed",
+    }
+    system_prompt = fake_llm.calls[0].body["messages"][0]["content"]
+    assert "- Type hints" in system_prompt and "Correct first" in system_prompt
+    events = read_events(deliberation_id)
+    assert sorted(e.agent_id for e in events if isinstance(e, AgentResponseEvent)) == [
+        "agent-dev-001",
+        "agent-dev-002",
+        "agent-qa-001",
+        "agent-qa-002",
+    ]
+
+
+@pytest.mark.slow
+def test_cli_exits_1_and_prints_the_table_when_quorum_is_missed(
+    fake_llm: FakeLLMServer, nats_url: str
+) -> None:
+    fake_llm.script("agent-dev-001", status(403))
+    proc = _cli(["t", "--roles", "DEV"], {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    header, row = proc.stdout.splitlines()[:2]
+    assert header.split() == ["AGENT", "ROLE", "STATUS", "ATTEMPTS", "TOKENS", "LATENCY", "PROPOSAL"]
+    assert row.split()[:4] == ["agent-dev-001", "DEV", "failed", "1"]
+    assert "0 of 1 proposals (quorum 1) not met" in proc.stdout

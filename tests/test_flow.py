@@ -1,0 +1,163 @@
+"""The deliberate flow end to end on real Ray, Prefect's engine and test API, nats-server and
+an OpenAI-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prefect.states import State
+
+from agents.events import (
+    AGENT_RESPONSE_COMPLETED,
+    AGENT_RESPONSE_FAILED,
+    DELIBERATION_COMPLETED,
+    DELIBERATION_FAILED,
+    AgentResponseEvent,
+    Event,
+)
+from agents.models import AgentStatus, DeliberationRequest, DeliberationResult
+from flows.deliberate import deliberate
+from tests.fake_llm import HANG, FakeLLMServer, barrier, status
+
+pytestmark = pytest.mark.usefixtures("pipeline")
+ReadEvents = Callable[[str], list[Event]]
+
+
+def run(**fields: Any) -> tuple[State[Any], DeliberationResult]:
+    fields.setdefault("deliberation_id", uuid.uuid4().hex)
+    state = deliberate(request=DeliberationRequest(**fields), return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, DeliberationResult), result
+    return state, result
+
+
+def outcome(result: DeliberationResult, agent_id: str) -> Any:
+    return next(o for o in result.outcomes if o.agent_id == agent_id)
+
+
+def events_per_agent(events: list[Event]) -> Counter[str]:
+    return Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent))
+
+
+def test_all_agents_are_in_flight_at_once(pipeline: FakeLLMServer, read_events: ReadEvents) -> None:
+    # Each request is answered only once all five are in flight (or after a minute).
+    pipeline.default = barrier(5)
+    state, result = run(task="Add rate limiting to the login endpoint", deadline_seconds=120)
+    assert state.is_completed()
+    assert pipeline.max_in_flight == 5
+    assert result.completed == 5 and result.missing == []
+    events = read_events(result.deliberation_id)
+    assert events_per_agent(events) == {o.agent_id: 1 for o in result.outcomes}
+    assert [e.subject for e in events if not isinstance(e, AgentResponseEvent)] == [DELIBERATION_COMPLETED]
+    proposal = outcome(result, "agent-data-001").proposal
+    assert proposal.content.startswith("Proposal by agent-data-001")
+    assert proposal.prompt_tokens > 0 and proposal.completion_tokens > 0
+
+
+def test_retryable_errors_are_retried_until_success(pipeline: FakeLLMServer, read_events: ReadEvents) -> None:
+    pipeline.script("agent-dev-001", status(503), status(429))
+    state, result = run(task="t", roles=["DEV"])
+    assert state.is_completed()
+    dev = outcome(result, "agent-dev-001")
+    assert (dev.status, dev.attempts) == (AgentStatus.COMPLETED, 3)
+    assert len(pipeline.calls_for("agent-dev-001")) == 3
+    events = read_events(result.deliberation_id)
+    assert [e.subject for e in events] == [AGENT_RESPONSE_COMPLETED, DELIBERATION_COMPLETED]
+    assert events[0].attempts == 3  # type: ignore[attr-defined]
+
+
+def test_permanent_error_is_not_retried_and_is_published_as_failed(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    pipeline.script("agent-qa-001", status(400))
+    state, result = run(task="t", roles=["DEV", "QA"], quorum=1)
+    assert state.is_completed()
+    qa = outcome(result, "agent-qa-001")
+    assert (qa.status, qa.attempts) == (AgentStatus.FAILED, 1)
+    assert qa.error.type == "LLMRejected" and qa.error.retryable is False
+    assert len(pipeline.calls_for("agent-qa-001")) == 1
+    failed = [e for e in read_events(result.deliberation_id) if e.subject == AGENT_RESPONSE_FAILED]
+    assert [e.agent_id for e in failed] == ["agent-qa-001"]  # type: ignore[attr-defined]
+
+
+def test_hang_is_cut_at_the_deadline_and_quorum_decides(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    pipeline.script("agent-qa-001", HANG)
+    state, result = run(task="t", roles=["DEV", "QA"], quorum=1, deadline_seconds=8)
+    assert state.is_completed()
+    qa = outcome(result, "agent-qa-001")
+    assert qa.status is AgentStatus.TIMED_OUT and qa.error.type == "DeadlineExceeded"
+    assert result.missing == ["agent-qa-001"]
+    assert "agent-qa-001 (timed_out)" in result.summary
+    # The cancelled task's worker was killed, so its request did not run on.
+    assert pipeline.calls_for("agent-qa-001")[0].client_disconnected
+    subjects = Counter(e.subject for e in read_events(result.deliberation_id))
+    assert subjects == {AGENT_RESPONSE_COMPLETED: 1, AGENT_RESPONSE_FAILED: 1, DELIBERATION_COMPLETED: 1}
+
+
+def test_timed_out_attempt_stops_its_request_and_is_retried(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, read_events: ReadEvents
+) -> None:
+    monkeypatch.setenv("DELIBERATION_ATTEMPT_TIMEOUT_SECONDS", "2")
+    pipeline.script("agent-dev-001", HANG)
+    state, result = run(task="t", roles=["DEV"], deadline_seconds=60)
+    assert state.is_completed()
+    dev = outcome(result, "agent-dev-001")
+    assert (dev.status, dev.attempts) == (AgentStatus.COMPLETED, 2)
+    first, second = pipeline.calls_for("agent-dev-001")
+    assert first.client_disconnected
+    assert first.ended is not None and first.ended <= second.started
+    assert events_per_agent(read_events(result.deliberation_id)) == {"agent-dev-001": 1}
+
+
+def test_quorum_not_met_fails_the_run_and_publishes_deliberation_failed(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    pipeline.script("agent-qa-001", status(401))
+    state, result = run(task="t", roles=["DEV", "QA"])
+    assert state.is_failed()
+    assert "1 of 2 proposals (quorum 2) not met" in result.summary
+    # The flow run was retried (retries=1); published outcomes are final, so the retry
+    # called no model and the result agrees with the stream.
+    assert len(pipeline.calls_for("agent-qa-001")) == 1
+    assert outcome(result, "agent-qa-001").status is AgentStatus.FAILED
+    events = read_events(result.deliberation_id)
+    assert [
+        e.status for e in events if isinstance(e, AgentResponseEvent) and e.agent_id == "agent-qa-001"
+    ] == [AgentStatus.FAILED]
+    subjects = [e.subject for e in events]
+    assert subjects.count(DELIBERATION_FAILED) == 1 and DELIBERATION_COMPLETED not in subjects
+
+
+def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_nothing_twice(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    first_state, first = run(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
+    calls_after_first = len(pipeline.calls)
+    second_state, second = run(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
+    assert first_state.is_completed() and second_state.is_completed()
+    assert len(pipeline.calls) == calls_after_first == 2
+    assert [o.proposal for o in second.outcomes] == [o.proposal for o in first.outcomes]
+    events = read_events(deliberation_id)
+    assert events_per_agent(events) == {"agent-dev-001": 1, "agent-qa-001": 1}
+    assert len(events) == 3
+
+
+def test_invalid_parameters_are_rejected_before_anything_is_published(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    state = deliberate(
+        request={"task": "t", "roles": ["DEV", "CEO"], "deliberation_id": deliberation_id},
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "unknown role 'CEO'" in str(state.message)
+    assert pipeline.calls == []
+    assert read_events(deliberation_id) == []
