@@ -1,0 +1,69 @@
+"""The embedded default: with no VLLM_URL the CLI serves the bundled SmolLM2 model itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agents.embedded import LOCAL_MODEL_ALIAS, LocalModelServer
+from agents.events import AgentResponseEvent, Event
+
+pytest.importorskip("llama_cpp", reason="the local extra is not installed (./dev installs it)")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_model_server_answers_and_stops() -> None:
+    import httpx
+
+    with LocalModelServer() as server:
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]] == [LOCAL_MODEL_ALIAS]
+        port = server.port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+@pytest.mark.slow
+def test_cli_deliberates_on_the_bundled_model(
+    nats_url: str, read_events: Callable[[str], list[Event]]
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
+    env["NATS_URL"] = nats_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.deliberate", "Write a Python function that adds two numbers"]
+        + ["--roles", "DEV,QA", "--max-tokens", "48", "--deliberation-id", deliberation_id, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "completed"
+    for outcome in result["outcomes"]:
+        proposal = outcome["proposal"]
+        assert proposal["content"].strip()
+        assert proposal["model"] == LOCAL_MODEL_ALIAS
+        assert proposal["prompt_tokens"] > 0 and 0 < proposal["completion_tokens"] <= 48
+    events = read_events(deliberation_id)
+    assert sorted(e.agent_id for e in events if isinstance(e, AgentResponseEvent)) == [
+        "agent-dev-001",
+        "agent-qa-001",
+    ]
+    # The model server the CLI started is gone with it.
+    started = re.search(r"started the local model server at http://127.0.0.1:(\d+)", proc.stderr)
+    assert started, proc.stderr[-2000:]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(started.group(1))), timeout=1)
