@@ -146,7 +146,7 @@ class JetStreamBus:
             config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
             if since is not None:
                 config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = since.astimezone(UTC).isoformat()
+                config.opt_start_time = since.astimezone(UTC)
             reader = await self._js.pull_subscribe(subjects[0], stream=name, config=config)
             try:
                 pending = (await reader.consumer_info()).num_pending

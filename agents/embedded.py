@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -99,7 +100,7 @@ class ManagedProcess:
             return "(no log)"
         return " | ".join(lines[-3:]) or "(empty log)"
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from agents.models import AgentOutcome, AgentStatus, DeliberationResult, DeliberationStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 AGENT_RESPONSE_COMPLETED = "agent.response.completed"
 AGENT_RESPONSE_FAILED = "agent.response.failed"

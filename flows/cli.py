@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import uuid
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -129,7 +129,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         resolve_model_endpoint(settings, request.model)
         connect_event_bus(settings).close()
         with prefect_api():
-            state: State[DeliberationResult] = deliberate.with_options(task_runner=task_runner(settings))(
+            state: State[Any] = deliberate.with_options(task_runner=task_runner(settings))(
                 request=request, return_state=True
             )
     value = state.result(raise_on_failure=False)

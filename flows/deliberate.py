@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from prefect import flow, get_client
 from prefect.artifacts import create_table_artifact
@@ -52,15 +53,16 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     """Run a council of role agents on `request.task` and publish every outcome."""
     logger = get_run_logger()
     settings = Settings()
+    run_id = UUID(flow_run.get_id())
     # The flow run id survives flow retries, so proposals and events are reused.
-    deliberation_id = request.deliberation_id or str(flow_run.get_id())
+    deliberation_id = request.deliberation_id or str(run_id)
     started_at = datetime.now(UTC)
 
     council = plan_council(request)
     endpoint = resolve_model_endpoint(settings, request.model)
     with connect_event_bus(settings) as bus:
         # Published outcomes are final: a retried run reuses them and runs only the rest.
-        decided = published_outcomes(bus, deliberation_id)
+        decided = published_outcomes(bus, deliberation_id, run_id)
         pending = [agent for agent in council if agent.agent_id not in decided]
 
         def publish_outcome(outcome: AgentOutcome) -> None:
@@ -80,10 +82,10 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     return result
 
 
-def published_outcomes(bus: EventBus, deliberation_id: str) -> dict[str, AgentOutcome]:
+def published_outcomes(bus: EventBus, deliberation_id: str, run_id: UUID) -> dict[str, AgentOutcome]:
     """Agent outcomes this deliberation already published during this flow run."""
     with get_client(sync_client=True) as client:
-        created = client.read_flow_run(flow_run.get_id()).created
+        created = client.read_flow_run(run_id).created
     since = (created or datetime.now(UTC)) - CLOCK_SKEW
     return {
         event.agent_id: outcome_of(event)

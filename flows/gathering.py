@@ -24,7 +24,7 @@ from agents.models import AgentOutcome, AgentSpec, AgentStatus, DeliberationRequ
 from agents.settings import Settings
 from tasks.propose import generate_proposal
 
-Futures = dict[AgentSpec, PrefectFuture[Proposal]]
+Futures = dict[AgentSpec, PrefectFuture[Any]]
 RUN_COUNT_SYNC_SECONDS = 10.0
 
 
@@ -60,7 +60,7 @@ def gather_outcomes(
     agents unfinished at the deadline are cancelled and reported timed_out."""
     started = time.monotonic()
     deadline = started + deadline_seconds
-    finished: queue.Queue[PrefectFuture[Proposal]] = queue.Queue()
+    finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
     agent_of = {future: agent for agent, future in futures.items()}
     for future in futures.values():
         future.add_done_callback(finished.put)
@@ -98,7 +98,7 @@ def _elapsed_ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
-def _outcome_of(agent: AgentSpec, future: PrefectFuture[Proposal], duration_ms: int) -> AgentOutcome:
+def _outcome_of(agent: AgentSpec, future: PrefectFuture[Any], duration_ms: int) -> AgentOutcome:
     value = future.result(raise_on_failure=False)
     state = future.state
     attempts = _run_count(future, until=state)
