@@ -7,8 +7,10 @@ on our stdout), and is stopped on exit, on Ctrl-C and on error.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import httpx
 from agents.errors import ConfigurationError
 
 LOCAL_MODEL_ALIAS = "smollm2-135m-instruct"
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -37,6 +40,17 @@ def _accepts_connections(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# Loaded here, not in the forked child, where loading a library could deadlock.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel stop it when its parent dies,
+    however the parent dies (SIGKILL, or Ray's own SIGTERM handler aborting)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ManagedProcess:
@@ -60,7 +74,11 @@ class ManagedProcess:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import uuid
+from types import FrameType
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -96,6 +98,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this process started are stopped.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         request = request_from_args(args)
         for flag, variable in ENV_FLAGS.items():
@@ -143,6 +147,10 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         print(render_table(outcome_rows(value)))
         print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

@@ -2,6 +2,7 @@
 
     plan the council
     check the model server and NATS          (bad configuration publishes nothing)
+    reuse outcomes already published         (a retried flow run runs only the rest)
     propose: every agent at once, on Ray     (retries and per-attempt timeouts per task)
     gather until the deadline                (each outcome published as it arrives)
     conclude against the quorum              (published, and shown as an artifact)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -67,3 +68,34 @@ def test_cli_deliberates_on_the_bundled_model(
     assert started, proc.stderr[-2000:]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", int(started.group(1))), timeout=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_leaves_no_model_server_behind(nats_url: str, stop_signal: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
+    env["NATS_URL"] = nats_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.deliberate", "Write a long essay", "--roles", "DEV"]
+        + ["--max-tokens", "2000", "--timeout", "600"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    port = None
+    for line in proc.stderr:
+        if started := re.search(r"started the local model server at http://127.0.0.1:(\d+)", line):
+            port = int(started.group(1))
+        if "Beginning flow run" in line:
+            break
+    assert port is not None
+    proc.send_signal(stop_signal)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    if stop_signal == signal.SIGINT:
+        assert proc.returncode == 130
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
