@@ -88,7 +88,7 @@ def test_hang_is_cut_at_the_deadline_and_quorum_decides(
     pipeline: FakeLLMServer, read_events: ReadEvents
 ) -> None:
     pipeline.script("agent-qa-001", HANG)
-    state, result = run(task="t", roles=["DEV", "QA"], quorum=1, deadline_seconds=8)
+    state, result = run(task="t", roles=["DEV", "QA"], quorum=1, deadline_seconds=20)
     assert state.is_completed()
     qa = outcome(result, "agent-qa-001")
     assert qa.status is AgentStatus.TIMED_OUT and qa.error.type == "DeadlineExceeded"
