@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -58,8 +59,9 @@ class ManagedProcess:
 
     name = "server"
 
-    def __init__(self, startup_timeout: float) -> None:
+    def __init__(self, startup_timeout: float, env: dict[str, str] | None = None) -> None:
         self.startup_timeout = startup_timeout
+        self.env = env
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"deliberation-{self.name}-"))
         self.log_path = self.workdir / f"{self.name}.log"
@@ -78,6 +80,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
                 preexec_fn=_die_with_parent,
             )
         atexit.register(self.stop)
