@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Ray CPUs per agent task; agents wait on I/O, so a fraction keeps all in flight.",
     )
+    llm_concurrency_limit: str = Field(
+        default="llm-calls",
+        description="Prefect global concurrency limit every LLM call holds a slot of; empty: none.",
+    )
+    llm_concurrency: int = Field(
+        default=8, ge=1, description="Slots of that limit when the flow has to create it."
+    )
     attempt_timeout_seconds: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)

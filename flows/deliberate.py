@@ -35,7 +35,7 @@ from agents.models import (
 from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.report import outcome_rows
 from agents.settings import Settings
-from flows.gathering import gather_outcomes, submit_proposals
+from flows.gathering import ensure_llm_limit, gather_outcomes, submit_proposals
 from tasks.publish import publish_event
 
 CLOCK_SKEW = timedelta(seconds=60)
@@ -70,6 +70,7 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
             logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
             publish_event(bus, agent_event(deliberation_id, request.task_id, outcome))
 
+        ensure_llm_limit(settings)
         futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)
         fresh = {o.agent_id: o for o in gather_outcomes(futures, request.deadline_seconds, publish_outcome)}
         outcomes = [decided.get(agent.agent_id) or fresh[agent.agent_id] for agent in council]

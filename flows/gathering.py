@@ -11,7 +11,8 @@ from typing import Any
 
 import ray
 from prefect import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 from prefect.tasks import exponential_backoff
@@ -46,9 +47,32 @@ def submit_proposals(
         return {
             agent: propose.with_options(
                 task_run_name=f"propose-{agent.role.lower()}-{agent.index:03d}"
-            ).submit(deliberation_id=deliberation_id, request=request, agent=agent, endpoint=endpoint)
+            ).submit(
+                deliberation_id=deliberation_id,
+                request=request,
+                agent=agent,
+                endpoint=endpoint,
+                llm_limit=settings.llm_concurrency_limit or None,
+            )
             for agent in council
         }
+
+
+def ensure_llm_limit(settings: Settings) -> None:
+    """Create the global concurrency limit on LLM calls if it does not exist yet. An
+    existing limit keeps the size an operator gave it (Prefect UI: Concurrency)."""
+    if not settings.llm_concurrency_limit:
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(settings.llm_concurrency_limit)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow run was first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(
+                        name=settings.llm_concurrency_limit, limit=settings.llm_concurrency
+                    )
+                )
 
 
 def gather_outcomes(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
 from agents.errors import LLMError
@@ -30,6 +32,11 @@ def proposal_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     return f"proposal-{parameters['deliberation_id']}-{parameters['agent'].agent_id}"
 
 
+def _llm_slot(limit: str | None) -> AbstractAsyncContextManager[None]:
+    # strict: the flow created the limit, so a missing one is a bug, not "no limit".
+    return concurrency(limit, occupy=1, strict=True) if limit else nullcontext()
+
+
 @task(
     name="generate_proposal",
     retries=3,
@@ -46,12 +53,14 @@ async def generate_proposal(
     request: DeliberationRequest,
     agent: AgentSpec,
     endpoint: LLMEndpoint,
+    llm_limit: str | None = None,
 ) -> Proposal:
-    """Ask the model for `agent`'s proposal. The flow sets timeout and retries per run."""
+    """Ask the model for `agent`'s proposal, holding a slot of the global concurrency
+    limit `llm_limit` during the call. The flow sets timeout and retries per run."""
     # The key never travels as a parameter (parameters are visible in the Prefect API).
     api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
     # Each Ray task runs its own event loop, so the client lives for one attempt.
-    async with ChatClient(endpoint, api_key) as client:
+    async with ChatClient(endpoint, api_key) as client, _llm_slot(llm_limit):
         reply = await client.complete(
             proposal_messages(request, agent),
             temperature=agent.temperature,

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.states import State
 
 from agents.events import (
@@ -21,7 +23,7 @@ from agents.events import (
 )
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult
 from flows.deliberate import deliberate
-from tests.fake_llm import HANG, FakeLLMServer, barrier, status
+from tests.fake_llm import HANG, FakeLLMServer, barrier, ok, status
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 ReadEvents = Callable[[str], list[Event]]
@@ -161,3 +163,34 @@ def test_invalid_parameters_are_rejected_before_anything_is_published(
     assert "unknown role 'CEO'" in str(state.message)
     assert pipeline.calls == []
     assert read_events(deliberation_id) == []
+
+
+def test_llm_calls_hold_slots_of_a_global_concurrency_limit(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = f"llm-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY_LIMIT", limit)
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "1")
+    pipeline.default = ok(delay=1.0)
+    state, result = run(task="t", roles=["DEV", "QA", "DATA"])
+    assert state.is_completed() and result.completed == 3
+    assert pipeline.max_in_flight == 1
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit).limit == 1
+
+
+def test_an_existing_limit_keeps_the_size_an_operator_gave_it(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = f"llm-test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=2))
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY_LIMIT", limit)
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "5")
+    pipeline.default = barrier(3)  # answers early only if all three get a slot at once
+    pipeline.barrier_timeout = 3.0
+    state, _ = run(task="t", roles=["DEV", "QA", "DATA"])
+    assert state.is_completed()
+    assert pipeline.max_in_flight == 2
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit).limit == 2
