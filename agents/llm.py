@@ -26,6 +26,7 @@ class LLMEndpoint(BaseModel):
     url: str
     model: str
     api_key_env: str | None = "VLLM_API_KEY"
+    api_key_secret: str | None = Field(default=None, description="Prefect Secret block name.")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=120.0, gt=0)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
+
+from pydantic import SecretStr
 
 from agents.bus import EventBus
 from agents.errors import ConfigurationError, EventBusError, LLMError
@@ -11,13 +12,14 @@ from agents.llm import ChatClient, LLMEndpoint, redact_url
 from agents.settings import Settings
 
 
-def resolve_model_endpoint(settings: Settings, requested_model: str | None) -> LLMEndpoint:
+def resolve_model_endpoint(
+    settings: Settings, requested_model: str | None, api_key: str | None
+) -> LLMEndpoint:
     """The endpoint to use, with the model checked against what the server serves.
     Model choice: the request's, else VLLM_MODEL, else the server's first model."""
     if settings.vllm_url is None:
         raise ConfigurationError("no model server configured: set VLLM_URL (or --vllm-url)")
     probe = settings.llm_endpoint(model=requested_model or settings.vllm_model or "")
-    api_key = os.environ.get(probe.api_key_env) if probe.api_key_env else None
 
     async def served_models() -> list[str]:
         async with ChatClient(probe, api_key) as client:
@@ -37,10 +39,10 @@ def resolve_model_endpoint(settings: Settings, requested_model: str | None) -> L
     return probe.model_copy(update={"model": model})
 
 
-def connect_event_bus(settings: Settings) -> EventBus:
+def connect_event_bus(settings: Settings, token: SecretStr | None) -> EventBus:
     if settings.nats_url is None:
         raise ConfigurationError("no NATS server configured: set NATS_URL (or --nats-url)")
     try:
-        return EventBus.connect(settings.bus_config())
+        return EventBus.connect(settings.bus_config(token))
     except EventBusError as exc:
         raise ConfigurationError(str(exc)) from None

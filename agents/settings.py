@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default="VLLM_API_KEY",
         description="Name of the environment variable that holds the API key (if any).",
     )
+    vllm_api_key_secret: str | None = Field(
+        default=None, description="Prefect Secret block holding the API key; wins over the variable."
+    )
     vllm_connect_timeout: float = Field(default=5.0, gt=0)
     vllm_read_timeout: float = Field(default=120.0, gt=0)
 
@@ -42,6 +45,9 @@ class Settings(BaseSettings):
         description="unset: the CLI starts a nats-server of its own.",
     )
     nats_token: SecretStr | None = Field(default=None, validation_alias=_env("NATS_TOKEN"))
+    nats_token_secret: str | None = Field(
+        default=None, description="Prefect Secret block holding the NATS token; wins over NATS_TOKEN."
+    )
     nats_creds_file: Path | None = Field(default=None, validation_alias=_env("NATS_CREDS"))
     nats_connect_timeout: float = Field(default=5.0, gt=0)
     nats_publish_timeout: float = Field(default=10.0, gt=0)
@@ -74,16 +80,18 @@ class Settings(BaseSettings):
             url=self.vllm_url,
             model=model,
             api_key_env=self.vllm_api_key_env,
+            api_key_secret=self.vllm_api_key_secret,
             connect_timeout=self.vllm_connect_timeout,
             read_timeout=self.vllm_read_timeout,
         )
 
-    def bus_config(self) -> BusConfig:
+    def bus_config(self, token: SecretStr | None = None) -> BusConfig:
+        """`token` (from a Secret block) wins over NATS_TOKEN."""
         if self.nats_url is None:
             raise ValueError("nats_url is not set")
         return BusConfig(
             url=self.nats_url,
-            token=self.nats_token,
+            token=token or self.nats_token,
             creds_file=self.nats_creds_file,
             connect_timeout=self.nats_connect_timeout,
             publish_timeout=self.nats_publish_timeout,

@@ -129,10 +129,14 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
     from flows.runtime import embedded_servers, prefect_api, task_runner
 
     with embedded_servers(settings) as settings:
-        # Check before starting anything heavy: an unreachable server is a configuration error.
-        resolve_model_endpoint(settings, request.model)
-        connect_event_bus(settings).close()
+        # Check before starting anything heavy: an unreachable server is a configuration
+        # error. Secret blocks can only be read once there is a Prefect API.
+        uses_secret_blocks = bool(settings.vllm_api_key_secret or settings.nats_token_secret)
+        if not uses_secret_blocks:
+            _preflight(settings, request)
         with prefect_api():
+            if uses_secret_blocks:
+                _preflight(settings, request)
             state: State[Any] = deliberate.with_options(task_runner=task_runner(settings))(
                 request=request, return_state=True
             )
@@ -147,6 +151,14 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         print(render_table(outcome_rows(value)))
         print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _preflight(settings: Settings, request: DeliberationRequest) -> None:
+    from tasks.credentials import model_api_key, nats_token
+
+    api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
+    resolve_model_endpoint(settings, request.model, api_key)
+    connect_event_bus(settings, nats_token(settings)).close()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> NoReturn:

@@ -36,6 +36,7 @@ from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.report import outcome_rows
 from agents.settings import Settings
 from flows.gathering import ensure_llm_limit, gather_outcomes, submit_proposals
+from tasks.credentials import model_api_key, nats_token
 from tasks.publish import publish_event
 
 CLOCK_SKEW = timedelta(seconds=60)
@@ -60,8 +61,9 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     started_at = datetime.now(UTC)
 
     council = plan_council(request)
-    endpoint = resolve_model_endpoint(settings, request.model)
-    with connect_event_bus(settings) as bus:
+    api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
+    endpoint = resolve_model_endpoint(settings, request.model, api_key)
+    with connect_event_bus(settings, nats_token(settings)) as bus:
         # Published outcomes are final: a retried run reuses them and runs only the rest.
         decided = published_outcomes(bus, deliberation_id, run_id)
         pending = [agent for agent in council if agent.agent_id not in decided]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from agents.errors import LLMError
 from agents.llm import ChatClient, LLMEndpoint
 from agents.models import AgentSpec, DeliberationRequest, Proposal
 from agents.prompts import proposal_messages
+from tasks.credentials import model_api_key
 
 
 def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -57,8 +58,9 @@ async def generate_proposal(
 ) -> Proposal:
     """Ask the model for `agent`'s proposal, holding a slot of the global concurrency
     limit `llm_limit` during the call. The flow sets timeout and retries per run."""
-    # The key never travels as a parameter (parameters are visible in the Prefect API).
-    api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+    # Loaded here, never passed in: parameters are visible in the Prefect API.
+    # In a thread, because Secret.load is the blocking kind outside an event loop.
+    api_key = await asyncio.to_thread(model_api_key, endpoint.api_key_secret, endpoint.api_key_env)
     # Each Ray task runs its own event loop, so the client lives for one attempt.
     async with ChatClient(endpoint, api_key) as client, _llm_slot(llm_limit):
         reply = await client.complete(

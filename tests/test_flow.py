@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from prefect import get_client
+from prefect.blocks.system import Secret
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.states import State
 
+from agents.errors import ConfigurationError
 from agents.events import (
     AGENT_RESPONSE_COMPLETED,
     AGENT_RESPONSE_FAILED,
@@ -194,3 +197,33 @@ def test_an_existing_limit_keeps_the_size_an_operator_gave_it(
     assert pipeline.max_in_flight == 2
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit).limit == 2
+
+
+def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, read_events: ReadEvents
+) -> None:
+    secret = f"sk-{uuid.uuid4().hex}"
+    block = f"vllm-key-{uuid.uuid4().hex[:8]}"
+    Secret(value=secret).save(block)
+    monkeypatch.setenv("DELIBERATION_VLLM_API_KEY_SECRET", block)
+    state, result = run(task="t", roles=["DEV", "QA"])
+    assert state.is_completed(), [o.error for o in result.outcomes]
+    assert [c.headers["authorization"] for c in pipeline.calls] == [f"Bearer {secret}"] * 2
+    events = read_events(result.deliberation_id)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert logs  # the run's logs reached the API, and the key is in none of them
+    seen = [result.model_dump_json(), flow_run.model_dump_json(), *(e.model_dump_json() for e in events)]
+    seen += [log.message for log in logs]
+    assert not [text for text in seen if secret in text]
+
+
+def test_a_missing_secret_block_is_a_configuration_error(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DELIBERATION_VLLM_API_KEY_SECRET", "no-such-block")
+    state = deliberate(request=DeliberationRequest(task="t", roles=["DEV"]), return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.result(raise_on_failure=False), ConfigurationError)
+    assert pipeline.calls == []
