@@ -63,7 +63,7 @@ def conclude(
         summary += "; missing: " + ", ".join(f"{o.agent_id} ({o.status})" for o in missing)
     return DeliberationResult(
         deliberation_id=deliberation_id,
-        task_id=request.task_id,
+        task_id=request.task_id or deliberation_id,
         status=DeliberationStatus.COMPLETED if met else DeliberationStatus.FAILED,
         quorum=quorum,
         completed=len(completed),

@@ -6,7 +6,6 @@ Size limits keep one deliberation's prompts bounded; they are documented in the 
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -90,10 +89,10 @@ class DeliberationRequest(BaseModel):
         max_length=MAX_TASK_CHARS,
         description="The software-engineering task, e.g. 'Add rate limiting to the login endpoint'.",
     )
-    task_id: str = Field(
-        default_factory=lambda: f"task-{uuid.uuid4().hex[:12]}",
+    task_id: str | None = Field(
+        default=None,
         pattern=ID_PATTERN,
-        description="Your id for the task; carried on every event.",
+        description="Your id for the task; carried on every event. Empty: the deliberation id.",
     )
     roles: list[Role] = Field(
         default_factory=lambda: list(Role),

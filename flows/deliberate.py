@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect_ray import RayTaskRunner
+from pydantic import BaseModel
 
 from agents.bus import EventBus
 from agents.council import conclude, plan_council
@@ -42,6 +43,18 @@ from tasks.publish import publish_event
 CLOCK_SKEW = timedelta(seconds=60)
 
 
+def deliberation_run_name() -> str:
+    """`<task_id>-dev-qa-x2` (task id, roles, agents per role), to tell runs apart in the UI.
+    Built from the raw parameters, before validation, so it never fails."""
+    raw = flow_run.parameters.get("request")
+    fields = raw.model_dump() if isinstance(raw, BaseModel) else raw if isinstance(raw, dict) else {}
+    roles = fields.get("roles") or "all"
+    if isinstance(roles, list):
+        roles = "-".join(str(role) for role in roles)
+    name = f"{roles}-x{fields.get('agents_per_role', 1)}".lower().replace(",", "-")
+    return f"{fields['task_id']}-{name}" if fields.get("task_id") else name
+
+
 @flow(
     name="deliberate",
     task_runner=RayTaskRunner(),
@@ -50,6 +63,7 @@ CLOCK_SKEW = timedelta(seconds=60)
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,
     retries=1,
     retry_delay_seconds=5,
+    flow_run_name=deliberation_run_name,
 )
 def deliberate(request: DeliberationRequest) -> DeliberationResult | State[DeliberationResult]:
     """Run a council of role agents on `request.task` and publish every outcome."""
@@ -58,6 +72,7 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     run_id = UUID(flow_run.get_id())
     # The flow run id survives flow retries, so proposals and events are reused.
     deliberation_id = request.deliberation_id or str(run_id)
+    task_id = request.task_id or deliberation_id
     started_at = datetime.now(UTC)
 
     council = plan_council(request)
@@ -70,7 +85,7 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
 
         def publish_outcome(outcome: AgentOutcome) -> None:
             logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
-            publish_event(bus, agent_event(deliberation_id, request.task_id, outcome))
+            publish_event(bus, agent_event(deliberation_id, task_id, outcome))
 
         ensure_llm_limit(settings)
         futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)

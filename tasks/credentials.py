@@ -5,9 +5,9 @@ Prefect API's run records, logs or events."""
 from __future__ import annotations
 
 import os
-from typing import cast
 
 from prefect.blocks.system import Secret
+from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import SecretStr
 
 from agents.errors import ConfigurationError
@@ -15,13 +15,15 @@ from agents.settings import Settings
 
 
 def _secret_block(name: str) -> str:
+    # Secret.load returns a coroutine wherever Prefect sees an async context, which
+    # includes the thread the async task hands this to; aload is explicit everywhere.
     try:
-        # _sync: the blocking form, also from a thread the async task hands this to
-        # (Prefect would otherwise see the copied async context and return a coroutine).
-        value = cast(Secret[str], Secret.load(name, _sync=True)).get()
-    except ValueError:
-        raise ConfigurationError(f"no Prefect Secret block named {name!r}; create it or unset it") from None
-    return str(value)
+        block: Secret[str] | None = run_coro_as_sync(Secret.aload(name))
+    except ValueError:  # what Prefect raises for an unknown block
+        block = None
+    if block is None:
+        raise ConfigurationError(f"no Prefect Secret block named {name!r}; create it or unset it")
+    return str(block.get())
 
 
 def model_api_key(secret_block: str | None, env_variable: str | None) -> str | None:

@@ -97,7 +97,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     assert schema["required"] == ["request"]
 
     fake_llm.script("agent-dev-001", status(503))
-    request = {"task": "Add rate limiting to the login endpoint", "roles": ["DEV", "QA"]}
+    request = {"task": "Add rate limiting", "task_id": "login-rate-limit", "roles": ["DEV", "QA"]}
     flow_run = api(
         prefect_env,
         "POST",
@@ -107,6 +107,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     with PrefectWorker(startup_timeout=30, env=prefect_env):
         state = _wait_for_final_state(prefect_env, flow_run["id"], timeout=300)
     assert state["type"] == "COMPLETED", state.get("message")
+    assert api(prefect_env, "GET", f"/flow_runs/{flow_run['id']}")["name"] == "login-rate-limit-dev-qa-x1"
 
     task_runs = api(
         prefect_env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
@@ -115,6 +116,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     assert sorted(proposals) == ["propose-dev-001", "propose-qa-001"]
     assert proposals["propose-dev-001"]["run_count"] == 2  # 503, then success
     assert proposals["propose-qa-001"]["run_count"] == 1
+    assert set(proposals["propose-qa-001"]["tags"]) >= {"llm", "role:qa"}
     assert all(t["state_type"] == "COMPLETED" for t in proposals.values())
     artifacts = api(
         prefect_env, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
