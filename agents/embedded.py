@@ -66,6 +66,7 @@ class ManagedProcess:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"deliberation-{self.name}-"))
         self.log_path = self.workdir / f"{self.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
+        atexit.register(self.stop)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -74,7 +75,7 @@ class ManagedProcess:
         raise NotImplementedError
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
                 stdout=log,
@@ -83,7 +84,6 @@ class ManagedProcess:
                 env={**os.environ, **self.env} if self.env else None,
                 preexec_fn=_die_with_parent,
             )
-        atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -100,6 +100,15 @@ class ManagedProcess:
         )
 
     def stop(self) -> None:
+        self._terminate()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, keeping its state directory."""
+        self._terminate()
+        self.start()
+
+    def _terminate(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -108,7 +117,6 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def pid(self) -> int | None:

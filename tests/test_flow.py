@@ -227,3 +227,13 @@ def test_a_missing_secret_block_is_a_configuration_error(
     assert state.is_failed()
     assert isinstance(state.result(raise_on_failure=False), ConfigurationError)
     assert pipeline.calls == []
+
+
+def test_retry_after_is_honoured_before_the_next_attempt(pipeline: FakeLLMServer) -> None:
+    pipeline.script("agent-dev-001", status(429, retry_after="2"))
+    state, result = run(task="t", roles=["DEV"])
+    assert state.is_completed()
+    first, second = pipeline.calls_for("agent-dev-001")
+    assert first.ended is not None
+    # The configured backoff here is 0.2 s; the gap comes from the server's Retry-After.
+    assert second.started - first.ended >= 2.0

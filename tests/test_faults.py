@@ -1,0 +1,67 @@
+"""Faults injected into real servers: the pipeline survives them, and no event is lost or
+duplicated."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agents.bus import BusConfig, EventBus
+from agents.embedded import LocalNatsServer
+from agents.events import AgentResponseEvent
+from agents.models import DeliberationRequest, DeliberationResult
+from flows.deliberate import deliberate
+from tests.fake_llm import FakeLLMServer, ok
+
+
+@pytest.fixture
+def own_nats() -> Iterator[LocalNatsServer]:
+    with LocalNatsServer() as server:
+        yield server
+
+
+def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
+    own_nats: LocalNatsServer,
+    fake_llm: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    ray_cluster: None,
+) -> None:
+    monkeypatch.setenv("VLLM_URL", fake_llm.url)
+    monkeypatch.setenv("NATS_URL", own_nats.url)
+    # DEV answers at once; QA and DATA answer while NATS is down or just back.
+    fake_llm.script("agent-qa-001", ok(delay=4))
+    fake_llm.script("agent-data-001", ok(delay=6))
+    deliberation_id = uuid.uuid4().hex
+    request = DeliberationRequest(task="t", roles=["DEV", "QA", "DATA"], deliberation_id=deliberation_id)
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
+    )
+    runner.start()
+    _wait_until(lambda: any(c.ended for c in fake_llm.calls_for("agent-dev-001")), timeout=120)
+    own_nats.restart()
+    runner.join(timeout=300)
+    assert not runner.is_alive(), "the flow hung after NATS restarted"
+
+    state = outcome["state"]
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, DeliberationResult), result
+    assert state.is_completed(), result.summary
+    with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
+        events = bus.read_events(deliberation_id)
+    agents = Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent))
+    assert agents == {"agent-dev-001": 1, "agent-qa-001": 1, "agent-data-001": 1}
+    assert Counter(e.subject for e in events)["deliberation.completed"] == 1
+
+
+def _wait_until(condition: Any, timeout: float) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.05)
