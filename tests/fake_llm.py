@@ -53,6 +53,7 @@ class Call:
     headers: dict[str, str]
     behaviour: Behaviour
     started: float
+    client_port: int = 0
     ended: float | None = None
     client_disconnected: bool = False
 
@@ -143,7 +144,14 @@ class FakeLLMServer:
         with self._lock:
             script = self._scripts[agent]
             behaviour = script.popleft() if script else self.default
-        call = Call(agent, body, headers, behaviour, started=time.monotonic())
+        call = Call(
+            agent,
+            body,
+            headers,
+            behaviour,
+            started=time.monotonic(),
+            client_port=writer.get_extra_info("peername")[1],
+        )
         self.calls.append(call)
         await self._enter()
         try:

@@ -3,11 +3,14 @@ duplicated."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from agents.embedded import LocalNatsServer
 from agents.events import AgentResponseEvent
 from agents.models import DeliberationRequest, DeliberationResult
 from flows.deliberate import deliberate
-from tests.fake_llm import FakeLLMServer, ok
+from tests.fake_llm import HANG, FakeLLMServer, ok
 
 
 @pytest.fixture
@@ -65,3 +68,47 @@ def _wait_until(condition: Any, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < give_up, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_killed_ray_worker_is_retried_and_the_deliberation_completes(
+    pipeline: FakeLLMServer, read_events: Any
+) -> None:
+    pipeline.script("agent-qa-001", HANG)
+    deliberation_id = uuid.uuid4().hex
+    request = DeliberationRequest(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
+    )
+    runner.start()
+    _wait_until(lambda: bool(pipeline.calls_for("agent-qa-001")), timeout=120)
+    worker = _pid_with_local_port(pipeline.calls_for("agent-qa-001")[0].client_port)
+    os.kill(worker, signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+
+    state = outcome["state"]
+    result = state.result(raise_on_failure=False)
+    assert state.is_completed(), getattr(result, "summary", result)
+    assert [o.status for o in result.outcomes] == ["completed", "completed"]
+    assert len(pipeline.calls_for("agent-qa-001")) == 2  # the killed attempt, then the retry
+    agents = Counter(e.agent_id for e in read_events(deliberation_id) if isinstance(e, AgentResponseEvent))
+    assert agents == {"agent-dev-001": 1, "agent-qa-001": 1}
+
+
+def _pid_with_local_port(port: int) -> int:
+    """The process holding a TCP socket bound to `port` on this machine (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes and int(fd.parts[2]) != os.getpid():
+            return int(fd.parts[2])
+    raise AssertionError(f"no process holds local port {port}")
