@@ -75,6 +75,7 @@ class FakeLLMServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
         self._in_flight_changed: asyncio.Condition | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     # -- control -------------------------------------------------------------
@@ -89,9 +90,15 @@ class FakeLLMServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
         async def close() -> None:
+            # Like a crashed server: stop listening and drop every open connection.
             assert self._server is not None
             self._server.close()
+            for writer in list(self._connections):
+                writer.transport.abort()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -111,6 +118,7 @@ class FakeLLMServer:
 
     # -- HTTP ----------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
         try:
             request_line = (await reader.readline()).decode()
             if not request_line:
@@ -131,6 +139,7 @@ class FakeLLMServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._connections.discard(writer)
             writer.close()
 
     async def _chat(

@@ -112,3 +112,37 @@ def _pid_with_local_port(port: int) -> int:
         if target.startswith("socket:[") and target[8:-1] in inodes and int(fd.parts[2]) != os.getpid():
             return int(fd.parts[2])
     raise AssertionError(f"no process holds local port {port}")
+
+
+def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_decides(
+    pipeline: FakeLLMServer, read_events: Any
+) -> None:
+    pipeline.script("agent-qa-001", HANG)
+    deliberation_id = uuid.uuid4().hex
+    request = DeliberationRequest(task="t", roles=["DEV", "QA"], quorum=1, deliberation_id=deliberation_id)
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
+    )
+    runner.start()
+    _wait_until(
+        lambda: (
+            bool(pipeline.calls_for("agent-qa-001"))
+            and any(c.ended for c in pipeline.calls_for("agent-dev-001"))
+        ),
+        timeout=120,
+    )
+    pipeline.stop()
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+
+    state = outcome["state"]
+    result = state.result(raise_on_failure=False)
+    assert state.is_completed(), result.summary
+    qa = next(o for o in result.outcomes if o.agent_id == "agent-qa-001")
+    assert qa.status == "failed" and qa.error is not None
+    assert qa.error.type == "LLMUnavailable" and qa.attempts == 4  # 1 + DELIBERATION_MAX_RETRIES
+    events = read_events(deliberation_id)
+    failed = [e for e in events if e.subject == "agent.response.failed"]
+    assert [e.agent_id for e in failed] == ["agent-qa-001"]  # type: ignore[attr-defined]
+    assert Counter(e.subject for e in events)["deliberation.completed"] == 1
