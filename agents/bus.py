@@ -18,7 +18,14 @@ from typing import Any, Literal, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError
 from pydantic import BaseModel, SecretStr
 
@@ -38,6 +45,8 @@ class BusConfig(BaseModel):
     publish_timeout: float = 10.0
     stream_max_age_seconds: float = 7 * 24 * 3600.0
     stream_duplicate_window_seconds: float = 24 * 3600.0
+    stream_max_msgs: int = -1
+    stream_discard: Literal["old", "new"] = "old"
     stream_storage: Literal["file", "memory"] = "file"
     stream_replicas: int = 1
 
@@ -109,6 +118,8 @@ class JetStreamBus:
                     self._config.stream_duplicate_window_seconds,
                     self._config.stream_max_age_seconds,
                 ),
+                max_msgs=self._config.stream_max_msgs,
+                discard=DiscardPolicy(self._config.stream_discard),
                 storage=StorageType(self._config.stream_storage),
                 num_replicas=self._config.stream_replicas,
             )

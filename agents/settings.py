@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     nats_publish_timeout: float = Field(default=10.0, gt=0)
     stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     stream_duplicate_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    stream_max_msgs: int = Field(default=-1, ge=-1, description="-1: unlimited.")
+    stream_discard: Literal["old", "new"] = Field(
+        default="old", description="When full: drop the oldest events, or refuse new ones."
+    )
     stream_storage: Literal["file", "memory"] = "file"
     stream_replicas: int = Field(default=1, ge=1)
 
@@ -97,6 +101,8 @@ class Settings(BaseSettings):
             publish_timeout=self.nats_publish_timeout,
             stream_max_age_seconds=self.stream_max_age_seconds,
             stream_duplicate_window_seconds=self.stream_duplicate_window_seconds,
+            stream_max_msgs=self.stream_max_msgs,
+            stream_discard=self.stream_discard,
             stream_storage=self.stream_storage,
             stream_replicas=self.stream_replicas,
         )

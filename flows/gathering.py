@@ -91,14 +91,22 @@ def gather_outcomes(
         future.add_done_callback(finished.put)
 
     outcomes: dict[AgentSpec, AgentOutcome] = {}
-    while len(outcomes) < len(futures):
-        try:
-            future = finished.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        agent = agent_of[future]
-        outcomes[agent] = _outcome_of(agent, future, _elapsed_ms(started))
-        on_outcome(outcomes[agent])
+    try:
+        while len(outcomes) < len(futures):
+            try:
+                future = finished.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            agent = agent_of[future]
+            outcomes[agent] = _outcome_of(agent, future, _elapsed_ms(started))
+            on_outcome(outcomes[agent])
+    except BaseException:
+        # The flow run is failing (say, an event could not be published): leave no
+        # agent running on in Ray behind it.
+        for agent, future in futures.items():
+            if agent not in outcomes:
+                _cancel(future, "the flow run failed")
+        raise
 
     for agent, future in futures.items():
         if agent not in outcomes:

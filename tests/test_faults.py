@@ -146,3 +146,29 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
     failed = [e for e in events if e.subject == "agent.response.failed"]
     assert [e.agent_id for e in failed] == ["agent-qa-001"]  # type: ignore[attr-defined]
     assert Counter(e.subject for e in events)["deliberation.completed"] == 1
+
+
+def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
+    own_nats: LocalNatsServer,
+    fake_llm: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    ray_cluster: None,
+) -> None:
+    monkeypatch.setenv("VLLM_URL", fake_llm.url)
+    monkeypatch.setenv("NATS_URL", own_nats.url)
+    monkeypatch.setenv("DELIBERATION_STREAM_MAX_MSGS", "1")
+    monkeypatch.setenv("DELIBERATION_STREAM_DISCARD", "new")
+    fake_llm.script("agent-qa-001", ok(delay=1))
+    fake_llm.script("agent-data-001", HANG)
+    deliberation_id = uuid.uuid4().hex
+    request = DeliberationRequest(task="t", roles=["DEV", "QA", "DATA"], deliberation_id=deliberation_id)
+    state = deliberate(request=request, return_state=True)
+
+    assert state.is_failed()
+    assert "maximum messages exceeded" in str(state.message)
+    with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
+        events = bus.read_events(deliberation_id)
+    assert [e.agent_id for e in events] == ["agent-dev-001"]  # type: ignore[attr-defined]
+    # The hanging agent was cancelled with the failing attempt, so its request was dropped
+    # (the flow run's retry then asked again, and failed to publish again).
+    assert fake_llm.calls_for("agent-data-001")[0].client_disconnected
