@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.states import State
 
 from agents.bus import BusConfig, EventBus
 from agents.embedded import LocalNatsServer
@@ -24,36 +25,45 @@ from tests.fake_llm import HANG, FakeLLMServer, ok
 
 
 @pytest.fixture
-def own_nats() -> Iterator[LocalNatsServer]:
+def own_nats(
+    fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, ray_cluster: None
+) -> Iterator[LocalNatsServer]:
+    """A nats-server of this test's own (to restart or to fill), with the pipeline on it."""
     with LocalNatsServer() as server:
+        monkeypatch.setenv("VLLM_URL", fake_llm.url)
+        monkeypatch.setenv("NATS_URL", server.url)
         yield server
 
 
+class BackgroundRun:
+    """A deliberate flow run on a thread, so the test can inject a fault meanwhile."""
+
+    def __init__(self, request: DeliberationRequest) -> None:
+        self._state: State[Any] | None = None
+        self._thread = threading.Thread(target=self._run, args=(request,))
+        self._thread.start()
+
+    def _run(self, request: DeliberationRequest) -> None:
+        self._state = deliberate(request=request, return_state=True)
+
+    def finish(self, timeout: float = 300) -> tuple[State[Any], Any]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive() and self._state is not None, "the flow run hung"
+        return self._state, self._state.result(raise_on_failure=False)
+
+
 def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
-    own_nats: LocalNatsServer,
-    fake_llm: FakeLLMServer,
-    monkeypatch: pytest.MonkeyPatch,
-    ray_cluster: None,
+    own_nats: LocalNatsServer, fake_llm: FakeLLMServer
 ) -> None:
-    monkeypatch.setenv("VLLM_URL", fake_llm.url)
-    monkeypatch.setenv("NATS_URL", own_nats.url)
     # DEV answers at once; QA and DATA answer while NATS is down or just back.
     fake_llm.script("agent-qa-001", ok(delay=4))
     fake_llm.script("agent-data-001", ok(delay=6))
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA", "DATA"], deliberation_id=deliberation_id)
-    outcome: dict[str, Any] = {}
-    runner = threading.Thread(
-        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
-    )
-    runner.start()
+    run = BackgroundRun(request)
     _wait_until(lambda: any(c.ended for c in fake_llm.calls_for("agent-dev-001")), timeout=120)
     own_nats.restart()
-    runner.join(timeout=300)
-    assert not runner.is_alive(), "the flow hung after NATS restarted"
-
-    state = outcome["state"]
-    result = state.result(raise_on_failure=False)
+    state, result = run.finish()
     assert isinstance(result, DeliberationResult), result
     assert state.is_completed(), result.summary
     with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
@@ -76,19 +86,11 @@ def test_a_killed_ray_worker_is_retried_and_the_deliberation_completes(
     pipeline.script("agent-qa-001", HANG)
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
-    outcome: dict[str, Any] = {}
-    runner = threading.Thread(
-        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
-    )
-    runner.start()
+    run = BackgroundRun(request)
     _wait_until(lambda: bool(pipeline.calls_for("agent-qa-001")), timeout=120)
     worker = _pid_with_local_port(pipeline.calls_for("agent-qa-001")[0].client_port)
     os.kill(worker, signal.SIGKILL)
-    runner.join(timeout=300)
-    assert not runner.is_alive()
-
-    state = outcome["state"]
-    result = state.result(raise_on_failure=False)
+    state, result = run.finish()
     assert state.is_completed(), getattr(result, "summary", result)
     assert [o.status for o in result.outcomes] == ["completed", "completed"]
     assert len(pipeline.calls_for("agent-qa-001")) == 2  # the killed attempt, then the retry
@@ -120,11 +122,7 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
     pipeline.script("agent-qa-001", HANG)
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA"], quorum=1, deliberation_id=deliberation_id)
-    outcome: dict[str, Any] = {}
-    runner = threading.Thread(
-        target=lambda: outcome.update(state=deliberate(request=request, return_state=True))
-    )
-    runner.start()
+    run = BackgroundRun(request)
     _wait_until(
         lambda: (
             bool(pipeline.calls_for("agent-qa-001"))
@@ -133,11 +131,7 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
         timeout=120,
     )
     pipeline.stop()
-    runner.join(timeout=300)
-    assert not runner.is_alive()
-
-    state = outcome["state"]
-    result = state.result(raise_on_failure=False)
+    state, result = run.finish()
     assert state.is_completed(), result.summary
     qa = next(o for o in result.outcomes if o.agent_id == "agent-qa-001")
     assert qa.status == "failed" and qa.error is not None
@@ -149,13 +143,8 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
 
 
 def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
-    own_nats: LocalNatsServer,
-    fake_llm: FakeLLMServer,
-    monkeypatch: pytest.MonkeyPatch,
-    ray_cluster: None,
+    own_nats: LocalNatsServer, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VLLM_URL", fake_llm.url)
-    monkeypatch.setenv("NATS_URL", own_nats.url)
     monkeypatch.setenv("DELIBERATION_STREAM_MAX_MSGS", "1")
     monkeypatch.setenv("DELIBERATION_STREAM_DISCARD", "new")
     fake_llm.script("agent-qa-001", ok(delay=1))
@@ -168,7 +157,8 @@ def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
     assert "maximum messages exceeded" in str(state.message)
     with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
         events = bus.read_events(deliberation_id)
-    assert [e.agent_id for e in events] == ["agent-dev-001"]  # type: ignore[attr-defined]
+    # Room for one event: whichever of DEV and QA answered first; the other was refused.
+    assert len(events) == 1 and events[0].agent_id in {"agent-dev-001", "agent-qa-001"}  # type: ignore[attr-defined]
     # The hanging agent was cancelled with the failing attempt, so its request was dropped
     # (the flow run's retry then asked again, and failed to publish again).
     assert fake_llm.calls_for("agent-data-001")[0].client_disconnected
