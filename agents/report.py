@@ -14,17 +14,13 @@ def first_line(text: str, limit: int = PREVIEW_CHARS) -> str:
 
 def outcome_row(outcome: AgentOutcome) -> dict[str, str | int]:
     proposal = outcome.proposal
-    tokens = ""
-    latency = ""
+    tokens = latency = preview = ""
     if proposal is not None:
         tokens = f"{proposal.prompt_tokens or 0}+{proposal.completion_tokens or 0}"
         latency = f"{proposal.latency_ms / 1000:.1f}s"
-    if proposal is not None:
         preview = first_line(proposal.content)
     elif outcome.error is not None:
         preview = f"{outcome.error.type}: {first_line(outcome.error.message)}"
-    else:
-        preview = ""
     return {
         "agent": outcome.agent_id,
         "role": str(outcome.role),

@@ -1,0 +1,51 @@
+from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal
+from agents.report import first_line, outcome_row, render_table
+from agents.roles import Role
+
+
+def test_first_line_skips_blank_lines_and_truncates() -> None:
+    assert first_line("\n\n  Use a token bucket.\nThen ...") == "Use a token bucket."
+    assert first_line("x" * 100, limit=10) == "x" * 9 + "…"
+
+
+def test_rows_show_tokens_and_latency_or_the_error() -> None:
+    proposal = Proposal(
+        content="Plan:\nstep",
+        author_id="agent-dev-001",
+        author_role=Role.DEV,
+        model="m",
+        temperature=0.7,
+        prompt_tokens=12,
+        completion_tokens=34,
+        latency_ms=1500,
+    )
+    done = AgentOutcome(
+        agent_id="agent-dev-001",
+        role=Role.DEV,
+        status=AgentStatus.COMPLETED,
+        attempts=2,
+        duration_ms=1600,
+        proposal=proposal,
+    )
+    failed = AgentOutcome(
+        agent_id="agent-qa-001",
+        role=Role.QA,
+        status=AgentStatus.TIMED_OUT,
+        attempts=1,
+        duration_ms=9000,
+        error=ErrorInfo(type="DeadlineExceeded", message="too slow\nmore", retryable=False),
+    )
+    rows = [outcome_row(done), outcome_row(failed)]
+    assert rows[0] == {
+        "agent": "agent-dev-001",
+        "role": "DEV",
+        "status": "completed",
+        "attempts": 2,
+        "tokens": "12+34",
+        "latency": "1.5s",
+        "proposal": "Plan:",
+    }
+    assert rows[1]["proposal"] == "DeadlineExceeded: too slow" and rows[1]["tokens"] == ""
+    header, first, second = render_table(rows).splitlines()
+    assert header.split() == ["AGENT", "ROLE", "STATUS", "ATTEMPTS", "TOKENS", "LATENCY", "PROPOSAL"]
+    assert first.index("completed") == second.index("timed_out") == header.index("STATUS")
