@@ -70,9 +70,13 @@ class JetStreamBus:
         nc = NATS()
         where = redact_url(config.url)
         connected = asyncio.Event()
+        first_errors: list[Exception] = []
 
         async def report(exc: Exception) -> None:
-            # Before the first connection the caller gets one clear error instead.
+            # Before the first connection the caller gets one clear error instead, naming
+            # the cause nats-py only reports here (say, an authorization violation).
+            if not connected.is_set():
+                first_errors.append(exc)
             log.log(logging.WARNING if connected.is_set() else logging.DEBUG, "NATS: %s", exc)
 
         options: dict[str, Any] = {
@@ -92,9 +96,10 @@ class JetStreamBus:
             await asyncio.wait_for(nc.connect(**options), timeout=config.connect_timeout * 3)
         except (TimeoutError, OSError, NatsError) as exc:
             await nc.close()
+            cause = first_errors[-1] if first_errors else exc
             raise EventBusError(
-                f"cannot reach NATS at {where}: {type(exc).__name__}; "
-                "start nats-server with -js or set NATS_URL"
+                f"cannot reach NATS at {where}: {type(cause).__name__} {cause}; "
+                "check NATS_URL and its credentials, and that nats-server runs with -js"
             ) from None
         connected.set()
         # Once connected, ride out server restarts: reconnect for as long as it takes.

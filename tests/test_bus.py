@@ -3,9 +3,10 @@
 import uuid
 
 import pytest
+from pydantic import SecretStr
 
 from agents.bus import BusConfig, EventBus
-from agents.embedded import free_port
+from agents.embedded import LocalNatsServer, free_port
 from agents.errors import EventBusError
 from agents.events import AGENT_RESPONSE_FAILED, agent_event
 from agents.models import AgentOutcome, AgentStatus, ErrorInfo
@@ -50,3 +51,32 @@ def test_unreachable_nats_is_a_clear_error() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     with pytest.raises(EventBusError, match=f"cannot reach NATS at {url}"):
         EventBus.connect(BusConfig(url=url, connect_timeout=1))
+
+
+class _NatsWithAuth(LocalNatsServer):
+    def __init__(self, *auth: str) -> None:
+        super().__init__()
+        self.auth = list(auth)
+
+    def command(self) -> list[str]:
+        return super().command() + self.auth
+
+
+def test_user_password_in_the_url_and_a_wrong_one_is_refused_without_echo() -> None:
+    with _NatsWithAuth("--user", "council", "--pass", "s3cret-pw") as server:
+        good = server.url.replace("nats://", "nats://council:s3cret-pw@")
+        EventBus.connect(BusConfig(url=good)).close()
+        bad = server.url.replace("nats://", "nats://council:wrong-pw@")
+        with pytest.raises(EventBusError) as caught:
+            EventBus.connect(BusConfig(url=bad, connect_timeout=2))
+    assert "wrong-pw" not in str(caught.value) and "council" not in str(caught.value)
+    assert f"cannot reach NATS at nats://127.0.0.1:{server.port}" in str(caught.value)
+    assert "Authorization Violation" in str(caught.value)
+
+
+def test_token_authentication(nats_url: str) -> None:
+    with _NatsWithAuth("--auth", "tok-123") as server:
+        EventBus.connect(BusConfig(url=server.url, token=SecretStr("tok-123"))).close()
+        with pytest.raises(EventBusError) as caught:
+            EventBus.connect(BusConfig(url=server.url, token=SecretStr("tok-999"), connect_timeout=2))
+    assert "tok-999" not in str(caught.value)
