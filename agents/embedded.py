@@ -118,10 +118,6 @@ class ManagedProcess:
                 process.kill()
                 process.wait()
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def _log_tail(self) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").strip().splitlines()

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from agents.errors import ConfigurationError
 from agents.models import Constraints, DeliberationRequest, DeliberationResult
-from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.report import outcome_rows, render_table
 from agents.settings import Settings
 
@@ -125,18 +124,22 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
     # Imported here so that bad input is refused without loading Prefect and Ray.
     from prefect.states import State
 
-    from flows.deliberate import deliberate
+    from flows.deliberate import check_endpoints, deliberate
     from flows.runtime import embedded_servers, prefect_api, task_runner
 
     with embedded_servers(settings) as settings:
         # Check before starting anything heavy: an unreachable server is a configuration
         # error. Secret blocks can only be read once there is a Prefect API.
+        def preflight() -> None:
+            _, bus = check_endpoints(settings, request.model)
+            bus.close()
+
         uses_secret_blocks = bool(settings.vllm_api_key_secret or settings.nats_token_secret)
         if not uses_secret_blocks:
-            _preflight(settings, request)
+            preflight()
         with prefect_api():
             if uses_secret_blocks:
-                _preflight(settings, request)
+                preflight()
             state: State[Any] = deliberate.with_options(task_runner=task_runner(settings))(
                 request=request, return_state=True
             )
@@ -151,14 +154,6 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         print(render_table(outcome_rows(value)))
         print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
     return EXIT_OK if state.is_completed() else EXIT_FAILED
-
-
-def _preflight(settings: Settings, request: DeliberationRequest) -> None:
-    from tasks.credentials import model_api_key, nats_token
-
-    api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
-    resolve_model_endpoint(settings, request.model, api_key)
-    connect_event_bus(settings, nats_token(settings)).close()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> NoReturn:

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from agents.bus import EventBus
 from agents.council import conclude, plan_council
 from agents.events import AgentResponseEvent, agent_event, deliberation_event, outcome_of
+from agents.llm import LLMEndpoint
 from agents.models import (
     MAX_DEADLINE_SECONDS,
     AgentOutcome,
@@ -76,9 +77,8 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     started_at = datetime.now(UTC)
 
     council = plan_council(request)
-    api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
-    endpoint = resolve_model_endpoint(settings, request.model, api_key)
-    with connect_event_bus(settings, nats_token(settings)) as bus:
+    endpoint, bus = check_endpoints(settings, request.model)
+    with bus:
         # Published outcomes are final: a retried run reuses them and runs only the rest.
         decided = published_outcomes(bus, deliberation_id, run_id)
         pending = [agent for agent in council if agent.agent_id not in decided]
@@ -99,6 +99,14 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     if result.status is DeliberationStatus.FAILED:
         return Failed(message=result.summary, data=result)
     return result
+
+
+def check_endpoints(settings: Settings, model: str | None) -> tuple[LLMEndpoint, EventBus]:
+    """The model endpoint, checked against the server, and a connected event bus, with
+    secrets from Secret blocks or the environment. Raises ConfigurationError."""
+    api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
+    endpoint = resolve_model_endpoint(settings, model, api_key)
+    return endpoint, connect_event_bus(settings, nats_token(settings))
 
 
 def published_outcomes(bus: EventBus, deliberation_id: str, run_id: UUID) -> dict[str, AgentOutcome]:

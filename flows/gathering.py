@@ -46,7 +46,7 @@ def submit_proposals(
     with remote_options(num_cpus=settings.agent_cpus):
         return {
             agent: propose.with_options(
-                task_run_name=f"propose-{agent.role.lower()}-{agent.index:03d}",
+                task_run_name=agent.agent_id.replace("agent-", "propose-", 1),
                 tags={"llm", f"role:{agent.role.lower()}"},
             ).submit(
                 deliberation_id=deliberation_id,
