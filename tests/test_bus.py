@@ -9,19 +9,7 @@ from agents.bus import BusConfig, EventBus
 from agents.embedded import LocalNatsServer, free_port
 from agents.errors import EventBusError
 from agents.events import AGENT_RESPONSE_FAILED, agent_event
-from agents.models import AgentOutcome, AgentStatus, ErrorInfo
-from agents.roles import Role
-
-
-def failed_outcome(agent_id: str = "agent-dev-001") -> AgentOutcome:
-    return AgentOutcome(
-        agent_id=agent_id,
-        role=Role.DEV,
-        status=AgentStatus.FAILED,
-        attempts=1,
-        duration_ms=3,
-        error=ErrorInfo(type="LLMRejected", message="400", retryable=False),
-    )
+from tests.factories import failed
 
 
 def test_streams_are_created_idempotently(nats_url: str) -> None:
@@ -36,7 +24,7 @@ def test_changed_retention_updates_the_existing_stream(nats_url: str) -> None:
 
 def test_publish_is_acked_and_a_second_copy_is_dropped(nats_url: str) -> None:
     deliberation_id = uuid.uuid4().hex
-    event = agent_event(deliberation_id, "t", failed_outcome())
+    event = agent_event(deliberation_id, "t", failed(duration_ms=3))
     with EventBus.connect(BusConfig(url=nats_url)) as bus:
         first = bus.publish(event)
         second = bus.publish(event)

@@ -1,15 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 from agents.council import conclude, plan_council
-from agents.models import (
-    AgentOutcome,
-    AgentStatus,
-    DeliberationRequest,
-    DeliberationStatus,
-    ErrorInfo,
-    Proposal,
-)
-from agents.roles import Role
+from agents.models import AgentOutcome, AgentStatus, DeliberationRequest, DeliberationStatus
+from tests.factories import completed, failed
 
 
 def test_agent_ids_are_numbered_per_role() -> None:
@@ -34,23 +27,8 @@ def test_diverging_temperature_is_capped_at_two() -> None:
 
 def _outcome(agent_id: str, status: AgentStatus) -> AgentOutcome:
     if status is AgentStatus.COMPLETED:
-        proposal = Proposal(
-            content="x",
-            author_id=agent_id,
-            author_role=Role.DEV,
-            model="m",
-            temperature=0.7,
-            prompt_tokens=10,
-            completion_tokens=5,
-            latency_ms=1,
-        )
-        return AgentOutcome(
-            agent_id=agent_id, role=Role.DEV, status=status, attempts=1, duration_ms=1, proposal=proposal
-        )
-    error = ErrorInfo(type="LLMRejected", message="no", retryable=False)
-    return AgentOutcome(
-        agent_id=agent_id, role=Role.DEV, status=status, attempts=1, duration_ms=1, error=error
-    )
+        return completed(agent_id)
+    return failed(agent_id, status=status)
 
 
 def test_quorum_met_with_a_missing_agent_says_which_one() -> None:

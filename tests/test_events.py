@@ -10,10 +10,11 @@ from agents.events import (
 )
 from agents.models import AgentOutcome, AgentStatus, ErrorInfo
 from agents.roles import Role
+from tests.factories import failed
 
-FAILED = AgentOutcome(
-    agent_id="agent-qa-001",
-    role=Role.QA,
+FAILED = failed(
+    "agent-qa-001",
+    Role.QA,
     status=AgentStatus.TIMED_OUT,
     attempts=2,
     duration_ms=5,

@@ -1,6 +1,7 @@
-from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal
+from agents.models import AgentStatus, ErrorInfo
 from agents.report import first_line, outcome_row, render_table
 from agents.roles import Role
+from tests.factories import completed, failed, proposal
 
 
 def test_first_line_skips_blank_lines_and_truncates() -> None:
@@ -9,33 +10,19 @@ def test_first_line_skips_blank_lines_and_truncates() -> None:
 
 
 def test_rows_show_tokens_and_latency_or_the_error() -> None:
-    proposal = Proposal(
-        content="Plan:\nstep",
-        author_id="agent-dev-001",
-        author_role=Role.DEV,
-        model="m",
-        temperature=0.7,
-        prompt_tokens=12,
-        completion_tokens=34,
-        latency_ms=1500,
-    )
-    done = AgentOutcome(
-        agent_id="agent-dev-001",
-        role=Role.DEV,
-        status=AgentStatus.COMPLETED,
+    done = completed(
         attempts=2,
         duration_ms=1600,
-        proposal=proposal,
+        proposal=proposal(content="Plan:\nstep", prompt_tokens=12, completion_tokens=34, latency_ms=1500),
     )
-    failed = AgentOutcome(
-        agent_id="agent-qa-001",
-        role=Role.QA,
+    timed_out = failed(
+        "agent-qa-001",
+        Role.QA,
         status=AgentStatus.TIMED_OUT,
-        attempts=1,
         duration_ms=9000,
         error=ErrorInfo(type="DeadlineExceeded", message="too slow\nmore", retryable=False),
     )
-    rows = [outcome_row(done), outcome_row(failed)]
+    rows = [outcome_row(done), outcome_row(timed_out)]
     assert rows[0] == {
         "agent": "agent-dev-001",
         "role": "DEV",

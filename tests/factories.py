@@ -1,0 +1,46 @@
+"""Outcomes and proposals for tests, with defaults a test overrides where it cares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal
+from agents.roles import Role
+
+
+def proposal(agent_id: str = "agent-dev-001", role: Role = Role.DEV, **fields: Any) -> Proposal:
+    defaults: dict[str, Any] = {
+        "content": "x",
+        "model": "m",
+        "temperature": 0.7,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_ms": 1,
+    }
+    return Proposal(author_id=agent_id, author_role=role, **(defaults | fields))
+
+
+def completed(agent_id: str = "agent-dev-001", role: Role = Role.DEV, **fields: Any) -> AgentOutcome:
+    return AgentOutcome(
+        agent_id=agent_id,
+        role=role,
+        status=AgentStatus.COMPLETED,
+        proposal=fields.pop("proposal", None) or proposal(agent_id, role),
+        **({"attempts": 1, "duration_ms": 1} | fields),
+    )
+
+
+def failed(
+    agent_id: str = "agent-dev-001",
+    role: Role = Role.DEV,
+    status: AgentStatus = AgentStatus.FAILED,
+    error: ErrorInfo | None = None,
+    **fields: Any,
+) -> AgentOutcome:
+    return AgentOutcome(
+        agent_id=agent_id,
+        role=role,
+        status=status,
+        error=error or ErrorInfo(type="LLMRejected", message="400", retryable=False),
+        **({"attempts": 1, "duration_ms": 1} | fields),
+    )
