@@ -9,10 +9,19 @@ from agents.models import (
     AgentOutcome,
     AgentSpec,
     AgentStatus,
+    Ballot,
     DeliberationRequest,
     DeliberationResult,
     DeliberationStatus,
+    ProposalScore,
+    Stage,
+    StageCall,
+    Usage,
+    UsageReport,
+    Winner,
 )
+
+CHAIR_ID = "chair"
 
 DIVERSITY_TEMPERATURE_FACTOR = 1.3
 MAX_TEMPERATURE = 2.0
@@ -20,6 +29,33 @@ MAX_TEMPERATURE = 2.0
 
 def agent_id_for(role: str, index: int) -> str:
     return f"agent-{role.lower()}-{index:03d}"
+
+
+def critique_id(critic_id: str, round_: int, author_id: str) -> str:
+    return f"{critic_id}.critique.r{round_}.{author_id}"
+
+
+def revision_id(author_id: str, round_: int) -> str:
+    return f"{author_id}.revision.r{round_}"
+
+
+def ranking_id(reviewer_id: str) -> str:
+    return f"{reviewer_id}.ranking"
+
+
+SYNTHESIS_ID = f"{CHAIR_ID}.synthesis"
+
+
+def plan_critiques(authors: Sequence[AgentSpec], critics: int) -> list[tuple[AgentSpec, AgentSpec]]:
+    """(critic, author) pairs: each author gets up to `critics` critics from the other
+    authors, of other roles first. Candidates are taken in a rotation starting after the
+    author, so the critiquing is spread evenly over the council."""
+    pairs = []
+    for position, author in enumerate(authors):
+        rotation = [*authors[position + 1 :], *authors[:position]]
+        others = sorted(rotation, key=lambda agent: agent.role == author.role)  # stable
+        pairs += [(critic, author) for critic in others[:critics]]
+    return pairs
 
 
 def plan_council(request: DeliberationRequest) -> list[AgentSpec]:
@@ -44,14 +80,43 @@ def plan_council(request: DeliberationRequest) -> list[AgentSpec]:
     return council
 
 
+def tally_usage(outcomes: Sequence[AgentOutcome], calls: Sequence[StageCall]) -> UsageReport:
+    """Tokens and call latency per agent, per stage and in total."""
+    report = UsageReport()
+
+    def add(agent_id: str, stage: Stage, prompt: int | None, completion: int | None, latency: int) -> None:
+        report.total = report.total.plus(prompt, completion, latency)
+        for totals, key in ((report.by_agent, agent_id), (report.by_stage, str(stage))):
+            totals[key] = totals.get(key, Usage()).plus(prompt, completion, latency)
+
+    for outcome in outcomes:
+        if outcome.proposal is not None:
+            p = outcome.proposal
+            add(outcome.agent_id, Stage.PROPOSAL, p.prompt_tokens, p.completion_tokens, p.latency_ms)
+    for call in calls:
+        if call.ok:
+            add(call.agent_id, call.stage, call.prompt_tokens, call.completion_tokens, call.latency_ms)
+    return report
+
+
 def conclude(
     request: DeliberationRequest,
     deliberation_id: str,
     outcomes: Sequence[AgentOutcome],
     started_at: datetime,
     finished_at: datetime,
+    *,
+    reviews: Sequence[StageCall] = (),
+    rankings: Sequence[StageCall] = (),
+    ballots: Sequence[Ballot] = (),
+    scores: Sequence[ProposalScore] = (),
+    winner: Winner | None = None,
+    synthesis: StageCall | None = None,
+    incomplete: Sequence[str] = (),
+    stage_ms: dict[str, int] | None = None,
 ) -> DeliberationResult:
-    """The deliberation succeeds when at least `quorum` agents produced a proposal."""
+    """The deliberation succeeds when at least `quorum` agents produced a proposal; the
+    review, ranking and synthesis that followed are recorded as they went, gaps included."""
     completed = [o for o in outcomes if o.status is AgentStatus.COMPLETED]
     missing = [o for o in outcomes if o.status is not AgentStatus.COMPLETED]
     quorum = request.required_proposals
@@ -61,6 +126,11 @@ def conclude(
     )
     if missing:
         summary += "; missing: " + ", ".join(f"{o.agent_id} ({o.status})" for o in missing)
+    if winner is not None:
+        summary += f"; winner {winner.agent_id} (score {winner.score:.2f})"
+    calls = [*reviews, *rankings, *([synthesis] if synthesis else [])]
+    usage = tally_usage(outcomes, calls)
+    usage.stage_ms = dict(stage_ms or {})
     return DeliberationResult(
         deliberation_id=deliberation_id,
         task_id=request.task_id or deliberation_id,
@@ -69,8 +139,16 @@ def conclude(
         completed=len(completed),
         missing=[o.agent_id for o in missing],
         outcomes=list(outcomes),
-        prompt_tokens=sum(o.proposal.prompt_tokens or 0 for o in completed if o.proposal),
-        completion_tokens=sum(o.proposal.completion_tokens or 0 for o in completed if o.proposal),
+        reviews=list(reviews),
+        rankings=list(rankings),
+        ballots=list(ballots),
+        scores=list(scores),
+        winner=winner,
+        synthesis=synthesis,
+        incomplete=list(incomplete),
+        usage=usage,
+        prompt_tokens=usage.total.prompt_tokens,
+        completion_tokens=usage.total.completion_tokens,
         started_at=started_at,
         duration_ms=int((finished_at - started_at).total_seconds() * 1000),
         summary=summary,

@@ -22,6 +22,8 @@ MAX_METADATA_ITEMS = 50
 MAX_METADATA_CHARS = 1_000
 MAX_AGENTS_PER_ROLE = 10
 MAX_DEADLINE_SECONDS = 3_600.0
+MAX_REVIEW_ROUNDS = 3
+MAX_CRITICS = 8
 
 # Ids end up in NATS message ids, subjects of key-value buckets and Prefect run names.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -121,6 +123,18 @@ class DeliberationRequest(BaseModel):
         default=None,
         pattern=ID_PATTERN,
         description="Idempotency key; reusing it reuses finished proposals. Empty: the flow run id.",
+    )
+    rounds: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_REVIEW_ROUNDS,
+        description="Peer-review rounds: critiques by other roles, then a revision by the author. 0: none.",
+    )
+    critics: int = Field(
+        default=2, ge=1, le=MAX_CRITICS, description="Critics per proposal and round, of other roles first."
+    )
+    synthesize: bool = Field(
+        default=False, description="After ranking, one more call merges the best proposals into one."
     )
 
     @field_validator("task")
@@ -222,6 +236,100 @@ class AgentOutcome(BaseModel):
         return self
 
 
+class Stage(StrEnum):
+    PROPOSAL = "proposal"
+    CRITIQUE = "critique"
+    REVISION = "revision"
+    RANKING = "ranking"
+    SYNTHESIS = "synthesis"
+
+
+class StageCall(BaseModel):
+    """One model call after the proposals: a critique, a revision, a ranking or the synthesis."""
+
+    call_id: str = Field(description="Unique within the deliberation; also the OpenAI `user` field.")
+    stage: Stage
+    agent_id: str = Field(description="Who spoke: the critic, the author, the ranking reviewer, the chair.")
+    round: int = Field(default=0, ge=0)
+    subject_id: str | None = Field(default=None, description="Whose proposal a critique or revision is on.")
+    status: AgentStatus
+    attempts: int = Field(default=0, ge=0)
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = 0
+    error: ErrorInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is AgentStatus.COMPLETED and self.content is not None
+
+
+class Ballot(BaseModel):
+    """One reviewer's ranking of the others' proposals, shown to it under shuffled labels."""
+
+    reviewer_id: str
+    labels: dict[str, str] = Field(description="Label shown to the reviewer -> agent id.")
+    order: list[str] = Field(default_factory=list, description="Agent ids, best first; empty if abstained.")
+    abstained: str | None = Field(default=None, description="Why the ballot does not count.")
+
+
+class CheckResult(BaseModel):
+    name: str
+    applicable: bool
+    score: float = Field(ge=0.0, le=1.0)
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.applicable and self.score == 1.0
+
+
+class ProposalScore(BaseModel):
+    agent_id: str
+    role: Role
+    version: int = Field(ge=0, description="Review round of the version scored; 0 is the original.")
+    peer_score: float | None = Field(description="Mean normalized Borda points; None without ballots.")
+    ballots: int
+    checks: list[CheckResult]
+    check_score: float
+    score: float
+    rank: int = Field(ge=1)
+
+
+class Winner(BaseModel):
+    agent_id: str
+    role: Role
+    score: float
+    version: int
+    content: str
+    reason: str
+    tie_break: str | None = Field(default=None, description="How a tie for first place was broken.")
+
+
+class Usage(BaseModel):
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = Field(default=0, description="Sum of the calls' latencies.")
+
+    def plus(self, prompt_tokens: int | None, completion_tokens: int | None, latency_ms: int) -> Usage:
+        return Usage(
+            calls=self.calls + 1,
+            prompt_tokens=self.prompt_tokens + (prompt_tokens or 0),
+            completion_tokens=self.completion_tokens + (completion_tokens or 0),
+            latency_ms=self.latency_ms + latency_ms,
+        )
+
+
+class UsageReport(BaseModel):
+    total: Usage = Field(default_factory=Usage)
+    by_agent: dict[str, Usage] = Field(default_factory=dict)
+    by_stage: dict[str, Usage] = Field(default_factory=dict)
+    stage_ms: dict[str, int] = Field(default_factory=dict, description="Wall time of each stage.")
+
+
 class DeliberationStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
@@ -235,8 +343,18 @@ class DeliberationResult(BaseModel):
     completed: int
     missing: list[str] = Field(description="Ids of agents without a proposal.")
     outcomes: list[AgentOutcome]
-    prompt_tokens: int
-    completion_tokens: int
+    reviews: list[StageCall] = Field(default_factory=list, description="Critiques and revisions, in order.")
+    ballots: list[Ballot] = Field(default_factory=list)
+    rankings: list[StageCall] = Field(default_factory=list, description="The ranking calls, raw.")
+    scores: list[ProposalScore] = Field(default_factory=list, description="Best first.")
+    winner: Winner | None = None
+    synthesis: StageCall | None = None
+    incomplete: list[str] = Field(
+        default_factory=list, description="Parts of the deliberation that are missing, and why."
+    )
+    usage: UsageReport = Field(default_factory=UsageReport)
+    prompt_tokens: int = Field(description="All stages.")
+    completion_tokens: int = Field(description="All stages.")
     started_at: datetime
     duration_ms: int
     summary: str

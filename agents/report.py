@@ -1,8 +1,9 @@
-"""One row per agent, shared by the CLI's table and the Prefect table artifact."""
+"""What a deliberation looks like to people: one row per agent (the CLI's table and the
+Prefect table artifact) and a markdown report (the Prefect markdown artifact)."""
 
 from __future__ import annotations
 
-from agents.models import AgentOutcome, DeliberationResult
+from agents.models import AgentOutcome, DeliberationResult, ProposalScore, Stage, Usage
 
 PREVIEW_CHARS = 80
 
@@ -12,7 +13,7 @@ def first_line(text: str, limit: int = PREVIEW_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def outcome_row(outcome: AgentOutcome) -> dict[str, str | int]:
+def outcome_row(outcome: AgentOutcome, score: ProposalScore | None = None) -> dict[str, str | int]:
     proposal = outcome.proposal
     tokens = latency = preview = ""
     if proposal is not None:
@@ -25,6 +26,8 @@ def outcome_row(outcome: AgentOutcome) -> dict[str, str | int]:
         "agent": outcome.agent_id,
         "role": str(outcome.role),
         "status": str(outcome.status),
+        "score": f"{score.score:.2f}" if score else "",
+        "rank": score.rank if score else "",
         "attempts": outcome.attempts,
         "tokens": tokens,
         "latency": latency,
@@ -33,7 +36,75 @@ def outcome_row(outcome: AgentOutcome) -> dict[str, str | int]:
 
 
 def outcome_rows(result: DeliberationResult) -> list[dict[str, str | int]]:
-    return [outcome_row(outcome) for outcome in result.outcomes]
+    scores = {score.agent_id: score for score in result.scores}
+    return [outcome_row(outcome, scores.get(outcome.agent_id)) for outcome in result.outcomes]
+
+
+def _usage_line(name: str, usage: Usage, wall_ms: int | None = None) -> str:
+    wall = f"{wall_ms / 1000:.1f}s" if wall_ms is not None else ""
+    return (
+        f"| {name} | {usage.calls} | {usage.prompt_tokens} | {usage.completion_tokens} "
+        f"| {usage.latency_ms / 1000:.1f}s | {wall} |"
+    )
+
+
+def _quote(text: str) -> str:
+    return "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> (empty)"
+
+
+def markdown_report(result: DeliberationResult) -> str:
+    """The winner and why, every score and check, the critiques and ballots, what is
+    missing, and the token and latency totals."""
+    out = [f"# Deliberation `{result.deliberation_id}`", "", f"**{result.status}**: {result.summary}", ""]
+    if result.winner is not None:
+        w = result.winner
+        out += [f"## Winner: {w.agent_id} ({w.role}), score {w.score:.2f}", "", w.reason + "."]
+        if w.tie_break:
+            out += ["", f"Tie-break: {w.tie_break}."]
+        out += ["", _quote(w.content), ""]
+    if result.synthesis is not None and result.synthesis.content:
+        out += ["## Synthesis", "", _quote(result.synthesis.content), ""]
+    if result.scores:
+        out += [
+            "## Scores",
+            "",
+            "| rank | agent | role | version | score | peer | ballots | checks |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s in result.scores:
+            peer = f"{s.peer_score:.2f}" if s.peer_score is not None else "–"
+            checks = "; ".join(
+                f"{'✓' if c.passed else '✗' if c.applicable else '–'} {c.name}: {c.detail}" for c in s.checks
+            )
+            out.append(
+                f"| {s.rank} | {s.agent_id} | {s.role} | {s.version} | {s.score:.2f} | {peer} "
+                f"| {s.ballots} | {checks} |"
+            )
+        out.append("")
+    critiques = [c for c in result.reviews if c.stage is Stage.CRITIQUE and c.ok]
+    if critiques:
+        out += ["## Critiques", ""]
+        for c in critiques:
+            out += [f"**Round {c.round}: {c.agent_id} on {c.subject_id}**", "", _quote(c.content or ""), ""]
+    if result.ballots:
+        out += ["## Ballots", ""]
+        for b in result.ballots:
+            verdict = f"abstained ({b.abstained})" if b.abstained else " > ".join(b.order)
+            out.append(f"- {b.reviewer_id}: {verdict}")
+        out.append("")
+    if result.incomplete:
+        out += ["## Missing", "", *(f"- {gap}" for gap in result.incomplete), ""]
+    usage = result.usage
+    out += [
+        "## Usage",
+        "",
+        "| | calls | prompt tokens | completion tokens | call latency | wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [_usage_line(stage, u, usage.stage_ms.get(stage)) for stage, u in usage.by_stage.items()]
+    out += [_usage_line(agent, u) for agent, u in usage.by_agent.items()]
+    out.append(_usage_line("**total**", usage.total, result.duration_ms))
+    return "\n".join(out) + "\n"
 
 
 def render_table(rows: list[dict[str, str | int]]) -> str:

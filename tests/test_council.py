@@ -1,7 +1,9 @@
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from agents.council import conclude, plan_council
-from agents.models import AgentOutcome, AgentStatus, DeliberationRequest, DeliberationStatus
+from agents.council import conclude, plan_council, plan_critiques
+from agents.models import AgentOutcome, AgentStatus, DeliberationRequest, DeliberationStatus, Stage, StageCall
+from agents.roles import Role
 from tests.factories import completed, failed
 
 
@@ -56,3 +58,52 @@ def test_default_quorum_is_every_agent() -> None:
     result = conclude(request, "d1", outcomes, now, now)
     assert result.status is DeliberationStatus.FAILED
     assert result.quorum == 2
+
+
+def test_critics_come_from_other_roles_first_and_the_load_is_spread() -> None:
+    council = plan_council(DeliberationRequest(task="t", roles=["DEV", "QA", "ARCHITECT"], agents_per_role=2))
+    pairs = plan_critiques(council, critics=2)
+    for critic, author in pairs:
+        assert critic.role != author.role and critic != author
+    assert Counter(author.agent_id for _, author in pairs) == {a.agent_id: 2 for a in council}
+    assert max(Counter(critic.agent_id for critic, _ in pairs).values()) <= 3
+
+
+def test_a_single_role_council_falls_back_to_its_other_agents() -> None:
+    council = plan_council(DeliberationRequest(task="t", roles=["DEV"], agents_per_role=3))
+    pairs = plan_critiques(council, critics=5)
+    assert [(c.agent_id, a.agent_id) for c, a in pairs if a.agent_id == "agent-dev-001"] == [
+        ("agent-dev-002", "agent-dev-001"),
+        ("agent-dev-003", "agent-dev-001"),
+    ]
+    assert plan_critiques(council[:1], critics=2) == []
+
+
+def test_usage_is_totalled_per_agent_per_stage_and_overall() -> None:
+    request = DeliberationRequest(task="t", roles=["DEV", "QA"])
+    now = datetime.now(UTC)
+    critique = StageCall(
+        call_id="agent-qa-001.critique.r1.agent-dev-001",
+        stage=Stage.CRITIQUE,
+        agent_id="agent-qa-001",
+        round=1,
+        subject_id="agent-dev-001",
+        status=AgentStatus.COMPLETED,
+        content="too vague",
+        prompt_tokens=7,
+        completion_tokens=3,
+        latency_ms=40,
+    )
+    lost = critique.model_copy(update={"status": AgentStatus.FAILED, "content": None, "prompt_tokens": 99})
+    outcomes = [completed("agent-dev-001"), completed("agent-qa-001", Role.QA)]
+    result = conclude(request, "d1", outcomes, now, now, reviews=[critique, lost])
+    usage = result.usage
+    assert usage.total.model_dump() == {
+        "calls": 3,
+        "prompt_tokens": 27,
+        "completion_tokens": 13,
+        "latency_ms": 42,
+    }
+    assert usage.by_stage["critique"].calls == 1 and usage.by_stage["proposal"].calls == 2
+    assert usage.by_agent["agent-qa-001"].prompt_tokens == 17
+    assert (result.prompt_tokens, result.completion_tokens) == (27, 13)

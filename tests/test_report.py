@@ -27,6 +27,8 @@ def test_rows_show_tokens_and_latency_or_the_error() -> None:
         "agent": "agent-dev-001",
         "role": "DEV",
         "status": "completed",
+        "score": "",
+        "rank": "",
         "attempts": 2,
         "tokens": "12+34",
         "latency": "1.5s",
@@ -34,5 +36,15 @@ def test_rows_show_tokens_and_latency_or_the_error() -> None:
     }
     assert rows[1]["proposal"] == "DeadlineExceeded: too slow" and rows[1]["tokens"] == ""
     header, first, second = render_table(rows).splitlines()
-    assert header.split() == ["AGENT", "ROLE", "STATUS", "ATTEMPTS", "TOKENS", "LATENCY", "PROPOSAL"]
+    assert header.split() == [
+        "AGENT",
+        "ROLE",
+        "STATUS",
+        "SCORE",
+        "RANK",
+        "ATTEMPTS",
+        "TOKENS",
+        "LATENCY",
+        "PROPOSAL",
+    ]
     assert first.index("completed") == second.index("timed_out") == header.index("STATUS")

@@ -1,0 +1,139 @@
+"""Anonymized ballots, their parsing, Borda aggregation, scores and the tie-break."""
+
+import pytest
+
+from agents.council import plan_council
+from agents.models import Ballot, DeliberationRequest
+from agents.prompts import ranking_messages
+from agents.ranking import (
+    Candidate,
+    RankingParseError,
+    anonymize,
+    ballot_from_answer,
+    choose_winner,
+    label,
+    parse_ranking,
+    peer_scores,
+    score_candidates,
+)
+from agents.roles import Role
+
+AGENTS = ["agent-dev-001", "agent-qa-001", "agent-architect-001", "agent-devops-001"]
+
+
+def test_labels_cover_the_largest_council() -> None:
+    names = [label(i) for i in range(50)]
+    assert names[:3] == ["A", "B", "C"] and names[26:28] == ["AA", "AB"]
+    assert len(set(names)) == 50
+
+
+def test_reviewer_never_sees_its_own_proposal_and_orders_differ_per_reviewer() -> None:
+    shown = {agent: anonymize("d1", agent, AGENTS) for agent in AGENTS}
+    for reviewer, labels in shown.items():
+        assert reviewer not in labels.values()
+        assert sorted(labels.values()) == sorted(a for a in AGENTS if a != reviewer)
+        assert list(labels) == ["A", "B", "C"]
+    # Seeded per reviewer: the same prompt on a retry, but not one order for all.
+    assert anonymize("d1", "agent-dev-001", AGENTS) == shown["agent-dev-001"]
+    orders = {tuple(anonymize(f"d{i}", "agent-dev-001", AGENTS).values()) for i in range(20)}
+    assert len(orders) > 1
+
+
+def test_ranking_prompt_leaks_no_author_id_or_role() -> None:
+    request = DeliberationRequest(task="Add rate limiting", roles=["DEV", "QA", "ARCHITECT", "DEVOPS"])
+    reviewer = plan_council(request)[0]
+    labels = anonymize("d1", reviewer.agent_id, AGENTS)
+    texts = {name: f"Proposal text number {i}" for i, name in enumerate(labels)}
+    prompt = ranking_messages(request, reviewer, texts)[1]["content"]
+    for agent in AGENTS:
+        assert agent not in prompt
+    for role in ("QA", "ARCHITECT", "DEVOPS", "Quality", "Architect", "Operations"):
+        assert role.lower() not in prompt.lower().replace(
+            "you are the council's software developer (dev)", ""
+        )
+    assert "Proposal A:" in prompt and "FINAL RANKING:" in prompt
+
+
+def test_parse_reads_the_last_final_ranking_section() -> None:
+    text = (
+        "Proposal B is weak. FINAL RANKING is below.\n"
+        "FINAL RANKING:\n1. Proposal C\n2. Proposal A\n3. Proposal B\n"
+    )
+    assert parse_ranking(text, ["A", "B", "C"]) == ["C", "A", "B"]
+    assert parse_ranking("final ranking: Proposal B > Proposal A", ["A", "B"]) == ["B", "A"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("I like Proposal A best.", "no FINAL RANKING section"),
+        ("FINAL RANKING:\n1. Proposal A\n2. Proposal B", "ranks 2 of 3 proposals"),
+        (
+            "FINAL RANKING:\n1. Proposal A\n2. Proposal D\n3. Proposal B\n4. Proposal C",
+            "unknown proposal(s) D",
+        ),
+    ],
+)
+def test_malformed_rankings_are_abstentions_with_the_reason(text: str, reason: str) -> None:
+    with pytest.raises(RankingParseError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_ranking(text, ["A", "B", "C"])
+    ballot = ballot_from_answer("agent-dev-001", {"A": "x", "B": "y", "C": "z"}, text)
+    assert ballot.order == [] and ballot.abstained is not None and reason in ballot.abstained
+
+
+def test_ballot_maps_labels_back_to_agents() -> None:
+    ballot = ballot_from_answer(
+        "r", {"A": "agent-qa-001", "B": "agent-dev-001"}, "FINAL RANKING: Proposal B, Proposal A"
+    )
+    assert ballot.order == ["agent-dev-001", "agent-qa-001"] and ballot.abstained is None
+
+
+def test_borda_points_are_normalized_and_abstentions_ignored() -> None:
+    ballots = [
+        Ballot(reviewer_id="r1", labels={}, order=["a", "b", "c"]),
+        Ballot(reviewer_id="r2", labels={}, order=["b", "a", "c"]),
+        Ballot(reviewer_id="r3", labels={}, abstained="malformed ranking"),
+    ]
+    assert peer_scores(ballots) == {"a": (0.75, 2), "b": (0.75, 2), "c": (0.0, 2)}
+
+
+def _candidate(agent_id: str, content: str = "A plan.", finish_reason: str | None = "stop") -> Candidate:
+    return Candidate(agent_id, Role.DEV, 0, content, finish_reason)
+
+
+def test_checks_outweigh_a_peer_tie_and_the_tie_break_is_reported() -> None:
+    candidates = [_candidate("a", "truncated", "length"), _candidate("b"), _candidate("c")]
+    ballots = [
+        Ballot(reviewer_id="c", labels={}, order=["a", "b"]),
+        Ballot(reviewer_id="a", labels={}, order=["b", "c"]),
+        Ballot(reviewer_id="b", labels={}, order=["a", "c"]),
+    ]
+    # peer: a 1.0, b 0.5, c 0.0; checks: a 0.0 (truncated), b 1.0, c 1.0
+    scores = score_candidates(candidates, ballots, [])
+    assert [(s.agent_id, s.score, s.rank) for s in scores] == [("b", 0.75, 1), ("c", 0.5, 2), ("a", 0.5, 3)]
+    winner = choose_winner(scores, candidates)
+    assert winner is not None and winner.agent_id == "b" and winner.tie_break is None
+    assert "peer score 0.50 from 2 ballot(s)" in winner.reason
+
+
+def test_equal_scores_are_broken_by_checks_then_peer_then_council_order() -> None:
+    # a: peer 0.0, checks 1.0 -> 0.5 ; b: peer 1.0, checks 0.0 -> 0.5: checks win.
+    candidates = [_candidate("b", "", "stop"), _candidate("a")]
+    ballots = [Ballot(reviewer_id="x", labels={}, order=["b", "a"])]
+    scores = score_candidates(candidates, ballots, [])
+    winner = choose_winner(scores, candidates)
+    assert [s.agent_id for s in scores] == ["a", "b"]
+    assert (
+        winner is not None
+        and winner.tie_break == "tie at score 0.50 between a, b, broken by the better check score"
+    )
+    # Nothing tells them apart: the earlier agent in the council wins, and it is said.
+    same = [_candidate("x"), _candidate("y")]
+    scores = score_candidates(same, [], [])
+    winner = choose_winner(scores, same)
+    assert winner is not None and winner.agent_id == "x"
+    assert winner.tie_break == "tie at score 1.00 between x, y, broken by council order (the earlier agent)"
+
+
+def test_no_candidates_no_winner() -> None:
+    assert choose_winner([], []) is None
