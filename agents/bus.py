@@ -23,18 +23,24 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
-from pydantic import BaseModel, SecretStr
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field, SecretStr
 
 from agents.errors import EventBusError
 from agents.events import STREAM_SUBJECTS, Event, parse_event
 from agents.llm import redact_url
+from agents.models import DeliberationResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Results, keyed by deliberation id (ids are valid key-value keys by construction).
+RESULTS_BUCKET = "DELIBERATION_RESULTS"
 
 
 class BusConfig(BaseModel):
@@ -49,6 +55,7 @@ class BusConfig(BaseModel):
     stream_discard: Literal["old", "new"] = "old"
     stream_storage: Literal["file", "memory"] = "file"
     stream_replicas: int = 1
+    results_max_age_seconds: float = Field(default=0.0, ge=0, description="0: keep results forever.")
 
 
 class PublishReceipt(BaseModel):
@@ -62,6 +69,7 @@ class JetStreamBus:
         self._nc = nc
         self._js = nc.jetstream(timeout=config.publish_timeout)
         self._config = config
+        self._results: KeyValue | None = None
 
     @classmethod
     async def connect(cls, config: BusConfig) -> JetStreamBus:
@@ -176,6 +184,62 @@ class JetStreamBus:
                 await reader.unsubscribe()
         return events
 
+    async def _results_bucket(self, create: bool) -> KeyValue | None:
+        if self._results is None:
+            try:
+                self._results = await self._js.key_value(RESULTS_BUCKET)
+            except BucketNotFoundError:
+                if not create:
+                    return None
+                self._results = await self._js.create_key_value(
+                    KeyValueConfig(
+                        bucket=RESULTS_BUCKET,
+                        description="Deliberation results by deliberation id",
+                        history=1,
+                        ttl=self._config.results_max_age_seconds or None,
+                        storage=StorageType(self._config.stream_storage),
+                        replicas=self._config.stream_replicas,
+                    )
+                )
+        return self._results
+
+    async def save_result(self, result: DeliberationResult) -> int:
+        """Store the result under its deliberation id (a retried run overwrites it);
+        returns the key's revision."""
+        data = result.model_dump_json().encode()
+        limit = self._nc.max_payload
+        if len(data) > limit:
+            raise EventBusError(
+                f"the result of {result.deliberation_id} is {len(data)} bytes, more than the NATS "
+                f"server's max_payload of {limit}; raise max_payload in its configuration"
+            )
+        try:
+            bucket = await self._results_bucket(create=True)
+            assert bucket is not None
+            return await bucket.put(result.deliberation_id, data)
+        except (NatsError, TimeoutError) as exc:
+            raise EventBusError(
+                f"storing the result of {result.deliberation_id} in {RESULTS_BUCKET} failed: "
+                f"{type(exc).__name__} {exc}"
+            ) from None
+
+    async def load_result(self, deliberation_id: str) -> DeliberationResult | None:
+        """The stored result, or None if there is none for this id."""
+        try:
+            bucket = await self._results_bucket(create=False)
+            if bucket is None:
+                return None
+            entry = await bucket.get(deliberation_id)
+        except KeyNotFoundError:
+            return None
+        except (NatsError, TimeoutError) as exc:
+            raise EventBusError(
+                f"reading the result of {deliberation_id} failed: {type(exc).__name__} {exc}"
+            ) from None
+        if entry.value is None:
+            return None
+        return DeliberationResult.model_validate_json(entry.value)
+
     async def close(self) -> None:
         if not self._nc.is_closed:
             await self._nc.drain()
@@ -220,6 +284,12 @@ class EventBus:
 
     def read_events(self, deliberation_id: str | None = None, since: datetime | None = None) -> list[Event]:
         return self._run(self._client.read_events(deliberation_id, since), 60)
+
+    def save_result(self, result: DeliberationResult) -> int:
+        return self._run(self._client.save_result(result), self._config.publish_timeout + 5)
+
+    def load_result(self, deliberation_id: str) -> DeliberationResult | None:
+        return self._run(self._client.load_result(deliberation_id), self._config.publish_timeout + 5)
 
     def close(self) -> None:
         if self._bus is not None:

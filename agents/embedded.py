@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -150,12 +151,26 @@ def _nats_server_binary() -> str:
 
 
 class LocalNatsServer(ManagedProcess):
-    """nats-server with JetStream, its state in a temporary directory."""
+    """nats-server with JetStream; its state in `store_dir` (kept, so results stored by one
+    local run can be read by the next), or in a temporary directory."""
 
     name = "nats-server"
 
-    def __init__(self, startup_timeout: float = 15.0) -> None:
+    def __init__(self, startup_timeout: float = 15.0, store_dir: Path | None = None) -> None:
         super().__init__(startup_timeout)
+        self.store_dir = self.workdir / "jetstream"
+        self._lock: int | None = None
+        if store_dir is not None:
+            self._lock = _lock_directory(store_dir)
+            if self._lock is not None:
+                self.store_dir = store_dir
+        self.persistent = self._lock is not None
+
+    def stop(self) -> None:
+        super().stop()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     @property
     def url(self) -> str:
@@ -167,11 +182,24 @@ class LocalNatsServer(ManagedProcess):
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",
-            "-sd", str(self.workdir / "jetstream"),
+            "-sd", str(self.store_dir),
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
         return _accepts_connections(self.port)
+
+
+def _lock_directory(directory: Path) -> int | None:
+    """An exclusive lock on `directory` (created if need be), or None if another process
+    holds it: nats-server does not stop two servers from sharing a store directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def local_model_path() -> Path:

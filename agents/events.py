@@ -3,7 +3,9 @@
 Every event carries `schema_version`; consumers validate with `parse_event`.
 Subjects:
   agent.response.completed / agent.response.failed   one per agent per deliberation
-  deliberation.completed / deliberation.failed       one per deliberation
+  deliberation.review.completed                      one per critique received
+  deliberation.ranked                                one per ranked deliberation
+  deliberation.completed / deliberation.failed       one per deliberation, last
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agents.models import AgentOutcome, AgentStatus, DeliberationResult, DeliberationStatus
+from agents.models import (
+    AgentOutcome,
+    AgentStatus,
+    DeliberationResult,
+    DeliberationStatus,
+    ProposalScore,
+    StageCall,
+    Winner,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -21,6 +31,8 @@ AGENT_RESPONSE_COMPLETED = "agent.response.completed"
 AGENT_RESPONSE_FAILED = "agent.response.failed"
 DELIBERATION_COMPLETED = "deliberation.completed"
 DELIBERATION_FAILED = "deliberation.failed"
+DELIBERATION_REVIEW_COMPLETED = "deliberation.review.completed"
+DELIBERATION_RANKED = "deliberation.ranked"
 
 # Completed and failed share a stream, so one de-duplication id covers both:
 # an agent (or a deliberation) can never be reported twice, whatever its outcome.
@@ -62,6 +74,44 @@ class AgentResponseEvent(Event, AgentOutcome):
         return f"{self.deliberation_id}.{self.agent_id}"
 
 
+class ReviewEvent(Event):
+    """A critique of one proposal, by an agent of another role."""
+
+    round: int
+    critic_id: str
+    author_id: str
+    critique: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+
+    @property
+    def subject(self) -> str:
+        return DELIBERATION_REVIEW_COMPLETED
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.deliberation_id}.review.r{self.round}.{self.critic_id}.{self.author_id}"
+
+
+class RankedEvent(Event):
+    """The peer ranking and checks, aggregated: every proposal's score, best first."""
+
+    scores: list[ProposalScore]
+    ballots_counted: int
+    abstentions: list[str] = Field(description="Reviewers whose ballot did not count, with why.")
+    winner: str | None
+    tie_break: str | None
+
+    @property
+    def subject(self) -> str:
+        return DELIBERATION_RANKED
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.deliberation_id}.ranked"
+
+
 class AgentSummary(BaseModel):
     agent_id: str
     status: AgentStatus
@@ -77,6 +127,9 @@ class DeliberationEvent(Event):
     completion_tokens: int
     duration_ms: int
     summary: str
+    winner: str | None = None
+    winner_score: float | None = None
+    incomplete: list[str] = Field(default_factory=list)
 
     @property
     def subject(self) -> str:
@@ -110,6 +163,44 @@ def deliberation_event(result: DeliberationResult) -> DeliberationEvent:
         completion_tokens=result.completion_tokens,
         duration_ms=result.duration_ms,
         summary=result.summary,
+        winner=result.winner.agent_id if result.winner else None,
+        winner_score=result.winner.score if result.winner else None,
+        incomplete=result.incomplete,
+    )
+
+
+def review_event(deliberation_id: str, task_id: str, critique: StageCall) -> ReviewEvent:
+    if critique.subject_id is None or critique.content is None:
+        raise ValueError(f"{critique.call_id} is not a finished critique")
+    return ReviewEvent(
+        deliberation_id=deliberation_id,
+        task_id=task_id,
+        round=critique.round,
+        critic_id=critique.agent_id,
+        author_id=critique.subject_id,
+        critique=critique.content,
+        prompt_tokens=critique.prompt_tokens,
+        completion_tokens=critique.completion_tokens,
+        latency_ms=critique.latency_ms,
+    )
+
+
+def ranked_event(
+    deliberation_id: str,
+    task_id: str,
+    scores: list[ProposalScore],
+    abstentions: list[str],
+    ballots_counted: int,
+    winner: Winner | None,
+) -> RankedEvent:
+    return RankedEvent(
+        deliberation_id=deliberation_id,
+        task_id=task_id,
+        scores=scores,
+        ballots_counted=ballots_counted,
+        abstentions=abstentions,
+        winner=winner.agent_id if winner else None,
+        tie_break=winner.tie_break if winner else None,
     )
 
 
@@ -118,6 +209,8 @@ _EVENT_TYPES: dict[str, type[Event]] = {
     AGENT_RESPONSE_FAILED: AgentResponseEvent,
     DELIBERATION_COMPLETED: DeliberationEvent,
     DELIBERATION_FAILED: DeliberationEvent,
+    DELIBERATION_REVIEW_COMPLETED: ReviewEvent,
+    DELIBERATION_RANKED: RankedEvent,
 }
 
 

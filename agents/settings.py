@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     stream_storage: Literal["file", "memory"] = "file"
     stream_replicas: int = Field(default=1, ge=1)
+    results_max_age_seconds: float = Field(
+        default=0.0, ge=0, description="How long the result store keeps results; 0: forever."
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "deliberation",
+        description="Where the embedded nats-server keeps its JetStream state between local runs.",
+    )
 
     ray_address: str | None = Field(default=None, validation_alias=_env("RAY_ADDRESS"))
     agent_cpus: float = Field(
@@ -105,4 +112,5 @@ class Settings(BaseSettings):
             stream_discard=self.stream_discard,
             stream_storage=self.stream_storage,
             stream_replicas=self.stream_replicas,
+            results_max_age_seconds=self.results_max_age_seconds,
         )

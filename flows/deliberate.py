@@ -5,18 +5,29 @@
     reuse outcomes already published         (a retried flow run runs only the rest)
     propose: every agent at once, on Ray     (retries and per-attempt timeouts per task)
     gather until the deadline                (each outcome published as it arrives)
-    conclude against the quorum              (published, and shown as an artifact)
+    if the quorum is met:
+        review rounds: critique, revise      (each critique published)
+        rank: anonymized peer ballots        (a failed or unreadable ballot abstains)
+        score: ballots + deterministic checks, winner with an explicit tie-break
+        synthesize (optional)
+    conclude, store the result (key-value), publish it last, show it as artifacts
+
+One deadline covers every stage: what it cuts short is recorded as missing.
 
 `python -m flows.deliberate "TASK" ...` runs it from the command line (see flows/cli.py).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_client
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -25,21 +36,33 @@ from pydantic import BaseModel
 
 from agents.bus import EventBus
 from agents.council import conclude, plan_council
-from agents.events import AgentResponseEvent, agent_event, deliberation_event, outcome_of
+from agents.events import (
+    AgentResponseEvent,
+    agent_event,
+    deliberation_event,
+    outcome_of,
+    ranked_event,
+    review_event,
+)
 from agents.llm import LLMEndpoint
 from agents.models import (
     MAX_DEADLINE_SECONDS,
     AgentOutcome,
+    AgentStatus,
     DeliberationRequest,
     DeliberationResult,
     DeliberationStatus,
+    Stage,
+    StageCall,
 )
 from agents.preflight import connect_event_bus, resolve_model_endpoint
-from agents.report import outcome_rows
+from agents.ranking import choose_winner, score_candidates
+from agents.report import markdown_report, outcome_rows
 from agents.settings import Settings
-from flows.gathering import ensure_llm_limit, gather_outcomes, submit_proposals
+from flows.gathering import Deadline, ensure_llm_limit, gather_outcomes, submit_proposals
+from flows.review import StageRunner, candidates_of, rank_proposals, review_rounds, synthesize
 from tasks.credentials import model_api_key, nats_token
-from tasks.publish import publish_event
+from tasks.publish import publish_event, store_result
 
 CLOCK_SKEW = timedelta(seconds=60)
 
@@ -75,6 +98,8 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
     deliberation_id = request.deliberation_id or str(run_id)
     task_id = request.task_id or deliberation_id
     started_at = datetime.now(UTC)
+    deadline = Deadline.start(request.deadline_seconds)
+    clock = StageClock()
 
     council = plan_council(request)
     endpoint, bus = check_endpoints(settings, request.model)
@@ -87,18 +112,71 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
             logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
             publish_event(bus, agent_event(deliberation_id, task_id, outcome))
 
+        def publish_critique(critique: StageCall) -> None:
+            publish_event(bus, review_event(deliberation_id, task_id, critique))
+
         ensure_llm_limit(settings)
-        futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)
-        fresh = {o.agent_id: o for o in gather_outcomes(futures, request.deadline_seconds, publish_outcome)}
+        with clock(Stage.PROPOSAL):
+            futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)
+            fresh = {o.agent_id: o for o in gather_outcomes(futures, deadline, publish_outcome)}
         outcomes = [decided.get(agent.agent_id) or fresh[agent.agent_id] for agent in council]
-        result = conclude(request, deliberation_id, outcomes, started_at, datetime.now(UTC))
+
+        verdict: dict[str, Any] = {}
+        authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
+        if len(authors) >= request.required_proposals:
+            runner = StageRunner(deliberation_id, request, endpoint, settings, deadline)
+            with clock(Stage.CRITIQUE):
+                originals = candidates_of(outcomes)
+                reviews, candidates, gaps = review_rounds(runner, authors, originals, publish_critique)
+            with clock(Stage.RANKING):
+                rankings, ballots, ranking_gaps = rank_proposals(runner, authors, candidates)
+            scores = score_candidates(list(candidates.values()), ballots, request.constraints.requirements)
+            winner = choose_winner(scores, list(candidates.values()))
+            abstentions = [f"{b.reviewer_id}: {b.abstained}" for b in ballots if b.abstained]
+            counted = len(ballots) - len(abstentions)
+            publish_event(bus, ranked_event(deliberation_id, task_id, scores, abstentions, counted, winner))
+            synthesis = None
+            if request.synthesize:
+                with clock(Stage.SYNTHESIS):
+                    synthesis, synthesis_gaps = synthesize(runner, scores, candidates)
+                gaps += synthesis_gaps
+            verdict = dict(
+                reviews=reviews,
+                rankings=rankings,
+                ballots=ballots,
+                scores=scores,
+                winner=winner,
+                synthesis=synthesis,
+                incomplete=gaps + ranking_gaps,
+            )
+        result = conclude(
+            request, deliberation_id, outcomes, started_at, datetime.now(UTC), stage_ms=clock.ms, **verdict
+        )
+        # Stored before it is announced: whoever reacts to the event can read it.
+        store_result(bus, result)
         publish_event(bus, deliberation_event(result))
 
     create_table_artifact(table=outcome_rows(result), description=result.summary)
+    create_markdown_artifact(markdown=markdown_report(result), description=f"Deliberation {deliberation_id}")
     logger.info("deliberation %s %s: %s", deliberation_id, result.status, result.summary)
     if result.status is DeliberationStatus.FAILED:
         return Failed(message=result.summary, data=result)
     return result
+
+
+class StageClock:
+    """Wall time per stage, in milliseconds; a critique stage covers its revisions."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, int] = {}
+
+    @contextmanager
+    def __call__(self, stage: Stage) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.ms[str(stage)] = self.ms.get(str(stage), 0) + int((time.monotonic() - started) * 1000)
 
 
 def check_endpoints(settings: Settings, model: str | None) -> tuple[LLMEndpoint, EventBus]:

@@ -7,12 +7,13 @@ import contextlib
 import queue
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import ray
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 from prefect.tasks import exponential_backoff
@@ -25,6 +26,7 @@ from agents.models import AgentOutcome, AgentSpec, AgentStatus, DeliberationRequ
 from agents.settings import Settings
 from tasks.propose import generate_proposal
 
+K = TypeVar("K")
 Futures = dict[AgentSpec, PrefectFuture[Any]]
 RUN_COUNT_SYNC_SECONDS = 10.0
 
@@ -76,83 +78,127 @@ def ensure_llm_limit(settings: Settings) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """The deliberation's one deadline, shared by every stage."""
+
+    seconds: float
+    at: float  # time.monotonic()
+
+    @classmethod
+    def start(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+    def reason(self) -> str:
+        return f"deadline of {self.seconds:g} s reached"
+
+
+def collect(
+    futures: dict[K, PrefectFuture[Any]], deadline: Deadline, on_done: Callable[[K, PrefectFuture[Any]], Any]
+) -> list[K]:
+    """Hand each future to `on_done` as soon as it finishes, until the deadline. Returns the
+    keys of the futures still unfinished then, which are cancelled."""
+    finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
+    key_of = {future: key for key, future in futures.items()}
+    for future in futures.values():
+        future.add_done_callback(finished.put)
+    done: set[K] = set()
+    try:
+        while len(done) < len(futures):
+            try:
+                future = finished.get(timeout=deadline.remaining())
+            except queue.Empty:
+                break
+            key = key_of[future]
+            done.add(key)
+            on_done(key, future)
+    except BaseException:
+        # The flow run is failing (say, an event could not be published): leave no
+        # task running on in Ray behind it.
+        for key, future in futures.items():
+            if key not in done:
+                _cancel(future, "the flow run failed")
+        raise
+    unfinished = [key for key in futures if key not in done]
+    for key in unfinished:
+        _cancel(futures[key], deadline.reason())
+    return unfinished
+
+
 def gather_outcomes(
     futures: Futures,
-    deadline_seconds: float,
+    deadline: Deadline,
     on_outcome: Callable[[AgentOutcome], Any],
 ) -> list[AgentOutcome]:
     """Outcomes in council order. Each is handed to `on_outcome` as soon as it is known;
     agents unfinished at the deadline are cancelled and reported timed_out."""
     started = time.monotonic()
-    deadline = started + deadline_seconds
-    finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
-    agent_of = {future: agent for agent, future in futures.items()}
-    for future in futures.values():
-        future.add_done_callback(finished.put)
-
     outcomes: dict[AgentSpec, AgentOutcome] = {}
-    try:
-        while len(outcomes) < len(futures):
-            try:
-                future = finished.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            agent = agent_of[future]
-            outcomes[agent] = _outcome_of(agent, future, _elapsed_ms(started))
-            on_outcome(outcomes[agent])
-    except BaseException:
-        # The flow run is failing (say, an event could not be published): leave no
-        # agent running on in Ray behind it.
-        for agent, future in futures.items():
-            if agent not in outcomes:
-                _cancel(future, "the flow run failed")
-        raise
 
-    for agent, future in futures.items():
-        if agent not in outcomes:
-            _cancel(future, f"deadline of {deadline_seconds:g} s reached")
-            outcomes[agent] = AgentOutcome(
-                agent_id=agent.agent_id,
-                role=agent.role,
-                status=AgentStatus.TIMED_OUT,
-                attempts=_run_count(future),
-                duration_ms=_elapsed_ms(started),
-                error=ErrorInfo(
-                    type="DeadlineExceeded",
-                    message=f"no proposal within the deliberation deadline of {deadline_seconds:g} s",
-                    retryable=False,
-                ),
-            )
-            on_outcome(outcomes[agent])
+    def finished(agent: AgentSpec, future: PrefectFuture[Any]) -> None:
+        outcomes[agent] = _outcome_of(agent, future, _elapsed_ms(started))
+        on_outcome(outcomes[agent])
+
+    for agent in collect(futures, deadline, finished):
+        outcomes[agent] = AgentOutcome(
+            agent_id=agent.agent_id,
+            role=agent.role,
+            status=AgentStatus.TIMED_OUT,
+            attempts=run_count(futures[agent]),
+            duration_ms=_elapsed_ms(started),
+            error=deadline_error(deadline),
+        )
+        on_outcome(outcomes[agent])
     return [outcomes[agent] for agent in futures]
+
+
+def deadline_error(deadline: Deadline) -> ErrorInfo:
+    return ErrorInfo(
+        type="DeadlineExceeded",
+        message=f"not finished within the deliberation deadline of {deadline.seconds:g} s",
+        retryable=False,
+    )
 
 
 def _elapsed_ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
-def _outcome_of(agent: AgentSpec, future: PrefectFuture[Any], duration_ms: int) -> AgentOutcome:
+def settle(future: PrefectFuture[Any]) -> tuple[AgentStatus, Any, int, ErrorInfo | None]:
+    """A finished future as (status, value, attempts, error)."""
     value = future.result(raise_on_failure=False)
     state = future.state
-    attempts = _run_count(future, until=state)
-    if state.is_completed() and isinstance(value, Proposal):
-        return AgentOutcome(
-            agent_id=agent.agent_id,
-            role=agent.role,
-            status=AgentStatus.COMPLETED,
-            attempts=attempts,
-            duration_ms=duration_ms,
-            proposal=value,
-        )
-    timed_out = state.name == "TimedOut"
+    attempts = run_count(future, until=state)
+    if state.is_completed():
+        return AgentStatus.COMPLETED, value, attempts, None
+    status = AgentStatus.TIMED_OUT if state.name == "TimedOut" else AgentStatus.FAILED
+    return status, None, attempts, _error_info(value, state.message or state.name or "failed")
+
+
+def _outcome_of(agent: AgentSpec, future: PrefectFuture[Any], duration_ms: int) -> AgentOutcome:
+    status, value, attempts, error = settle(future)
+    if status is AgentStatus.COMPLETED and not isinstance(value, Proposal):
+        status, error = AgentStatus.FAILED, bad_result(value)
     return AgentOutcome(
         agent_id=agent.agent_id,
         role=agent.role,
-        status=AgentStatus.TIMED_OUT if timed_out else AgentStatus.FAILED,
+        status=status,
         attempts=attempts,
         duration_ms=duration_ms,
-        error=_error_info(value, state.message or state.name or "failed"),
+        proposal=value if status is AgentStatus.COMPLETED else None,
+        error=error,
     )
+
+
+def bad_result(value: object) -> ErrorInfo:
+    return ErrorInfo(type="BadResult", message=f"unexpected task result {repr(value)[:200]}", retryable=False)
 
 
 def _error_info(value: object, state_message: str) -> ErrorInfo:
@@ -165,9 +211,10 @@ def _error_info(value: object, state_message: str) -> ErrorInfo:
     return ErrorInfo(type="Crashed", message=state_message, retryable=False)
 
 
-def _run_count(future: PrefectFuture[Any], until: State[Any] | None = None) -> int:
+def run_count(future: PrefectFuture[Any], until: State[Any] | None = None) -> int:
     """Attempts made, as the API records them. The API learns of task-run states through
-    events, a moment after the future resolves: wait (briefly) until it shows `until`."""
+    events, a moment after the future resolves: wait (briefly) until it shows `until`.
+    Without `until`, answer at once (0 for a task run Ray never started)."""
     give_up = time.monotonic() + RUN_COUNT_SYNC_SECONDS
     with get_client(sync_client=True) as client:
         while True:
@@ -175,7 +222,7 @@ def _run_count(future: PrefectFuture[Any], until: State[Any] | None = None) -> i
                 task_run = client.read_task_run(future.task_run_id)
             except ObjectNotFound:
                 task_run = None
-            synced = task_run is not None and (until is None or task_run.state_type == until.type)
+            synced = until is None or (task_run is not None and task_run.state_type == until.type)
             if synced or time.monotonic() > give_up:
                 return task_run.run_count if task_run is not None else 0
             time.sleep(0.1)
@@ -186,6 +233,10 @@ def _cancel(future: PrefectFuture[Any], reason: str) -> None:
     the cancellation, which Prefect cannot see from inside a killed process."""
     if isinstance(future, PrefectRayFuture):
         ray.cancel(future.wrapped_future, force=True)
-    # ObjectNotFound: Ray had not started it, so there is no task run to update.
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
-        client.set_task_run_state(future.task_run_id, Cancelled(message=reason), force=True)
+    with get_client(sync_client=True) as client:
+        try:
+            client.set_task_run_state(future.task_run_id, Cancelled(message=reason), force=True)
+        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+            # 404: Ray had not started it, so there is no task run to update.
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                raise

@@ -1,6 +1,7 @@
 """Embedded defaults for a local run: start whatever is not configured.
 
-- NATS_URL unset: a nats-server with JetStream, state in a temp dir.
+- NATS_URL unset: a nats-server with JetStream, its state under DELIBERATION_STATE_DIR
+  (so `python -m flows.result ID` finds a local run's result afterwards).
 - VLLM_URL unset: the local CPU model server (the `local` extra).
 - PREFECT_API_URL unset: one temporary Prefect API on the default database, shared by
   the flow and every Ray worker. Prefect's own ephemeral mode would start one server per
@@ -30,14 +31,30 @@ PREFECT_API_STARTUP_SECONDS = 60
 
 
 @contextmanager
+def local_nats(settings: Settings) -> Iterator[str | None]:
+    """Start nats-server on the local state directory unless NATS_URL is set; yields the
+    URL it started (None if nothing was started)."""
+    if settings.nats_url is not None:
+        yield None
+        return
+    with LocalNatsServer(store_dir=settings.state_dir / "jetstream") as nats:
+        log.info("started nats-server at %s (JetStream state in %s)", nats.url, nats.store_dir)
+        if not nats.persistent:
+            log.warning(
+                "another local run holds %s: this run's events and result last only while it runs",
+                settings.state_dir,
+            )
+        yield nats.url
+
+
+@contextmanager
 def embedded_servers(settings: Settings) -> Iterator[Settings]:
     """Yield settings that point at a configured or a freshly started NATS and model server."""
     with ExitStack() as stack:
         started: dict[str, str] = {}
-        if settings.nats_url is None:
-            nats = stack.enter_context(LocalNatsServer())
-            started["NATS_URL"] = nats.url
-            log.info("started nats-server at %s (JetStream, temporary state)", nats.url)
+        nats_url = stack.enter_context(local_nats(settings))
+        if nats_url is not None:
+            started["NATS_URL"] = nats_url
         if settings.vllm_url is None:
             model = stack.enter_context(LocalModelServer())
             started["VLLM_URL"] = model.url

@@ -1,4 +1,4 @@
-"""publish_event: one event to JetStream, run in the flow's process on its shared bus."""
+"""publish_event and store_result: NATS writes, run in the flow's process on its shared bus."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prefect.logging import get_run_logger
 
 from agents.bus import EventBus, PublishReceipt
 from agents.events import Event
+from agents.models import DeliberationResult
 
 
 @task(
@@ -29,3 +30,10 @@ def publish_event(bus: EventBus, event: Event) -> PublishReceipt:
             receipt.seq,
         )
     return receipt
+
+
+@task(name="store_result", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def store_result(bus: EventBus, result: DeliberationResult) -> int:
+    """Keep the result in the key-value bucket under its deliberation id, before the final
+    event announces it, so a consumer reacting to the event can read it."""
+    return bus.save_result(result)

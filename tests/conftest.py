@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 # and none of the developer's own endpoints.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="deliberation-tests-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DELIBERATION_STATE_DIR"] = tempfile.mkdtemp(prefix="deliberation-state-")
 for variable in ("PREFECT_API_URL", "VLLM_URL", "VLLM_MODEL", "NATS_URL", "RAY_ADDRESS", "VLLM_API_KEY"):
     os.environ.pop(variable, None)
 

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ class FakeLLMServer:
     default: Behaviour = field(default_factory=ok)
     barrier_timeout: float = 60.0
     hang_limit: float = 120.0
+    # Writes the answer from the request body (None: the default answer), like a model would.
+    responder: Callable[[dict[str, Any]], str | None] | None = None
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -226,7 +229,8 @@ class FakeLLMServer:
 
     def _completion(self, body: dict[str, Any], behaviour: Behaviour) -> dict[str, Any]:
         agent = body.get("user")
-        content = behaviour.content or f"Proposal by {agent}.\nUse a token bucket per client."
+        content = behaviour.content or (self.responder(body) if self.responder else None)
+        content = content if content is not None else f"Proposal by {agent}.\nUse a token bucket per client."
         prompt_tokens = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
         return {
             "id": "chatcmpl-test",

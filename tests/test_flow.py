@@ -12,7 +12,12 @@ import pytest
 from prefect import get_client
 from prefect.blocks.system import Secret
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.states import State
 
 from agents.errors import ConfigurationError
@@ -21,6 +26,7 @@ from agents.events import (
     AGENT_RESPONSE_FAILED,
     DELIBERATION_COMPLETED,
     DELIBERATION_FAILED,
+    DELIBERATION_RANKED,
     AgentResponseEvent,
     Event,
 )
@@ -51,13 +57,14 @@ def events_per_agent(events: list[Event]) -> Counter[str]:
 def test_all_agents_are_in_flight_at_once(pipeline: FakeLLMServer, read_events: ReadEvents) -> None:
     # Each request is answered only once all five are in flight (or after a minute).
     pipeline.default = barrier(5)
-    state, result = run(task="Add rate limiting to the login endpoint", deadline_seconds=120)
+    state, result = run(task="Add rate limiting to the login endpoint", deadline_seconds=120, rounds=0)
     assert state.is_completed()
     assert pipeline.max_in_flight == 5
     assert result.completed == 5 and result.missing == []
     events = read_events(result.deliberation_id)
     assert events_per_agent(events) == {o.agent_id: 1 for o in result.outcomes}
-    assert [e.subject for e in events if not isinstance(e, AgentResponseEvent)] == [DELIBERATION_COMPLETED]
+    others = [e.subject for e in events if not isinstance(e, AgentResponseEvent)]
+    assert others == [DELIBERATION_RANKED, DELIBERATION_COMPLETED]
     proposal = outcome(result, "agent-data-001").proposal
     assert proposal.content.startswith("Proposal by agent-data-001")
     assert proposal.prompt_tokens > 0 and proposal.completion_tokens > 0
@@ -71,7 +78,11 @@ def test_retryable_errors_are_retried_until_success(pipeline: FakeLLMServer, rea
     assert (dev.status, dev.attempts) == (AgentStatus.COMPLETED, 3)
     assert len(pipeline.calls_for("agent-dev-001")) == 3
     events = read_events(result.deliberation_id)
-    assert [e.subject for e in events] == [AGENT_RESPONSE_COMPLETED, DELIBERATION_COMPLETED]
+    assert [e.subject for e in events] == [
+        AGENT_RESPONSE_COMPLETED,
+        DELIBERATION_RANKED,
+        DELIBERATION_COMPLETED,
+    ]
     assert events[0].attempts == 3  # type: ignore[attr-defined]
 
 
@@ -102,7 +113,12 @@ def test_hang_is_cut_at_the_deadline_and_quorum_decides(
     # The cancelled task's worker was killed, so its request did not run on.
     assert pipeline.calls_for("agent-qa-001")[0].client_disconnected
     subjects = Counter(e.subject for e in read_events(result.deliberation_id))
-    assert subjects == {AGENT_RESPONSE_COMPLETED: 1, AGENT_RESPONSE_FAILED: 1, DELIBERATION_COMPLETED: 1}
+    assert subjects == {
+        AGENT_RESPONSE_COMPLETED: 1,
+        AGENT_RESPONSE_FAILED: 1,
+        DELIBERATION_RANKED: 1,
+        DELIBERATION_COMPLETED: 1,
+    }
 
 
 def test_timed_out_attempt_stops_its_request_and_is_retried(
@@ -147,11 +163,13 @@ def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_noth
     calls_after_first = len(pipeline.calls)
     second_state, second = run(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
     assert first_state.is_completed() and second_state.is_completed()
-    assert len(pipeline.calls) == calls_after_first == 2
+    # Proposals, critiques and revisions: nothing is asked twice.
+    assert len(pipeline.calls) == calls_after_first == 6
     assert [o.proposal for o in second.outcomes] == [o.proposal for o in first.outcomes]
     events = read_events(deliberation_id)
     assert events_per_agent(events) == {"agent-dev-001": 1, "agent-qa-001": 1}
-    assert len(events) == 3
+    # 2 agents, 2 critiques, the ranking, the verdict: each once.
+    assert Counter(e.msg_id for e in events) == {e.msg_id: 1 for e in events} and len(events) == 6
 
 
 def test_invalid_parameters_are_rejected_before_anything_is_published(
@@ -175,7 +193,7 @@ def test_llm_calls_hold_slots_of_a_global_concurrency_limit(
     monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY_LIMIT", limit)
     monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "1")
     pipeline.default = ok(delay=1.0)
-    state, result = run(task="t", roles=["DEV", "QA", "DATA"])
+    state, result = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
     assert state.is_completed() and result.completed == 3
     assert pipeline.max_in_flight == 1
     with get_client(sync_client=True) as client:
@@ -192,7 +210,7 @@ def test_an_existing_limit_keeps_the_size_an_operator_gave_it(
     monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "5")
     pipeline.default = barrier(3)  # answers early only if all three get a slot at once
     pipeline.barrier_timeout = 3.0
-    state, _ = run(task="t", roles=["DEV", "QA", "DATA"])
+    state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
     assert state.is_completed()
     assert pipeline.max_in_flight == 2
     with get_client(sync_client=True) as client:
@@ -208,13 +226,18 @@ def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(
     monkeypatch.setenv("DELIBERATION_VLLM_API_KEY_SECRET", block)
     state, result = run(task="t", roles=["DEV", "QA"])
     assert state.is_completed(), [o.error for o in result.outcomes]
-    assert [c.headers["authorization"] for c in pipeline.calls] == [f"Bearer {secret}"] * 2
+    assert [c.headers["authorization"] for c in pipeline.calls] == [f"Bearer {secret}"] * 6
     events = read_events(result.deliberation_id)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
     assert logs  # the run's logs reached the API, and the key is in none of them
+    assert len(artifacts) == 2
     seen = [result.model_dump_json(), flow_run.model_dump_json(), *(e.model_dump_json() for e in events)]
+    seen += [artifact.model_dump_json() for artifact in artifacts]
     seen += [log.message for log in logs]
     assert not [text for text in seen if secret in text]
 

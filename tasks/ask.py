@@ -1,0 +1,54 @@
+"""ask_model: one model call of the review stages (critique, revision, ranking,
+synthesis), as a Prefect task run on Ray. The prompt is built by the flow, so the task is
+the same for every stage; its run name and tags say which stage it serves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from agents.llm import ChatCompletion, LLMEndpoint
+from tasks.model_call import call_model, is_transient
+
+
+def call_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # The prompt is part of the key: a retried flow run reuses a call only if it would
+    # ask exactly the same (say, a revision made from the same critiques).
+    digest = hashlib.sha256(json.dumps(parameters["messages"], sort_keys=True).encode()).hexdigest()[:16]
+    return f"call-{parameters['deliberation_id']}-{parameters['call_id']}-{digest}"
+
+
+@task(
+    name="ask_model",
+    retries=3,
+    retry_delay_seconds=[1, 2, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+    timeout_seconds=60,
+    cache_key_fn=call_cache_key,
+    cache_expiration=timedelta(days=1),
+    persist_result=True,
+)
+async def ask_model(
+    deliberation_id: str,
+    call_id: str,
+    endpoint: LLMEndpoint,
+    messages: list[dict[str, str]],
+    temperature: float,
+    max_tokens: int,
+    llm_limit: str | None = None,
+) -> ChatCompletion:
+    """One chat completion; `call_id` doubles as the OpenAI `user` field."""
+    return await call_model(
+        endpoint,
+        messages,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        user=call_id,
+        llm_limit=llm_limit,
+    )
