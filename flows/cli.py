@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="served model name (default: VLLM_MODEL or first)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=1, help="peer-review rounds (0: none)")
+    parser.add_argument("--critics", type=int, default=2, help="critics per proposal and round")
+    parser.add_argument("--synthesize", action="store_true", help="merge the best proposals at the end")
     parser.add_argument("--task-id", default=None)
     parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
     parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
@@ -80,6 +83,9 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
         "max_tokens": args.max_tokens,
         "deadline_seconds": args.timeout,
         "quorum": args.quorum,
+        "rounds": args.rounds,
+        "critics": args.critics,
+        "synthesize": args.synthesize,
         # Fixed here so that a retried flow run reuses proposals and event ids.
         "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
     }
@@ -153,6 +159,13 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
     else:
         print(render_table(outcome_rows(value)))
         print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
+        if value.winner is not None:
+            print(f"\n{value.winner.reason}.\n\n{value.winner.content.strip()}")
+        if value.synthesis is not None and value.synthesis.content:
+            print(f"\nSynthesis:\n\n{value.synthesis.content.strip()}")
+        for gap in value.incomplete:
+            print(f"missing: {gap}")
+        print(f"\nfull result: python -m flows.result {value.deliberation_id}")
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 

@@ -77,8 +77,12 @@ def test_unknown_model_exits_2(
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return _python(["-m", "flows.deliberate", *args], env)
+
+
+def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.deliberate", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -115,6 +119,20 @@ def test_cli_runs_a_deliberation_and_prints_only_json(
         "agent-qa-001",
         "agent-qa-002",
     ]
+    # The flow's process is gone; the result is still there, by id, from another one.
+    stored = _python(["-m", "flows.result", deliberation_id], {"NATS_URL": nats_url})
+    assert stored.returncode == 0, stored.stderr[-3000:]
+    assert json.loads(stored.stdout) == result
+    assert result["winner"]["agent_id"] in {"agent-dev-001", "agent-dev-002", "agent-qa-001"}
+
+
+def test_result_of_an_unknown_deliberation_is_a_clear_not_found(nats_url: str) -> None:
+    for argv, message in (
+        (["never-ran"], "result: no result for deliberation never-ran in DELIBERATION_RESULTS"),
+        (["../etc"], "result: '../etc' is not a deliberation id (letters, digits, - and _)"),
+    ):
+        proc = _python(["-m", "flows.result", *argv], {"NATS_URL": nats_url})
+        assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (2, "", message)
 
 
 @pytest.mark.slow
@@ -125,6 +143,16 @@ def test_cli_exits_1_and_prints_the_table_when_quorum_is_missed(
     proc = _cli(["t", "--roles", "DEV"], {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
     assert proc.returncode == 1, proc.stderr[-3000:]
     header, row = proc.stdout.splitlines()[:2]
-    assert header.split() == ["AGENT", "ROLE", "STATUS", "ATTEMPTS", "TOKENS", "LATENCY", "PROPOSAL"]
+    assert header.split() == [
+        "AGENT",
+        "ROLE",
+        "STATUS",
+        "SCORE",
+        "RANK",
+        "ATTEMPTS",
+        "TOKENS",
+        "LATENCY",
+        "PROPOSAL",
+    ]
     assert row.split()[:4] == ["agent-dev-001", "DEV", "failed", "1"]
     assert "0 of 1 proposals (quorum 1) not met" in proc.stdout
