@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -47,6 +48,9 @@ class BusConfig(BaseModel):
     url: str
     token: SecretStr | None = None
     creds_file: Path | None = None
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle that signed the server's cert.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate, for mutual TLS.")
+    tls_key_file: Path | None = None
     connect_timeout: float = 5.0
     publish_timeout: float = 10.0
     stream_max_age_seconds: float = 7 * 24 * 3600.0
@@ -56,6 +60,23 @@ class BusConfig(BaseModel):
     stream_storage: Literal["file", "memory"] = "file"
     stream_replicas: int = 1
     results_max_age_seconds: float = Field(default=0.0, ge=0, description="0: keep results forever.")
+
+
+def _tls_context(config: BusConfig) -> ssl.SSLContext | None:
+    """TLS for tls:// URLs or when certificates are given: the system's CAs unless a CA
+    file is named; a client certificate for servers that verify clients."""
+    wants_tls = config.url.startswith("tls://") or config.tls_ca_file or config.tls_cert_file
+    if not wants_tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+        if config.tls_cert_file is not None:
+            context.load_cert_chain(
+                str(config.tls_cert_file), str(config.tls_key_file) if config.tls_key_file else None
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise EventBusError(f"cannot load the NATS TLS files: {exc}") from None
+    return context
 
 
 class PublishReceipt(BaseModel):
@@ -100,6 +121,9 @@ class JetStreamBus:
             options["token"] = config.token.get_secret_value()
         if config.creds_file is not None:
             options["user_credentials"] = str(config.creds_file)
+        tls = _tls_context(config)
+        if tls is not None:
+            options["tls"] = tls
         try:
             await asyncio.wait_for(nc.connect(**options), timeout=config.connect_timeout * 3)
         except (TimeoutError, OSError, NatsError) as exc:
@@ -259,7 +283,7 @@ class EventBus:
         bus = cls(config)
         bus._thread.start()
         try:
-            bus._bus = bus._run(JetStreamBus.connect(config), config.connect_timeout * 3)
+            bus._bus = bus._run(JetStreamBus.connect(config), config.connect_timeout * 3 + 5)
         except BaseException:
             bus._stop_loop()
             raise

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=None, description="Prefect Secret block holding the NATS token; wins over NATS_TOKEN."
     )
     nats_creds_file: Path | None = Field(default=None, validation_alias=_env("NATS_CREDS"))
+    nats_ca_file: Path | None = Field(default=None, validation_alias=_env("NATS_CA"))
+    nats_cert_file: Path | None = Field(default=None, validation_alias=_env("NATS_CERT"))
+    nats_key_file: Path | None = Field(default=None, validation_alias=_env("NATS_KEY"))
     nats_connect_timeout: float = Field(default=5.0, gt=0)
     nats_publish_timeout: float = Field(default=10.0, gt=0)
     stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
@@ -104,6 +107,9 @@ class Settings(BaseSettings):
             url=self.nats_url,
             token=token or self.nats_token,
             creds_file=self.nats_creds_file,
+            tls_ca_file=self.nats_ca_file,
+            tls_cert_file=self.nats_cert_file,
+            tls_key_file=self.nats_key_file,
             connect_timeout=self.nats_connect_timeout,
             publish_timeout=self.nats_publish_timeout,
             stream_max_age_seconds=self.stream_max_age_seconds,

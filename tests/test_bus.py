@@ -1,6 +1,7 @@
 """The event bus against a real nats-server with JetStream."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -9,6 +10,7 @@ from agents.bus import BusConfig, EventBus
 from agents.embedded import LocalNatsServer, free_port
 from agents.errors import EventBusError
 from agents.events import AGENT_RESPONSE_FAILED, agent_event
+from tests.certificates import make_certificates
 from tests.factories import failed
 
 
@@ -68,3 +70,26 @@ def test_token_authentication(nats_url: str) -> None:
         with pytest.raises(EventBusError) as caught:
             EventBus.connect(BusConfig(url=server.url, token=SecretStr("tok-999"), connect_timeout=2))
     assert "tok-999" not in str(caught.value)
+
+
+def test_tls_with_the_servers_ca_and_a_token(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    tls = ["--tls", "--tlscert", str(certs.cert), "--tlskey", str(certs.key), "--auth", "tls-tok-42"]
+    deliberation_id = uuid.uuid4().hex
+    with _NatsWithAuth(*tls) as server:
+        url = server.url.replace("nats://", "tls://")
+        config = BusConfig(url=url, token=SecretStr("tls-tok-42"), tls_ca_file=certs.ca)
+        with EventBus.connect(config) as bus:
+            bus.publish(agent_event(deliberation_id, "t", failed()))
+            assert len(bus.read_events(deliberation_id)) == 1
+        # Without the CA the server's certificate is not trusted: refused, and said why.
+        with pytest.raises(EventBusError) as caught:
+            EventBus.connect(BusConfig(url=url, token=SecretStr("tls-tok-42"), connect_timeout=2))
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and "tls-tok-42" not in str(caught.value)
+
+
+def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path, nats_url: str) -> None:
+    with pytest.raises(EventBusError, match="cannot load the NATS TLS files"):
+        EventBus.connect(
+            BusConfig(url=nats_url.replace("nats://", "tls://"), tls_ca_file=tmp_path / "none.pem")
+        )
