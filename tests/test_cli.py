@@ -77,7 +77,10 @@ def test_unknown_model_exits_2(
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return _python(["-m", "flows.deliberate", *args], env)
+    from prefect.settings import PREFECT_API_URL
+
+    # The test API, not one of its own: the temporary-API path is covered by test_local_model.
+    return _python(["-m", "flows.deliberate", *args], {"PREFECT_API_URL": PREFECT_API_URL.value(), **env})
 
 
 def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -93,7 +96,7 @@ def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 @pytest.mark.slow
 def test_cli_runs_a_deliberation_and_prints_only_json(
-    fake_llm: FakeLLMServer, nats_url: str, read_events: Callable[[str], list[Event]]
+    fake_llm: FakeLLMServer, nats_url: str, read_events: Callable[[str], list[Event]], prefect_api: None
 ) -> None:
     fake_llm.script("agent-qa-002", status(400))
     deliberation_id = uuid.uuid4().hex
@@ -137,7 +140,7 @@ def test_result_of_an_unknown_deliberation_is_a_clear_not_found(nats_url: str) -
 
 @pytest.mark.slow
 def test_cli_exits_1_and_prints_the_table_when_quorum_is_missed(
-    fake_llm: FakeLLMServer, nats_url: str
+    fake_llm: FakeLLMServer, nats_url: str, prefect_api: None
 ) -> None:
     fake_llm.script("agent-dev-001", status(403))
     proc = _cli(["t", "--roles", "DEV"], {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +24,8 @@ from agents.events import AgentResponseEvent
 from agents.models import DeliberationRequest, DeliberationResult
 from flows.deliberate import deliberate
 from tests.fake_llm import HANG, FakeLLMServer, ok
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -162,3 +166,47 @@ def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
     # The hanging agent was cancelled with the failing attempt, so its request was dropped
     # (the flow run's retry then asked again, and failed to publish again).
     assert fake_llm.calls_for("agent-data-001")[0].client_disconnected
+
+
+@pytest.mark.slow
+def test_a_killed_flow_process_is_recovered_by_a_rerun_without_recalls_or_duplicates(
+    fake_llm: FakeLLMServer, nats_url: str, prefect_api: None, read_events: Any
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    # DEV answers; QA's first request hangs, so the flow process is killed mid-deliberation.
+    fake_llm.script("agent-qa-001", HANG)
+    deliberation_id = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "VLLM_URL": fake_llm.url,
+        "NATS_URL": nats_url,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+    }
+    argv = [sys.executable, "-m", "flows.deliberate", "t", "--roles", "DEV,QA", "--rounds", "0"]
+    argv += ["--deliberation-id", deliberation_id, "--json"]
+    first = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        give_up = time.monotonic() + 180
+        while not (read_events(deliberation_id) and fake_llm.calls_for("agent-qa-001")):
+            assert first.poll() is None and time.monotonic() < give_up, "the first run ended early"
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the flow process and everything it started
+        first.wait(30)
+    assert [e.agent_id for e in read_events(deliberation_id)] == ["agent-dev-001"]
+
+    second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    result = DeliberationResult.model_validate_json(second.stdout)
+    assert result.completed == 2
+    assert len(fake_llm.calls_for("agent-dev-001")) == 1  # its proposal was reused, not asked again
+    assert len(fake_llm.calls_for("agent-qa-001")) == 2
+    events = read_events(deliberation_id)
+    assert Counter(e.msg_id for e in events) == {e.msg_id: 1 for e in events}
+    assert Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent)) == {
+        "agent-dev-001": 1,
+        "agent-qa-001": 1,
+    }

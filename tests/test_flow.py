@@ -71,19 +71,20 @@ def test_all_agents_are_in_flight_at_once(pipeline: FakeLLMServer, read_events: 
 
 
 def test_retryable_errors_are_retried_until_success(pipeline: FakeLLMServer, read_events: ReadEvents) -> None:
-    pipeline.script("agent-dev-001", status(503), status(429))
+    # A burst as long as the retries allow: three errors, then the fourth attempt succeeds.
+    pipeline.script("agent-dev-001", status(503), status(429), status(502))
     state, result = run(task="t", roles=["DEV"])
     assert state.is_completed()
     dev = outcome(result, "agent-dev-001")
-    assert (dev.status, dev.attempts) == (AgentStatus.COMPLETED, 3)
-    assert len(pipeline.calls_for("agent-dev-001")) == 3
+    assert (dev.status, dev.attempts) == (AgentStatus.COMPLETED, 4)
+    assert len(pipeline.calls_for("agent-dev-001")) == 4
     events = read_events(result.deliberation_id)
     assert [e.subject for e in events] == [
         AGENT_RESPONSE_COMPLETED,
         DELIBERATION_RANKED,
         DELIBERATION_COMPLETED,
     ]
-    assert events[0].attempts == 3  # type: ignore[attr-defined]
+    assert events[0].attempts == 4  # type: ignore[attr-defined]
 
 
 def test_permanent_error_is_not_retried_and_is_published_as_failed(

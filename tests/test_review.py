@@ -27,7 +27,7 @@ from agents.events import (
 )
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult, Stage
 from flows.deliberate import deliberate
-from tests.fake_llm import HANG, FakeLLMServer
+from tests.fake_llm import HANG, FakeLLMServer, ok
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
@@ -84,6 +84,9 @@ def test_scripted_council_picks_the_known_winner_and_publishes_every_stage(
     pipeline: FakeLLMServer, nats_url: str, read_events: Callable[[str], list[Event]]
 ) -> None:
     pipeline.responder = scripted
+    # ARCHITECT is cut off at the token limit, and so is its revision, which is dropped.
+    pipeline.script("agent-architect-001", ok(PROPOSALS["agent-architect-001"], finish_reason="length"))
+    pipeline.script("agent-architect-001.revision.r1", ok("Revised, but cut", finish_reason="length"))
     request = DeliberationRequest(
         task="Add rate limiting to the login endpoint",
         roles=["DEV", "QA", "ARCHITECT"],
@@ -103,6 +106,10 @@ def test_scripted_council_picks_the_known_winner_and_publishes_every_stage(
     assert sorted(c.subject_id for c in critiques) == sorted(PROPOSALS)
     assert all(c.ok and c.agent_id != c.subject_id for c in critiques)
     assert {r.agent_id for r in revisions if r.ok} == set(PROPOSALS)
+    assert (
+        "revision agent-architect-001.revision.r1: truncated at the token limit; the previous version stands"
+        in result.incomplete
+    )
     # The original is kept next to the revision, and the revision is what was ranked.
     dev = next(o for o in result.outcomes if o.agent_id == "agent-dev-001")
     assert dev.proposal is not None and dev.proposal.content == PROPOSALS["agent-dev-001"]
@@ -125,6 +132,12 @@ def test_scripted_council_picks_the_known_winner_and_publishes_every_stage(
     assert winner.content.endswith("Revised: tests added.") and winner.tie_break is None
     checks = {c.name: c for c in result.scores[1].checks}
     assert not checks["code_parses"].passed  # QA's code
+    architect = result.scores[2]
+    assert architect.version == 0  # its truncated revision did not replace it
+    assert [(c.name, c.passed) for c in architect.checks if c.applicable] == [
+        ("complete", False),
+        ("requirements", False),
+    ]
     assert result.synthesis is not None and result.synthesis.content.startswith("Merged")
 
     # Totals per stage and agent add up to the deliberation's.
