@@ -12,6 +12,7 @@ from agents.errors import EventBusError
 from agents.events import AGENT_RESPONSE_FAILED, agent_event
 from tests.certificates import make_certificates
 from tests.factories import failed
+from tests.nats_jwt import OperatorNatsServer
 
 
 def test_streams_are_created_idempotently(nats_url: str) -> None:
@@ -93,3 +94,11 @@ def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path, nats_url: str) -
         EventBus.connect(
             BusConfig(url=nats_url.replace("nats://", "tls://"), tls_ca_file=tmp_path / "none.pem")
         )
+
+
+def test_creds_file_authentication_in_operator_mode(tmp_path: Path) -> None:
+    with OperatorNatsServer(tmp_path) as server:
+        with EventBus.connect(BusConfig(url=server.url, creds_file=server.setup.creds)) as bus:
+            bus.publish(agent_event(uuid.uuid4().hex, "t", failed()))
+        with pytest.raises(EventBusError, match="Authorization Violation"):
+            EventBus.connect(BusConfig(url=server.url, connect_timeout=2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.states import State
 
+from agents.bus import BusConfig, EventBus
 from agents.errors import ConfigurationError
 from agents.events import (
     AGENT_RESPONSE_COMPLETED,
@@ -33,6 +35,7 @@ from agents.events import (
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult
 from flows.deliberate import deliberate
 from tests.fake_llm import HANG, FakeLLMServer, barrier, ok, status
+from tests.nats_jwt import OperatorNatsServer
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 ReadEvents = Callable[[str], list[Event]]
@@ -229,18 +232,37 @@ def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(
     assert state.is_completed(), [o.error for o in result.outcomes]
     assert [c.headers["authorization"] for c in pipeline.calls] == [f"Bearer {secret}"] * 6
     events = read_events(result.deliberation_id)
+    seen = _everything_said(state, result, events)
+    assert not [text for text in seen if secret in text]
+
+
+def _everything_said(state: State[Any], result: DeliberationResult, events: list[Event]) -> list[str]:
+    """The result, the events, the flow-run record, its logs and artifacts, as text."""
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
         )
-    assert logs  # the run's logs reached the API, and the key is in none of them
-    assert len(artifacts) == 2
+    assert logs and len(artifacts) == 2  # what is searched is really there
     seen = [result.model_dump_json(), flow_run.model_dump_json(), *(e.model_dump_json() for e in events)]
-    seen += [artifact.model_dump_json() for artifact in artifacts]
-    seen += [log.message for log in logs]
-    assert not [text for text in seen if secret in text]
+    return seen + [log.message for log in logs] + [artifact.model_dump_json() for artifact in artifacts]
+
+
+def test_nats_creds_file_is_used_and_its_secrets_appear_nowhere(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with OperatorNatsServer(tmp_path) as nats:
+        monkeypatch.setenv("NATS_URL", nats.url)
+        monkeypatch.setenv("NATS_CREDS", str(nats.setup.creds))
+        state, result = run(task="t", roles=["DEV", "QA"], rounds=0)
+        assert state.is_completed()
+        with EventBus.connect(BusConfig(url=nats.url, creds_file=nats.setup.creds)) as bus:
+            events = bus.read_events(result.deliberation_id)
+            assert bus.load_result(result.deliberation_id) == result
+    assert len(events) == 4
+    secrets = [nats.setup.user_seed, nats.setup.user_jwt.split(".")[2]]
+    assert not [s for s in secrets for text in _everything_said(state, result, events) if s in text]
 
 
 def test_a_missing_secret_block_is_a_configuration_error(
