@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
 from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
 
 from agents.llm import ChatCompletion, LLMEndpoint
-from tasks.model_call import call_model, is_transient
+from tasks.model_call import MODEL_CALL_TASK_OPTIONS, call_model
 
 
 def call_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -23,17 +22,7 @@ def call_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"call-{parameters['deliberation_id']}-{parameters['call_id']}-{digest}"
 
 
-@task(
-    name="ask_model",
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
-    timeout_seconds=60,
-    cache_key_fn=call_cache_key,
-    cache_expiration=timedelta(days=1),
-    persist_result=True,
-)
+@task(name="ask_model", cache_key_fn=call_cache_key, **MODEL_CALL_TASK_OPTIONS)
 async def ask_model(
     deliberation_id: str,
     call_id: str,

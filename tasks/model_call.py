@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 from prefect import Task
@@ -25,6 +26,20 @@ def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
     if isinstance(exc, LLMError):
         return exc.retryable
     return isinstance(exc, TimeoutError)
+
+
+# Every model-call task: retried only when it helps, cut per attempt, its result persisted
+# so that a retried or repeated flow run does not ask again. The flow sets timeout and
+# retries per run from the settings.
+MODEL_CALL_TASK_OPTIONS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 2, 4],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": is_transient,
+    "timeout_seconds": 60,
+    "cache_expiration": timedelta(days=1),
+    "persist_result": True,
+}
 
 
 async def _honour_retry_after(exc: LLMUnavailable) -> None:

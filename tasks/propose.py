@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from prefect import task
@@ -11,7 +10,7 @@ from prefect.context import TaskRunContext
 from agents.llm import LLMEndpoint
 from agents.models import AgentSpec, DeliberationRequest, Proposal
 from agents.prompts import proposal_messages
-from tasks.model_call import call_model, is_transient
+from tasks.model_call import MODEL_CALL_TASK_OPTIONS, call_model
 
 
 def proposal_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -20,17 +19,7 @@ def proposal_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     return f"proposal-{parameters['deliberation_id']}-{parameters['agent'].agent_id}"
 
 
-@task(
-    name="generate_proposal",
-    retries=3,
-    retry_delay_seconds=[1, 2, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=is_transient,
-    timeout_seconds=60,
-    cache_key_fn=proposal_cache_key,
-    cache_expiration=timedelta(days=1),
-    persist_result=True,
-)
+@task(name="generate_proposal", cache_key_fn=proposal_cache_key, **MODEL_CALL_TASK_OPTIONS)
 async def generate_proposal(
     deliberation_id: str,
     request: DeliberationRequest,

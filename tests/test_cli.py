@@ -14,7 +14,9 @@ import pytest
 
 from agents.embedded import free_port
 from agents.events import AgentResponseEvent, Event
+from agents.report import outcome_row
 from flows.cli import main
+from tests.factories import failed
 from tests.fake_llm import FakeLLMServer, status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,16 +148,6 @@ def test_cli_exits_1_and_prints_the_table_when_quorum_is_missed(
     proc = _cli(["t", "--roles", "DEV"], {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
     assert proc.returncode == 1, proc.stderr[-3000:]
     header, row = proc.stdout.splitlines()[:2]
-    assert header.split() == [
-        "AGENT",
-        "ROLE",
-        "STATUS",
-        "SCORE",
-        "RANK",
-        "ATTEMPTS",
-        "TOKENS",
-        "LATENCY",
-        "PROPOSAL",
-    ]
+    assert header.split() == [column.upper() for column in outcome_row(failed())]
     assert row.split()[:4] == ["agent-dev-001", "DEV", "failed", "1"]
     assert "0 of 1 proposals (quorum 1) not met" in proc.stdout
