@@ -131,7 +131,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
     from prefect.states import State
 
     from flows.deliberate import check_endpoints, deliberate
-    from flows.runtime import embedded_servers, prefect_api, task_runner
+    from flows.runtime import embedded_servers, local_ray, prefect_api, task_runner
 
     with embedded_servers(settings) as settings:
         # Check before starting anything heavy: an unreachable server is a configuration
@@ -143,7 +143,8 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         uses_secret_blocks = bool(settings.vllm_api_key_secret or settings.nats_token_secret)
         if not uses_secret_blocks:
             preflight()
-        with prefect_api():
+        # Ray starts while the Prefect API does: the two largest fixed costs, independent.
+        with local_ray(settings) as start_ray, prefect_api(while_starting=start_ray):
             if uses_secret_blocks:
                 preflight()
             state: State[Any] = deliberate.with_options(task_runner=task_runner(settings))(

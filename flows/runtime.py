@@ -13,8 +13,10 @@ Everything started here is stopped on exit, Ctrl-C or error.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
@@ -65,14 +67,22 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
 
 
 @contextmanager
-def prefect_api() -> Iterator[None]:
-    """Use PREFECT_API_URL if set; else one temporary API for this process and its Ray workers."""
+def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[None]:
+    """Use PREFECT_API_URL if set; else one temporary API for this process and its Ray
+    workers. `while_starting` runs meanwhile, in this thread: the API takes seconds to
+    come up, mostly in its own process."""
     if PREFECT_API_URL.value():
+        if while_starting is not None:
+            while_starting()
         yield
         return
     api = SubprocessASGIServer()
     try:
-        api.start(timeout=PREFECT_API_STARTUP_SECONDS)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api") as pool:
+            started = pool.submit(api.start, timeout=PREFECT_API_STARTUP_SECONDS)
+            if while_starting is not None:
+                while_starting()
+            started.result()
         with temporary_settings({PREFECT_API_URL: api.api_url}):
             try:
                 yield
@@ -83,6 +93,41 @@ def prefect_api() -> Iterator[None]:
         api.stop()
 
 
+@contextmanager
+def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
+    """Yields a function that starts Ray (or connects to RAY_ADDRESS) once; Ray is shut
+    down on exit. Started here rather than by the task runner, it is started once per
+    process, not once per flow-run attempt, and can start while the Prefect API does."""
+    import ray
+
+    def start() -> None:
+        if not ray.is_initialized():
+            ray.init(
+                address=settings.ray_address, namespace="prefect", **ray_init_kwargs(settings.ray_address)
+            )
+
+    try:
+        yield start
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+# Agent tasks request a fraction of a CPU, so a stage runs more tasks at once than Ray
+# keeps idle workers for (one per CPU by default): every stage then started new worker
+# processes, each importing Prefect again, seconds per stage (BENCHMARKS.md). Keeping
+# the workers a deliberation needs alive between stages removes that.
+RAY_SYSTEM_CONFIG = {"num_workers_soft_limit": 64, "idle_worker_killing_time_threshold_ms": 600_000}
+
+
+def ray_init_kwargs(address: str | None) -> dict[str, Any]:
+    """What `ray.init` needs for agent tasks. A cluster's own settings stand when
+    connecting to one (Ray refuses a system config then); see deploy/ for those."""
+    kwargs: dict[str, Any] = {"log_to_driver": False}  # worker output stays off our stdout
+    if address is None:
+        kwargs["_system_config"] = RAY_SYSTEM_CONFIG
+    return kwargs
+
+
 def task_runner(settings: Settings) -> RayTaskRunner:
-    # Worker output stays out of the CLI's stdout; task logs go to the Prefect API.
-    return RayTaskRunner(address=settings.ray_address, init_kwargs={"log_to_driver": False})
+    return RayTaskRunner(address=settings.ray_address, init_kwargs=ray_init_kwargs(settings.ray_address))

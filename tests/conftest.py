@@ -49,7 +49,9 @@ def ray_cluster(prefect_api: None) -> Iterator[None]:
     import ray
 
     # Started once: the flow's RayTaskRunner reuses a running Ray and leaves it up.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="prefect")
+    from flows.runtime import ray_init_kwargs
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="prefect", **ray_init_kwargs(None))
     yield
     ray.shutdown()
 

@@ -78,7 +78,13 @@ def _with_os(env: dict[str, str]) -> dict[str, str]:
 
 
 def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    # The server answers 503 while its SQLite database is busy (say, the scheduler writing
+    # the nightly runs); Prefect's own client retries those, and so does this helper.
+    for attempt in range(6):
+        response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+        if response.status_code not in (429, 503) or attempt == 5:
+            break
+        time.sleep(0.5 * 2**attempt)
     response.raise_for_status()
     return response.json()
 

@@ -1,0 +1,364 @@
+"""The benchmark: orchestration overhead, parallel efficiency and throughput against the
+latency-emulating server (bench/emulator.py), side by side with a plain asyncio.gather
+baseline, in one run. Prints a table; see BENCHMARKS.md for figures and how to read them.
+
+    .venv/bin/python -m bench.run            # the full run (several minutes)
+    .venv/bin/python -m bench.run --quick    # every figure once, small (what CI runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agents.embedded import free_port
+from agents.roles import Role
+
+ROLES = list(Role)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    values: list[float]
+    unit: str
+    note: str = ""
+
+    def row(self) -> list[str]:
+        if not self.values:
+            return [self.name, "–", "–", "–", self.unit, self.note]
+        low, mid, high = min(self.values), statistics.median(self.values), max(self.values)
+        return [self.name, f"{low:.3g}", f"{mid:.3g}", f"{high:.3g}", self.unit, self.note]
+
+
+def print_table(figures: Sequence[Figure], cores: int) -> None:
+    header = ["figure", "min", "median", "max", "unit", "note"]
+    rows = [header, *(f.row() for f in figures)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    print(f"# deliberation benchmark: {cores} cores, Python {sys.version.split()[0]}")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+# -- the emulated model server ---------------------------------------------------------
+class EmulatorProcess:
+    def __init__(self, max_num_seqs: int, ttft: float, per_token: float, output_tokens: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = ["--port", str(self.port), "--max-num-seqs", str(max_num_seqs), "--ttft", str(ttft)]
+        args += ["--per-token", str(per_token), "--output-tokens", str(output_tokens)]
+        self.single_call = ttft + per_token * output_tokens
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.emulator", *args], cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        give_up = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.url}/health", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > give_up or self._process.poll() is not None:
+                    raise RuntimeError("the emulator did not start") from None
+                time.sleep(0.1)
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/stats/reset", timeout=5).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/stats", timeout=30).json())
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def _proposal_requests(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    # Proposal calls carry the bare agent id as `user`; review-stage calls a dotted call id.
+    return [r for r in stats["requests"] if r["user"] and "." not in r["user"]]
+
+
+def _critical_path(stats: dict[str, Any]) -> float:
+    """The sum over stages of the slowest call's server time (arrival to last token)."""
+    slowest: dict[str, float] = {}
+    for r in stats["requests"]:
+        stage = r["user"].split(".")[1] if "." in (r["user"] or "") else "proposal"
+        slowest[stage] = max(slowest.get(stage, 0.0), r["finished"] - r["arrived"])
+    return sum(slowest.values())
+
+
+# -- memory of a process tree, from /proc (no psutil here) -------------------------------
+def _tree_rss_bytes(root: int) -> int:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+# -- figures ---------------------------------------------------------------------------------
+def cold_start(emulator: EmulatorProcess, repeats: int) -> list[Figure]:
+    """`python -m flows.deliberate` as a user runs it: embedded NATS, temporary Prefect API,
+    local Ray; the model server is the emulator."""
+    to_first, to_result, peak = [], [], []
+    env = {k: v for k, v in os.environ.items() if k not in {"NATS_URL", "PREFECT_API_URL", "RAY_ADDRESS"}}
+    env |= {"VLLM_URL": emulator.url, "DELIBERATION_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-")}
+    for _ in range(repeats):
+        emulator.reset()
+        launched = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.deliberate", "Benchmark task", "--rounds", "0", "--json"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        highest = 0
+        while process.poll() is None:
+            highest = max(highest, _tree_rss_bytes(process.pid))
+            time.sleep(0.2)
+        finished = time.time()
+        if process.returncode != 0:
+            raise RuntimeError(f"the cold-start run exited {process.returncode}")
+        arrivals = [r["arrived"] for r in emulator.stats()["requests"]]
+        to_first.append(min(arrivals) - launched)
+        to_result.append(finished - launched)
+        peak.append(highest / 2**20)
+    return [
+        Figure("cold start: launch to first LLM request", to_first, "s", "5 agents, local defaults"),
+        Figure("cold start: launch to result (exit)", to_result, "s", "incl. ranking stage, shutdown"),
+        Figure("peak memory of the local run", peak, "MiB", "RSS of the CLI's process tree"),
+    ]
+
+
+@contextmanager
+def warm_pipeline(emulator: EmulatorProcess, ray_defaults: bool = False) -> Iterator[Callable[..., Any]]:
+    """One Prefect API, one Ray, one nats-server for many deliberations, as a worker has."""
+    import ray
+
+    from agents.embedded import LocalNatsServer
+    from flows.runtime import prefect_api, ray_init_kwargs
+
+    limit = f"bench-llm-{uuid.uuid4().hex[:6]}"
+    os.environ.update(
+        {
+            "VLLM_URL": emulator.url,
+            "DELIBERATION_LLM_CONCURRENCY_LIMIT": limit,
+            "DELIBERATION_LLM_CONCURRENCY": "1000",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
+    with LocalNatsServer() as nats, prefect_api():
+        os.environ["NATS_URL"] = nats.url
+        options = {"log_to_driver": False} if ray_defaults else ray_init_kwargs(None)
+        ray.init(include_dashboard=False, namespace="prefect", **options)
+        try:
+            from agents.models import DeliberationRequest
+            from flows.deliberate import deliberate
+
+            def run(agents_per_role: int, roles: list[Role] = ROLES) -> tuple[float, Any]:
+                request = DeliberationRequest(
+                    task="Benchmark task",
+                    roles=roles,
+                    agents_per_role=agents_per_role,
+                    rounds=0,
+                    deadline_seconds=600,
+                    deliberation_id=uuid.uuid4().hex,
+                )
+                started = time.monotonic()
+                state = deliberate(request=request, return_state=True)
+                wall = time.monotonic() - started
+                return wall, state.result(raise_on_failure=False)
+
+            yield run
+        finally:
+            ray.shutdown()
+
+
+def baseline(emulator: EmulatorProcess, agents: int) -> float:
+    """The same proposal calls with plain asyncio.gather and httpx: no orchestration."""
+    from agents.council import plan_council
+    from agents.models import DeliberationRequest
+    from agents.prompts import proposal_messages
+
+    request = DeliberationRequest(task="Benchmark task", roles=ROLES, agents_per_role=max(1, agents // 5))
+
+    async def calls() -> None:
+        async with httpx.AsyncClient(base_url=emulator.url, timeout=600) as client:
+            await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/chat/completions",
+                        json={"model": "m", "messages": proposal_messages(request, a), "max_tokens": 512},
+                    )
+                    for a in plan_council(request)
+                )
+            )
+
+    started = time.monotonic()
+    asyncio.run(calls())
+    return time.monotonic() - started
+
+
+def warm_figures(
+    emulator: EmulatorProcess, run: Callable[..., Any], sizes: list[int], repeats: int
+) -> list[Figure]:
+    figures = []
+    for agents in sizes:
+        overhead, proposal_overhead, in_flight, efficiency, ratio, walls = [], [], [], [], [], []
+        for _ in range(repeats):
+            emulator.reset()
+            wall, result = run(agents // 5)
+            stats = emulator.stats()
+            proposals = _proposal_requests(stats)
+            slowest = max(r["finished"] - r["arrived"] for r in proposals)
+            stage = result.usage.stage_ms["proposal"] / 1000
+            walls.append(wall)
+            overhead.append(wall - _critical_path(stats))
+            proposal_overhead.append(stage - slowest)
+            in_flight.append(stats["max_running"])
+            efficiency.append(stage / emulator.single_call)
+            ratio.append(stage / baseline(emulator, agents))
+        figures += [
+            Figure(f"{agents} agents: deliberation wall time", walls, "s", "proposals + ranking, warm"),
+            Figure(
+                f"{agents} agents: overhead (wall - critical path)", overhead, "s", "server time excluded"
+            ),
+            Figure(
+                f"{agents} agents: proposal stage overhead", proposal_overhead, "s", "stage - slowest call"
+            ),
+            Figure(f"{agents} agents: max in flight at the server", in_flight, "calls", f"of {agents}"),
+            Figure(f"{agents} agents: proposal stage / single call", efficiency, "x", "limit 1.0"),
+            Figure(f"{agents} agents: proposal stage / asyncio.gather", ratio, "x", "baseline ratio"),
+        ]
+    return figures
+
+
+def throughput(emulator: EmulatorProcess, run: Callable[..., Any], deliberations: int) -> list[Figure]:
+    emulator.reset()
+    results: list[Any] = []
+    started = time.monotonic()
+    # Each thread runs in a copy of this context, which holds the Prefect API's settings.
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(lambda: results.append(run(1)),))
+        for _ in range(deliberations)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    stats = emulator.stats()
+    completed = sum(1 for _, r in results if getattr(r, "status", None) == "completed")
+    note = f"{deliberations} x 5 agents at once; {completed} completed"
+    return [
+        Figure("throughput: deliberations per minute", [completed / wall * 60], "/min", note),
+        Figure(
+            "throughput: max requests running at the server",
+            [stats["max_running"]],
+            "calls",
+            f"max_num_seqs {stats['max_num_seqs']}",
+        ),
+        Figure("throughput: max requests waiting at the server", [stats["max_waiting"]], "calls", ""),
+    ]
+
+
+def nats_figures(count: int) -> list[Figure]:
+    from agents.bus import BusConfig, EventBus
+    from agents.embedded import LocalNatsServer
+    from agents.events import agent_event
+    from agents.models import AgentOutcome, AgentStatus, ErrorInfo
+
+    outcome = AgentOutcome(
+        agent_id="agent-dev-001",
+        role=Role.DEV,
+        status=AgentStatus.FAILED,
+        attempts=1,
+        duration_ms=1,
+        error=ErrorInfo(type="X", message="benchmark", retryable=False),
+    )
+    latencies = []
+    with LocalNatsServer() as nats, EventBus.connect(BusConfig(url=nats.url)) as bus:
+        started = time.monotonic()
+        for _ in range(count):
+            event = agent_event(uuid.uuid4().hex, "bench", outcome)
+            sent = time.monotonic()
+            bus.publish(event)
+            latencies.append((time.monotonic() - sent) * 1000)
+        rate = count / (time.monotonic() - started)
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return [
+        Figure(
+            "NATS publish with ack: p50",
+            [statistics.median(latencies)],
+            "ms",
+            f"{count} events, one at a time",
+        ),
+        Figure("NATS publish with ack: p99", [p99], "ms", "file storage"),
+        Figure("NATS events per second", [rate], "/s", "sequential, acked"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every figure once, small")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--ray-defaults", action="store_true", help="Ray's default worker pool (the 'before' figures)"
+    )
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    sizes = [5] if args.quick else [5, 15, 50]
+    figures: list[Figure] = []
+    # 1 s per call: long enough to tell overhead from model time, short enough to repeat.
+    fast = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
+    try:
+        figures += cold_start(fast, repeats)
+        with warm_pipeline(fast, args.ray_defaults) as run:
+            run(1)  # warm-up: Ray workers and the API's first queries
+            figures += warm_figures(fast, run, sizes, repeats)
+            limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
+            try:
+                os.environ["VLLM_URL"] = limited.url
+                figures += throughput(limited, run, 3 if args.quick else 20)
+            finally:
+                limited.stop()
+        figures += nats_figures(100 if args.quick else 2000)
+    finally:
+        fast.stop()
+    print_table(figures, os.cpu_count() or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

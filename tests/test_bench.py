@@ -1,0 +1,67 @@
+"""The benchmark's emulated server behaves like vLLM's scheduler, and the benchmark runs
+(quick mode: figures are printed, never asserted against a clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.run import EmulatorProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_emulator_queues_beyond_max_num_seqs_and_reports_usage() -> None:
+    emulator = EmulatorProcess(max_num_seqs=2, ttft=0.3, per_token=0.001, output_tokens=20)
+    try:
+
+        async def four() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=emulator.url, timeout=30) as client:
+                body = {"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 5}
+                return await asyncio.gather(
+                    *(client.post("/v1/chat/completions", json=body | {"user": f"u{i}"}) for i in range(4))
+                )
+
+        replies = asyncio.run(four())
+        stats = emulator.stats()
+    finally:
+        emulator.stop()
+    assert [r.json()["usage"]["completion_tokens"] for r in replies] == [5] * 4
+    assert {r.json()["choices"][0]["finish_reason"] for r in replies} == {"length"}
+    assert (stats["max_running"], stats["max_waiting"]) == (2, 2)
+    admitted = sorted(r["admitted"] for r in stats["requests"])
+    finished = sorted(r["finished"] for r in stats["requests"])
+    # The last two were admitted only when the first two had finished.
+    assert admitted[2] >= finished[0] and admitted[3] >= finished[1]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_in_quick_mode() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"VLLM_URL", "NATS_URL", "PREFECT_API_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"# deliberation benchmark: {os.cpu_count()} cores")
+    for figure in (
+        "cold start: launch to first LLM request",
+        "peak memory of the local run",
+        "5 agents: overhead (wall - critical path)",
+        "5 agents: proposal stage / asyncio.gather",
+        "throughput: deliberations per minute",
+        "NATS publish with ack: p99",
+    ):
+        row = next(line for line in lines if line.startswith(figure))
+        assert float(row[len(figure) :].split()[0]) >= 0
