@@ -234,7 +234,15 @@ def warm_figures(
 ) -> list[Figure]:
     figures = []
     for agents in sizes:
-        overhead, proposal_overhead, in_flight, efficiency, ratio, walls = [], [], [], [], [], []
+        overhead, proposal_overhead, in_flight, efficiency, ratio, walls, gathered = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for _ in range(repeats):
             emulator.reset()
             wall, result = run(agents // 5)
@@ -247,7 +255,8 @@ def warm_figures(
             proposal_overhead.append(stage - slowest)
             in_flight.append(stats["max_running"])
             efficiency.append(stage / emulator.single_call)
-            ratio.append(stage / baseline(emulator, agents))
+            gathered.append(baseline(emulator, agents))
+            ratio.append(stage / gathered[-1])
         figures += [
             Figure(f"{agents} agents: deliberation wall time", walls, "s", "proposals + ranking, warm"),
             Figure(
@@ -258,6 +267,9 @@ def warm_figures(
             ),
             Figure(f"{agents} agents: max in flight at the server", in_flight, "calls", f"of {agents}"),
             Figure(f"{agents} agents: proposal stage / single call", efficiency, "x", "limit 1.0"),
+            Figure(
+                f"{agents} agents: asyncio.gather baseline", gathered, "s", "same calls, no orchestration"
+            ),
             Figure(f"{agents} agents: proposal stage / asyncio.gather", ratio, "x", "baseline ratio"),
         ]
     return figures
