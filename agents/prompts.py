@@ -53,11 +53,16 @@ def role_instruction(agent: AgentSpec) -> str:
     return " ".join(lines)
 
 
-def proposal_messages(request: DeliberationRequest, agent: AgentSpec) -> list[dict[str, str]]:
+def _council_messages(request: DeliberationRequest, instruction: str) -> list[dict[str, str]]:
+    # Every call of a deliberation shares the system message, word for word.
     return [
         {"role": "system", "content": shared_context(request)},
-        {"role": "user", "content": role_instruction(agent)},
+        {"role": "user", "content": instruction},
     ]
+
+
+def proposal_messages(request: DeliberationRequest, agent: AgentSpec) -> list[dict[str, str]]:
+    return _council_messages(request, role_instruction(agent))
 
 
 def _persona_line(agent: AgentSpec) -> str:
@@ -67,18 +72,15 @@ def _persona_line(agent: AgentSpec) -> str:
 
 def critique_messages(request: DeliberationRequest, critic: AgentSpec, proposal: str) -> list[dict[str, str]]:
     """A critic reviews another member's proposal; the author is not named."""
-    return [
-        {"role": "system", "content": shared_context(request)},
-        {
-            "role": "user",
-            "content": (
-                f"{_persona_line(critic)} Another council member wrote the proposal below. "
-                "Critique it against the task, the rubric and the requirements: what is wrong "
-                "or missing, what is risky, and what to change. Be specific and brief.\n\n"
-                f"<proposal>\n{proposal}\n</proposal>"
-            ),
-        },
-    ]
+    return _council_messages(
+        request,
+        (
+            f"{_persona_line(critic)} Another council member wrote the proposal below. "
+            "Critique it against the task, the rubric and the requirements: what is wrong "
+            "or missing, what is risky, and what to change. Be specific and brief.\n\n"
+            f"<proposal>\n{proposal}\n</proposal>"
+        ),
+    )
 
 
 def revision_messages(
@@ -86,18 +88,15 @@ def revision_messages(
 ) -> list[dict[str, str]]:
     """The author revises its proposal with the critiques it received."""
     listed = "\n\n".join(f"<critique>\n{text}\n</critique>" for text in critiques)
-    return [
-        {"role": "system", "content": shared_context(request)},
-        {
-            "role": "user",
-            "content": (
-                f"{_persona_line(author)} This is your proposal:\n\n<proposal>\n{proposal}\n</proposal>\n\n"
-                f"Other council members critiqued it:\n\n{listed}\n\n"
-                "Write the complete revised proposal. Adopt the critiques you agree with; "
-                "keep what was right. Answer with the proposal only."
-            ),
-        },
-    ]
+    return _council_messages(
+        request,
+        (
+            f"{_persona_line(author)} This is your proposal:\n\n<proposal>\n{proposal}\n</proposal>\n\n"
+            f"Other council members critiqued it:\n\n{listed}\n\n"
+            "Write the complete revised proposal. Adopt the critiques you agree with; "
+            "keep what was right. Answer with the proposal only."
+        ),
+    )
 
 
 def ranking_messages(
@@ -106,34 +105,28 @@ def ranking_messages(
     """Anonymized ranking: proposals appear only under their labels, never with an author."""
     shown = "\n\n".join(f"Proposal {name}:\n{text}" for name, text in labelled.items())
     example = "\n".join(f"{i}. Proposal {name}" for i, name in enumerate(labelled, start=1))
-    return [
-        {"role": "system", "content": shared_context(request)},
-        {
-            "role": "user",
-            "content": (
-                f"{_persona_line(reviewer)} Rank these anonymous proposals for the task, best "
-                "first, judged by the rubric and the requirements.\n\n"
-                f"{shown}\n\n"
-                "Briefly assess each one. Then end your answer with the line FINAL RANKING: "
-                "followed by a numbered list of every proposal label, best first, exactly "
-                f"in this form:\n\nFINAL RANKING:\n{example}"
-            ),
-        },
-    ]
+    return _council_messages(
+        request,
+        (
+            f"{_persona_line(reviewer)} Rank these anonymous proposals for the task, best "
+            "first, judged by the rubric and the requirements.\n\n"
+            f"{shown}\n\n"
+            "Briefly assess each one. Then end your answer with the line FINAL RANKING: "
+            "followed by a numbered list of every proposal label, best first, exactly "
+            f"in this form:\n\nFINAL RANKING:\n{example}"
+        ),
+    )
 
 
 def synthesis_messages(request: DeliberationRequest, ranked: list[str]) -> list[dict[str, str]]:
     """The chair merges the best proposals, the winner first."""
     shown = "\n\n".join(f"<proposal rank={i}>\n{text}\n</proposal>" for i, text in enumerate(ranked, start=1))
-    return [
-        {"role": "system", "content": shared_context(request)},
-        {
-            "role": "user",
-            "content": (
-                "You chair the council. Its best proposals follow, ranked by the council, "
-                f"best first.\n\n{shown}\n\n"
-                "Write one final proposal that builds on the first and adopts the strongest "
-                "ideas of the others. Answer with the proposal only."
-            ),
-        },
-    ]
+    return _council_messages(
+        request,
+        (
+            "You chair the council. Its best proposals follow, ranked by the council, "
+            f"best first.\n\n{shown}\n\n"
+            "Write one final proposal that builds on the first and adopts the strongest "
+            "ideas of the others. Answer with the proposal only."
+        ),
+    )
