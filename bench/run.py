@@ -343,7 +343,7 @@ def nats_figures(count: int) -> list[Figure]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="every figure once, small")
+    parser.add_argument("--quick", action="store_true", help="every figure once, small, no warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--ray-defaults", action="store_true", help="Ray's default worker pool (the 'before' figures)"
@@ -357,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures += cold_start(fast, repeats)
         with warm_pipeline(fast, args.ray_defaults) as run:
-            run(1)  # warm-up: Ray workers and the API's first queries
+            if not args.quick:
+                run(1)  # warm-up: Ray workers and the API's first queries
             figures += warm_figures(fast, run, sizes, repeats)
             limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
             try:
                 os.environ["VLLM_URL"] = limited.url
-                figures += throughput(limited, run, 3 if args.quick else 20)
+                figures += throughput(limited, run, 2 if args.quick else 20)
             finally:
                 limited.stop()
         figures += nats_figures(100 if args.quick else 2000)

@@ -103,8 +103,12 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the servers this process started are stopped.
+    # SIGTERM unwinds like Ctrl-C, so the servers this process started are stopped. SIGINT
+    # gets the same explicit handler: with Python's default one, asyncio.run turns Ctrl-C
+    # into a task cancellation, which library code on the way may swallow (seen: a run
+    # that went on to complete after Ctrl-C).
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         request = request_from_args(args)
         for flag, variable in ENV_FLAGS.items():
