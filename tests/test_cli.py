@@ -16,6 +16,7 @@ from agents.embedded import free_port
 from agents.events import AgentResponseEvent, Event
 from agents.report import outcome_row
 from flows.cli import main
+from flows.result import main as result_main
 from tests.factories import failed
 from tests.fake_llm import FakeLLMServer, status
 
@@ -102,7 +103,17 @@ def test_cli_runs_a_deliberation_and_prints_only_json(
 ) -> None:
     fake_llm.script("agent-qa-002", status(400))
     deliberation_id = uuid.uuid4().hex
-    args = ["Write a factorial function", "--roles", "DEV,QA", "--agents-per-role", "2", "--quorum", "3"]
+    args = [
+        "Write a factorial function",
+        "--roles",
+        "DEV,QA",
+        "--agents-per-role",
+        "2",
+        "--quorum",
+        "3",
+        "--critics",
+        "1",
+    ]
     args += ["--requirement", "Type hints", "--requirement", "Docstrings", "--rubric", "Correct first"]
     args += ["--deliberation-id", deliberation_id, "--json"]
     proc = _cli(args, {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
@@ -131,13 +142,17 @@ def test_cli_runs_a_deliberation_and_prints_only_json(
     assert result["winner"]["agent_id"] in {"agent-dev-001", "agent-dev-002", "agent-qa-001"}
 
 
-def test_result_of_an_unknown_deliberation_is_a_clear_not_found(nats_url: str) -> None:
+def test_result_of_an_unknown_deliberation_is_a_clear_not_found(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NATS_URL", nats_url)
     for argv, message in (
         (["never-ran"], "result: no result for deliberation never-ran in DELIBERATION_RESULTS"),
         (["../etc"], "result: '../etc' is not a deliberation id (letters, digits, - and _)"),
     ):
-        proc = _python(["-m", "flows.result", *argv], {"NATS_URL": nats_url})
-        assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (2, "", message)
+        assert result_main(argv) == 2
+        out, err = capsys.readouterr()
+        assert (out, err.strip()) == ("", message)
 
 
 @pytest.mark.slow
