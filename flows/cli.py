@@ -165,7 +165,8 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         print(render_table(outcome_rows(value)))
         print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
         if value.winner is not None:
-            print(f"\n{value.winner.reason}.\n\n{value.winner.content.strip()}")
+            tie = f" Tie-break: {value.winner.tie_break}." if value.winner.tie_break else ""
+            print(f"\n{value.winner.reason}.{tie}\n\n{value.winner.content.strip()}")
         if value.synthesis is not None and value.synthesis.content:
             print(f"\nSynthesis:\n\n{value.synthesis.content.strip()}")
         for gap in value.incomplete:
