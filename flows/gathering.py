@@ -27,6 +27,7 @@ from agents.settings import Settings
 from tasks.propose import generate_proposal
 
 K = TypeVar("K")
+T = TypeVar("T")
 Futures = dict[AgentSpec, PrefectFuture[Any]]
 RUN_COUNT_SYNC_SECONDS = 10.0
 
@@ -171,33 +172,36 @@ def _elapsed_ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
-def settle(future: PrefectFuture[Any]) -> tuple[AgentStatus, Any, int, ErrorInfo | None]:
-    """A finished future as (status, value, attempts, error)."""
+def settle(
+    future: PrefectFuture[Any], expected: type[T]
+) -> tuple[AgentStatus, T | None, int, ErrorInfo | None]:
+    """A finished future as (status, value, attempts, error); a completed task run whose
+    value is not an `expected` counts as failed."""
     value = future.result(raise_on_failure=False)
     state = future.state
     attempts = run_count(future, until=state)
     if state.is_completed():
-        return AgentStatus.COMPLETED, value, attempts, None
+        if isinstance(value, expected):
+            return AgentStatus.COMPLETED, value, attempts, None
+        return AgentStatus.FAILED, None, attempts, _bad_result(value)
     status = AgentStatus.TIMED_OUT if state.name == "TimedOut" else AgentStatus.FAILED
     return status, None, attempts, _error_info(value, state.message or state.name or "failed")
 
 
 def _outcome_of(agent: AgentSpec, future: PrefectFuture[Any], duration_ms: int) -> AgentOutcome:
-    status, value, attempts, error = settle(future)
-    if status is AgentStatus.COMPLETED and not isinstance(value, Proposal):
-        status, error = AgentStatus.FAILED, bad_result(value)
+    status, proposal, attempts, error = settle(future, Proposal)
     return AgentOutcome(
         agent_id=agent.agent_id,
         role=agent.role,
         status=status,
         attempts=attempts,
         duration_ms=duration_ms,
-        proposal=value if status is AgentStatus.COMPLETED else None,
+        proposal=proposal,
         error=error,
     )
 
 
-def bad_result(value: object) -> ErrorInfo:
+def _bad_result(value: object) -> ErrorInfo:
     return ErrorInfo(type="BadResult", message=f"unexpected task result {repr(value)[:200]}", retryable=False)
 
 

@@ -29,7 +29,7 @@ from agents.models import (
 from agents.prompts import critique_messages, ranking_messages, revision_messages, synthesis_messages
 from agents.ranking import Candidate, anonymize, ballot_from_answer
 from agents.settings import Settings
-from flows.gathering import Deadline, bad_result, collect, deadline_error, run_count, settle
+from flows.gathering import Deadline, collect, deadline_error, run_count, settle
 from tasks.ask import ask_model
 
 # Rankings should be reproducible judgements, not creative writing.
@@ -125,11 +125,7 @@ class StageRunner:
         calls: dict[PlannedCall, StageCall] = {}
 
         def finished(plan: PlannedCall, future: PrefectFuture[Any]) -> None:
-            status, value, attempts, error = settle(future)
-            reply = value if isinstance(value, ChatCompletion) else None
-            if status is AgentStatus.COMPLETED and reply is None:
-                status = AgentStatus.FAILED
-                error = bad_result(value)
+            status, reply, attempts, error = settle(future, ChatCompletion)
             calls[plan] = plan.record(status, attempts, reply, error)
             if on_call is not None:
                 on_call(calls[plan])
