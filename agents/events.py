@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from agents.models import (
     AgentOutcome,
     AgentStatus,
+    Ballot,
     DeliberationResult,
     DeliberationStatus,
     ProposalScore,
@@ -189,16 +190,15 @@ def ranked_event(
     deliberation_id: str,
     task_id: str,
     scores: list[ProposalScore],
-    abstentions: list[str],
-    ballots_counted: int,
+    ballots: list[Ballot],
     winner: Winner | None,
 ) -> RankedEvent:
     return RankedEvent(
         deliberation_id=deliberation_id,
         task_id=task_id,
         scores=scores,
-        ballots_counted=ballots_counted,
-        abstentions=abstentions,
+        ballots_counted=sum(1 for b in ballots if not b.abstained),
+        abstentions=[f"{b.reviewer_id}: {b.abstained}" for b in ballots if b.abstained],
         winner=winner.agent_id if winner else None,
         tie_break=winner.tie_break if winner else None,
     )

@@ -130,11 +130,10 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
                 reviews, candidates, gaps = review_rounds(runner, authors, originals, publish_critique)
             with clock(Stage.RANKING):
                 rankings, ballots, ranking_gaps = rank_proposals(runner, authors, candidates)
-            scores = score_candidates(list(candidates.values()), ballots, request.constraints.requirements)
-            winner = choose_winner(scores, list(candidates.values()))
-            abstentions = [f"{b.reviewer_id}: {b.abstained}" for b in ballots if b.abstained]
-            counted = len(ballots) - len(abstentions)
-            publish_event(bus, ranked_event(deliberation_id, task_id, scores, abstentions, counted, winner))
+            finalists = list(candidates.values())
+            scores = score_candidates(finalists, ballots, request.constraints.requirements)
+            winner = choose_winner(scores, finalists)
+            publish_event(bus, ranked_event(deliberation_id, task_id, scores, ballots, winner))
             synthesis = None
             if request.synthesize:
                 with clock(Stage.SYNTHESIS):

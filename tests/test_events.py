@@ -7,8 +7,9 @@ from agents.events import (
     AgentResponseEvent,
     agent_event,
     parse_event,
+    ranked_event,
 )
-from agents.models import AgentOutcome, AgentStatus, ErrorInfo
+from agents.models import AgentOutcome, AgentStatus, Ballot, ErrorInfo
 from agents.roles import Role
 from tests.factories import failed
 
@@ -62,3 +63,16 @@ def test_an_event_on_the_wrong_subject_is_refused() -> None:
 def test_a_completed_outcome_must_carry_a_proposal() -> None:
     with pytest.raises(ValueError, match="carries a proposal"):
         AgentOutcome(agent_id="a", role=Role.DEV, status=AgentStatus.COMPLETED, attempts=1, duration_ms=1)
+
+
+def test_ranked_event_counts_ballots_and_names_abstentions() -> None:
+    ballots = [
+        Ballot(reviewer_id="agent-dev-001", labels={}, order=["agent-qa-001", "agent-data-001"]),
+        Ballot(
+            reviewer_id="agent-qa-001", labels={}, abstained="malformed ranking: no FINAL RANKING section"
+        ),
+    ]
+    event = ranked_event("d1", "t1", [], ballots, None)
+    assert event.ballots_counted == 1
+    assert event.abstentions == ["agent-qa-001: malformed ranking: no FINAL RANKING section"]
+    assert (event.subject, event.msg_id) == ("deliberation.ranked", "d1.ranked")
