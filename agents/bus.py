@@ -227,6 +227,10 @@ class JetStreamBus:
                 )
         return self._results
 
+    async def ensure_results_bucket(self) -> None:
+        """Create the result bucket unless it exists (its settings are the creator's)."""
+        await self._results_bucket(create=True)
+
     async def save_result(self, result: DeliberationResult) -> int:
         """Store the result under its deliberation id (a retried run overwrites it);
         returns the key's revision."""
@@ -308,6 +312,9 @@ class EventBus:
 
     def read_events(self, deliberation_id: str | None = None, since: datetime | None = None) -> list[Event]:
         return self._run(self._client.read_events(deliberation_id, since), 60)
+
+    def ensure_results_bucket(self) -> None:
+        self._run(self._client.ensure_results_bucket(), self._config.publish_timeout + 5)
 
     def save_result(self, result: DeliberationResult) -> int:
         return self._run(self._client.save_result(result), self._config.publish_timeout + 5)

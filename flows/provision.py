@@ -1,0 +1,46 @@
+"""`python -m flows.provision`: create the JetStream event streams (or bring their limits
+up to date) and the result bucket, then exit. A cluster runs it once as a setup job
+(deploy/), so that the first flow run and any consumer find them ready and sized by the
+cluster's settings (DELIBERATION_STREAM_*), not by whichever client came first.
+Idempotent. Exit codes: 0 ready, 2 NATS unreachable, refused or misconfigured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import ValidationError
+
+from agents.bus import RESULTS_BUCKET
+from agents.errors import ConfigurationError
+from agents.events import STREAM_SUBJECTS
+from agents.preflight import connect_event_bus
+from agents.settings import Settings
+from agents.llm import redact_url
+
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv:
+        print("usage: python -m flows.provision (configured by NATS_URL and its credentials)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        from tasks.credentials import nats_token
+
+        settings = Settings()
+        with connect_event_bus(settings, nats_token(settings)) as bus:  # creates the streams
+            bus.ensure_results_bucket()
+    except ConfigurationError as exc:
+        print(f"provision: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValidationError as exc:
+        print(f"provision: invalid settings: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_ERROR
+    streams = ", ".join(STREAM_SUBJECTS)
+    print(f"ready at {redact_url(str(settings.nats_url))}: streams {streams}; bucket {RESULTS_BUCKET}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
