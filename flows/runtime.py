@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect.logging import get_logger
@@ -122,11 +123,27 @@ RAY_SYSTEM_CONFIG = {"num_workers_soft_limit": 64, "idle_worker_killing_time_thr
 
 def ray_init_kwargs(address: str | None) -> dict[str, Any]:
     """What `ray.init` needs for agent tasks. A cluster's own settings stand when
-    connecting to one (Ray refuses a system config then); see deploy/ for those."""
+    connecting to one (Ray refuses a system config then; deploy/ sets them on the
+    cluster), and the cluster gets this checkout's code."""
     kwargs: dict[str, Any] = {"log_to_driver": False}  # worker output stays off our stdout
     if address is None:
         kwargs["_system_config"] = RAY_SYSTEM_CONFIG
+    else:
+        kwargs["runtime_env"] = shipped_code()
     return kwargs
+
+
+def shipped_code() -> dict[str, Any]:
+    """A Ray runtime env that uploads our packages to the cluster, where they shadow the
+    image's copy: a change to the flow needs no new image. Third-party packages come
+    from the image, so a dependency change does."""
+    import agents
+    import flows
+    import tasks
+
+    # Paths, not module objects: Ray Client pickles the runtime env, and modules do not pickle.
+    packages = [str(Path(package.__file__).parent) for package in (agents, tasks, flows) if package.__file__]
+    return {"py_modules": packages, "excludes": ["__pycache__", "*.pyc"]}
 
 
 def task_runner(settings: Settings) -> RayTaskRunner:
