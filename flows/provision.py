@@ -14,16 +14,16 @@ from pydantic import ValidationError
 from agents.bus import RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.events import STREAM_SUBJECTS
+from agents.llm import redact_url
 from agents.preflight import connect_event_bus
 from agents.settings import Settings
-from agents.llm import redact_url
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv:
-        print("usage: python -m flows.provision (configured by NATS_URL and its credentials)", file=sys.stderr)
+        print("usage: python -m flows.provision (NATS_URL and its credentials configure it)", file=sys.stderr)
         return EXIT_ERROR
     try:
         from tasks.credentials import nats_token
