@@ -291,6 +291,10 @@ def throughput(emulator: EmulatorProcess, run: Callable[..., Any], deliberations
     wall = time.monotonic() - started
     stats = emulator.stats()
     completed = sum(1 for _, r in results if getattr(r, "status", None) == "completed")
+    for _, result in results:
+        if getattr(result, "status", None) != "completed":
+            # What a figure cannot say: why a deliberation did not complete.
+            print(f"throughput: not completed: {_why(result)}", file=sys.stderr)
     note = f"{deliberations} x 5 agents at once; {completed} completed"
     return [
         Figure("throughput: deliberations per minute", [completed / wall * 60], "/min", note),
@@ -302,6 +306,14 @@ def throughput(emulator: EmulatorProcess, run: Callable[..., Any], deliberations
         ),
         Figure("throughput: max requests waiting at the server", [stats["max_waiting"]], "calls", ""),
     ]
+
+
+def _why(result: Any) -> str:
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {result}"
+    failed = [f"{o.agent_id} {o.status}: {o.error.message if o.error else ''}" for o in result.outcomes]
+    failed = [line for line in failed if " completed" not in line]
+    return f"{result.status}; " + "; ".join(failed[:5])
 
 
 def nats_figures(count: int) -> list[Figure]:
