@@ -104,19 +104,25 @@ def _critical_path(stats: dict[str, Any]) -> float:
     return sum(slowest.values())
 
 
-# -- memory of a process tree, from /proc (no psutil here) -------------------------------
+# -- processes, from /proc (no psutil here) -----------------------------------------------
+def proc_stats() -> Iterator[tuple[Path, list[str]]]:
+    """(/proc/PID, the fields of its stat after the command name) for every process; the
+    name may hold spaces and parentheses, so the fields start after its last ')'.
+    Fields are 0-based from the state: 1 ppid, 11 utime, 12 stime, 21 rss (pages)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield entry, (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+
+
 def _tree_rss_bytes(root: int) -> int:
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
+    for entry, fields in proc_stats():
+        rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
@@ -311,9 +317,9 @@ def throughput(emulator: EmulatorProcess, run: Callable[..., Any], deliberations
 def _why(result: Any) -> str:
     if isinstance(result, BaseException):
         return f"{type(result).__name__}: {result}"
-    failed = [f"{o.agent_id} {o.status}: {o.error.message if o.error else ''}" for o in result.outcomes]
-    failed = [line for line in failed if " completed" not in line]
-    return f"{result.status}; " + "; ".join(failed[:5])
+    failed = [o for o in result.outcomes if o.status != "completed"]
+    reasons = [f"{o.agent_id} {o.status}: {o.error.message if o.error else ''}" for o in failed[:5]]
+    return f"{result.status}; " + "; ".join(reasons)
 
 
 def nats_figures(count: int) -> list[Figure]:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
-from bench.run import EmulatorProcess, warm_pipeline
+from bench.run import EmulatorProcess, proc_stats, warm_pipeline
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -35,12 +34,9 @@ def _kind(cmdline: str) -> str | None:
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far, by kind of process; this process is the flow's."""
     spent: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, fields in proc_stats():
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
         kind = "flow (this process)" if int(entry.name) == os.getpid() else _kind(cmdline)

@@ -71,9 +71,9 @@ def by_kind(objects: tuple[Object, ...], kind: str) -> dict[str, Object]:
 
 
 def config(objects: tuple[Object, ...]) -> dict[str, str]:
-    (name,) = [name for name in by_kind(objects, "ConfigMap") if name.startswith("deliberation-config-")]
-    data: dict[str, str] = by_kind(objects, "ConfigMap")[name]["data"]
-    return data
+    configmaps = by_kind(objects, "ConfigMap").items()
+    (data,) = [o["data"] for name, o in configmaps if name.startswith("deliberation-config-")]
+    return dict(data)
 
 
 def validate_k8s(obj: Object, where: str) -> None:
