@@ -24,7 +24,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def _kind(cmdline: str) -> str | None:
     if cmdline.startswith("ray::"):  # Ray renames its worker processes
         return "ray workers"
-    if "prefect.server" in cmdline:
+    if "prefect.server" in cmdline or "flows.temporary_api" in cmdline:
         return "prefect api"
     if "raylet" in cmdline or "gcs_server" in cmdline:
         return "ray system"
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 wall, result = run(1)
                 spent = {kind: seconds - before.get(kind, 0.0) for kind, seconds in cpu_seconds().items()}
                 requests = {r["user"]: r for r in emulator.stats()["requests"] if r["user"]}
+                if isinstance(result, BaseException):
+                    print(f"\n# deliberation {number}: failed after {wall:.2f} s: {result!r}")
+                    continue
                 stages = ", ".join(f"{k} {v / 1000:.2f} s" for k, v in result.usage.stage_ms.items() if v)
                 print(f"\n# deliberation {number}: wall {wall:.2f} s; {stages}")
                 print(

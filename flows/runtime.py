@@ -23,12 +23,12 @@ from typing import Any
 
 from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 from prefect_ray import RayTaskRunner
 
 from agents.embedded import LocalModelServer, LocalNatsServer
 from agents.settings import Settings
+from flows.temporary_api import TemporaryPrefectAPI
 
 log = get_logger("deliberation")
 
@@ -79,7 +79,7 @@ def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[Non
             while_starting()
         yield
         return
-    api = SubprocessASGIServer()
+    api = TemporaryPrefectAPI()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api") as pool:
             started = pool.submit(api.start, timeout=PREFECT_API_STARTUP_SECONDS)

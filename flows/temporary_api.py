@@ -1,0 +1,139 @@
+"""The temporary Prefect API a local run starts: Prefect's own server app, in its own
+process, with 503 answers retried inside the server within milliseconds.
+
+Why: on SQLite (the local default) a write that meets another connection's newer commit
+fails at once with "database is locked", whatever the busy timeout. Prefect answers 503
+and its client waits 2 s (then 4, 8, ...) before trying again. Five agents starting at
+once each write their state, their tag slots and the `llm-calls` slot, so most stages
+lost about 2 s to that wait on one agent or another (BENCHMARKS.md, finding 4). A 503
+means the request was rolled back and may be sent again, which is what Prefect's client
+does; doing it here, a few milliseconds later, changes when, not what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.server.api.server import create_app as create_prefect_app
+from prefect.settings import get_current_settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SERVICE_UNAVAILABLE = 503
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RetryUnavailable:
+    """ASGI middleware: an HTTP request answered 503 is run again, after 5, 10, 20 ... ms
+    (`delays`); the last 503 goes to the client, whose own retries then apply."""
+
+    def __init__(self, app: ASGIApp, delays: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)):
+        self.app = app
+        self.delays = delays
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan and the events websocket pass through
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        for delay in self.delays:
+            if await self._attempt(scope, body, receive, send, last=False):
+                return
+            await asyncio.sleep(delay)
+        await self._attempt(scope, body, receive, send, last=True)
+
+    async def _attempt(self, scope: Scope, body: bytes, receive: Receive, send: Send, *, last: bool) -> bool:
+        """Run the app once; True if its answer went to the client, False if it was a 503
+        that was held back to try again."""
+        replayed = False
+        held_back = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: only a disconnect can come
+
+        async def forward(message: Message) -> None:
+            nonlocal held_back
+            if message["type"] == "http.response.start":
+                held_back = message["status"] == SERVICE_UNAVAILABLE and not last
+            if not held_back:
+                await send(message)
+
+        try:
+            # A copy: Starlette's routing rewrites the scope (root_path, path params),
+            # and a second pass over a rewritten one finds no route.
+            await self.app(dict(scope), replay, forward)
+        except Exception:
+            # Starlette re-raises the exception behind a 500/503 after sending it; the
+            # final attempt's goes on to be logged as Prefect's always is.
+            if not held_back:
+                raise
+        return not held_back
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def create_app() -> ASGIApp:
+    """uvicorn's factory in the API's process: Prefect's app behind RetryUnavailable."""
+    return RetryUnavailable(create_prefect_app())
+
+
+class TemporaryPrefectAPI(SubprocessASGIServer):
+    """Prefect's temporary server (port choice, health wait, stop), serving create_app."""
+
+    # Prefect keeps one server per port in this registry; ours must not be handed back
+    # where Prefect asks for its own, nor the reverse.
+    _instances: dict[int | None, SubprocessASGIServer] = {}
+
+    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+        # The same command and environment as Prefect's own, but for the app factory.
+        return subprocess.Popen(
+            args=[
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(PROJECT_ROOT),
+                "--factory",
+                f"{__name__}:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env={
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            },
+        )
