@@ -128,7 +128,9 @@ def test_hang_is_cut_at_the_deadline_and_quorum_decides(
 def test_timed_out_attempt_stops_its_request_and_is_retried(
     pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, read_events: ReadEvents
 ) -> None:
-    monkeypatch.setenv("DELIBERATION_ATTEMPT_TIMEOUT_SECONDS", "2")
+    # Not shorter: an attempt also acquires its concurrency slot, and the test harness's
+    # SQLite API can answer that with a 503 that Prefect's client waits 2 s to retry.
+    monkeypatch.setenv("DELIBERATION_ATTEMPT_TIMEOUT_SECONDS", "6")
     pipeline.script("agent-dev-001", HANG)
     state, result = run(task="t", roles=["DEV"], deadline_seconds=60)
     assert state.is_completed()
