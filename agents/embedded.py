@@ -1,4 +1,5 @@
-"""Servers the project starts itself for a local run: nats-server and a CPU model server.
+"""Servers the project starts itself for a local run: nats-server and a CPU model server
+(and, through ManagedProcess, flows.temporary_api's Prefect API).
 
 Each runs as a child process on a free loopback port, with its output in a log file (never
 on our stdout), and is stopped on exit, on Ctrl-C and on error.
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 import httpx
 
@@ -67,6 +68,7 @@ class ManagedProcess:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"deliberation-{self.name}-"))
         self.log_path = self.workdir / f"{self.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._ready_by = 0.0
         atexit.register(self.stop)
 
     def command(self) -> list[str]:
@@ -76,6 +78,12 @@ class ManagedProcess:
         raise NotImplementedError
 
     def start(self) -> None:
+        self.launch()
+        self.wait_until_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once; `wait_until_ready` completes the start, so
+        the caller can do other work while the server comes up."""
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
@@ -85,20 +93,26 @@ class ManagedProcess:
                 env={**os.environ, **self.env} if self.env else None,
                 preexec_fn=_die_with_parent,
             )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self.stop()
-                raise ConfigurationError(
-                    f"{self.name} exited with code {self._process.returncode}: {self._log_tail()}"
-                )
+        self._ready_by = time.monotonic() + self.startup_timeout
+
+    def wait_until_ready(self) -> None:
+        """Return once the server answers; stop it and raise ConfigurationError if it exits
+        or is not ready within `startup_timeout` of its launch."""
+        process = self._process
+        if process is None:
+            raise RuntimeError(f"{self.name} was not launched")
+        while time.monotonic() < self._ready_by:
+            if process.poll() is not None:
+                self._fail(f"{self.name} exited with code {process.returncode}")
             if self.is_ready():
                 return
             time.sleep(0.1)
+        self._fail(f"{self.name} did not become ready within {self.startup_timeout:.0f} s")
+
+    def _fail(self, why: str) -> NoReturn:
+        tail = self._log_tail()  # before stop(), which removes the log with its directory
         self.stop()
-        raise ConfigurationError(
-            f"{self.name} did not become ready within {self.startup_timeout:.0f} s: {self._log_tail()}"
-        )
+        raise ConfigurationError(f"{why}: {tail}")
 
     def stop(self) -> None:
         self._terminate()
