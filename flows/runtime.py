@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,11 +27,9 @@ from prefect_ray import RayTaskRunner
 
 from agents.embedded import LocalModelServer, LocalNatsServer
 from agents.settings import Settings
-from flows.temporary_api import TemporaryPrefectAPI
+from flows.temporary_api import launch_unless_configured
 
 log = get_logger("deliberation")
-
-PREFECT_API_STARTUP_SECONDS = 60
 
 
 @contextmanager
@@ -72,33 +69,28 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
 @contextmanager
 def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[None]:
     """Use PREFECT_API_URL if set; else one temporary API for this process and its Ray
-    workers. `while_starting` runs meanwhile, in this thread: the API takes seconds to
-    come up, mostly in its own process."""
-    if PREFECT_API_URL.value():
+    workers. `while_starting` runs while the API comes up (about 10 s here, mostly in its
+    own process, importing Prefect's server)."""
+    with ExitStack() as stack:
+        api = stack.enter_context(launch_unless_configured())
         if while_starting is not None:
             while_starting()
-        yield
-        return
-    api = TemporaryPrefectAPI()
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api") as pool:
-            started = pool.submit(api.start, timeout=PREFECT_API_STARTUP_SECONDS)
-            if while_starting is not None:
-                while_starting()
-            started.result()
-        with (
-            tempfile.TemporaryDirectory(prefix="deliberation-ca-") as ca_dir,
+        if api is None:
+            yield
+            return
+        api.wait_until_ready()
+        log.info("started a temporary Prefect API at %s (logs: %s)", api.api_url, api.log_path)
+        ca_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="deliberation-ca-"))
+        stack.enter_context(
             temporary_settings(
                 {PREFECT_API_URL: api.api_url, PREFECT_API_SSL_CERT_FILE: untrusting_ca_file(Path(ca_dir))}
-            ),
-        ):
-            try:
-                yield
-            finally:
-                # Send buffered run logs while the API is still there to receive them.
-                APILogWorker.drain_all(timeout=5)
-    finally:
-        api.stop()
+            )
+        )
+        try:
+            yield
+        finally:
+            # Send buffered run logs while the API is still there to receive them.
+            APILogWorker.drain_all(timeout=5)
 
 
 def untrusting_ca_file(directory: Path) -> str:

@@ -13,16 +13,15 @@ does; doing it here, a few milliseconds later, changes when, not what.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.server.api.server import create_app as create_prefect_app
-from prefect.settings import get_current_settings
+import httpx
+
+from agents.embedded import ManagedProcess
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,6 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SERVICE_UNAVAILABLE = 503
+STARTUP_SECONDS = 60.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -99,41 +99,55 @@ async def _read_body(receive: Receive) -> bytes:
 
 def create_app() -> ASGIApp:
     """uvicorn's factory in the API's process: Prefect's app behind RetryUnavailable."""
-    return RetryUnavailable(create_prefect_app())
+    from prefect.server.api.server import create_app as create_prefect_app
+
+    return RetryUnavailable(create_prefect_app(ephemeral=True, final=True))
 
 
-class TemporaryPrefectAPI(SubprocessASGIServer):
-    """Prefect's temporary server (port choice, health wait, stop), serving create_app."""
+class TemporaryPrefectAPI(ManagedProcess):
+    """Prefect's server app (create_app) under uvicorn, on a free loopback port, its output
+    in a log file. It reads its settings from the environment and the active profile, as
+    `prefect server start` does: PREFECT_API_DATABASE_CONNECTION_URL and the rest apply."""
 
-    # Prefect keeps one server per port in this registry; ours must not be handed back
-    # where Prefect asks for its own, nor the reverse.
-    _instances: dict[int | None, SubprocessASGIServer] = {}
+    name = "prefect-api"
 
-    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        # The same command and environment as Prefect's own, but for the app factory.
-        return subprocess.Popen(
-            args=[
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(PROJECT_ROOT),
-                "--factory",
-                f"{__name__}:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "error",
-                "--lifespan",
-                "on",
-            ],
-            env={
-                **os.environ,
-                "PREFECT_UI_ENABLED": "0",
-                "PREFECT__SERVER_EPHEMERAL": "1",
-                "PREFECT__SERVER_FINAL": "1",
-                **get_current_settings().to_environment_variables(exclude_unset=True),
-            },
-        )
+    def __init__(self, startup_timeout: float = STARTUP_SECONDS) -> None:
+        super().__init__(startup_timeout, env={"PREFECT_UI_ENABLED": "false"})
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn",
+            "--app-dir", str(PROJECT_ROOT),
+            "--factory", f"{__name__}:create_app",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--log-level", "error",
+            "--lifespan", "on",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@contextmanager
+def launch_unless_configured() -> Iterator[TemporaryPrefectAPI | None]:
+    """Launch a temporary API, without waiting for it, unless PREFECT_API_URL is set (by
+    the environment or the active profile); yields it, or None. It is stopped on exit."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    api = TemporaryPrefectAPI()
+    api.launch()
+    try:
+        yield api
+    finally:
+        api.stop()

@@ -1,4 +1,5 @@
-"""The embedded default: with no VLLM_URL the CLI serves the bundled SmolLM2 model itself."""
+"""The embedded defaults: with no VLLM_URL the CLI serves the bundled SmolLM2 model itself
+(and, with no PREFECT_API_URL, runs its own temporary Prefect API); both end with it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from agents.events import AgentResponseEvent, Event
 pytest.importorskip("llama_cpp", reason="the local extra is not installed (./dev installs it)")
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_SERVER_STARTED = r"started the local model server at http://127.0.0.1:(\d+)"
+PREFECT_API_STARTED = r"started a temporary Prefect API at http://127.0.0.1:(\d+)"
 
 
 def test_local_model_server_answers_and_stops() -> None:
@@ -63,16 +66,19 @@ def test_cli_deliberates_on_the_bundled_model(
         "agent-dev-001",
         "agent-qa-001",
     ]
-    # The model server the CLI started is gone with it.
-    started = re.search(r"started the local model server at http://127.0.0.1:(\d+)", proc.stderr)
-    assert started, proc.stderr[-2000:]
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", int(started.group(1))), timeout=1)
+    # The model server and the Prefect API the CLI started are gone with it.
+    for started in (MODEL_SERVER_STARTED, PREFECT_API_STARTED):
+        port = re.search(started, proc.stderr)
+        assert port, proc.stderr[-2000:]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(port.group(1))), timeout=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_cli_leaves_no_model_server_behind(nats_url: str, stop_signal: int) -> None:
+def test_interrupted_cli_leaves_no_model_server_or_prefect_api_behind(
+    nats_url: str, stop_signal: int
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
     env["NATS_URL"] = nats_url
     proc = subprocess.Popen(
@@ -85,17 +91,19 @@ def test_interrupted_cli_leaves_no_model_server_behind(nats_url: str, stop_signa
         text=True,
     )
     assert proc.stderr is not None
-    port = None
+    ports = []
     for line in proc.stderr:
-        if started := re.search(r"started the local model server at http://127.0.0.1:(\d+)", line):
-            port = int(started.group(1))
+        for started in (MODEL_SERVER_STARTED, PREFECT_API_STARTED):
+            if port := re.search(started, line):
+                ports.append(int(port.group(1)))
         if "Beginning flow run" in line:
             break
-    assert port is not None
+    assert len(ports) == 2
     proc.send_signal(stop_signal)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     if stop_signal == signal.SIGINT:
         assert proc.returncode == 130
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1)
+    for port in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)
