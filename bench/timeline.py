@@ -1,6 +1,6 @@
 """Where a warm deliberation's time and CPU go, agent by agent (BENCHMARKS.md, findings 3-4).
 
-    .venv/bin/python -m bench.timeline [--deliberations 3] [--no-llm-limit]
+    .venv/bin/python -m bench.timeline [--deliberations 3] [--no-llm-limit] [--prefect-app]
 
 For each agent task run of each 5-agent deliberation, it shows how long the task run waited
 from Pending to Running, from Running to its request reaching the server, and the server's
@@ -17,6 +17,7 @@ import statistics
 from typing import Any
 
 from bench.run import EmulatorProcess, proc_stats, warm_pipeline
+from flows import temporary_api
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -80,13 +81,33 @@ def agent_rows(
     return rows
 
 
+class PrefectsOwnApp(temporary_api.TemporaryPrefectAPI):
+    """The temporary API as Prefect itself runs one (SubprocessASGIServer's factory and
+    flags): every 503 goes to Prefect's client and its 2 s backoff."""
+
+    def __init__(self, startup_timeout: float = temporary_api.STARTUP_SECONDS) -> None:
+        super().__init__(startup_timeout)
+        self.env = {**(self.env or {}), "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+    def command(self) -> list[str]:
+        ours = f"{temporary_api.__name__}:create_app"
+        return [("prefect.server.api.server:create_app" if arg == ours else arg) for arg in super().command()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__.splitlines()[0])
     parser.add_argument("--deliberations", type=int, default=3)
     parser.add_argument(
         "--no-llm-limit", action="store_true", help="without the global concurrency limit on LLM calls"
     )
+    parser.add_argument(
+        "--prefect-app",
+        action="store_true",
+        help="serve Prefect's own app, without the retry of 503s (the 'before' of finding 4)",
+    )
     args = parser.parse_args(argv)
+    if args.prefect_app:
+        temporary_api.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
     emulator = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
         with warm_pipeline(emulator) as run:
