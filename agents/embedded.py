@@ -45,6 +45,14 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
+def answers_200(url: str) -> bool:
+    """An HTTP server's readiness: GET `url` answers 200 within a second."""
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 # Loaded here, not in the forked child, where loading a library could deadlock.
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform == "linux" else None
 
@@ -267,7 +275,4 @@ class LocalModelServer(ManagedProcess):
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/v1/models", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_200(f"{self.url}/v1/models")

@@ -19,9 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from agents.embedded import ManagedProcess
+from agents.embedded import ManagedProcess, answers_200
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -130,10 +128,7 @@ class TemporaryPrefectAPI(ManagedProcess):
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.api_url}/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_200(f"{self.api_url}/health")
 
 
 @contextmanager
