@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from bench.run import EmulatorProcess, proc_stats, warm_pipeline
-from flows import temporary_api
+from flows import runtime, temporary_api
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.prefect_app:
-        temporary_api.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
+        runtime.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
     emulator = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
         with warm_pipeline(emulator) as run:

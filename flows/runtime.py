@@ -27,7 +27,7 @@ from prefect_ray import RayTaskRunner
 
 from agents.embedded import LocalModelServer, LocalNatsServer
 from agents.settings import Settings
-from flows.temporary_api import launch_unless_configured
+from flows.temporary_api import TemporaryPrefectAPI
 
 log = get_logger("deliberation")
 
@@ -68,16 +68,20 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
 
 @contextmanager
 def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[None]:
-    """Use PREFECT_API_URL if set; else one temporary API for this process and its Ray
-    workers. `while_starting` runs while the API comes up (about 10 s here, mostly in its
-    own process, importing Prefect's server)."""
-    with ExitStack() as stack:
-        api = stack.enter_context(launch_unless_configured())
+    """Use PREFECT_API_URL if set (by the environment or the active profile); else one
+    temporary API for this process and its Ray workers. `while_starting` runs while the
+    API comes up (about 10 s here, mostly in its own process, importing Prefect's server)."""
+    if PREFECT_API_URL.value():
         if while_starting is not None:
             while_starting()
-        if api is None:
-            yield
-            return
+        yield
+        return
+    api = TemporaryPrefectAPI()
+    with ExitStack() as stack:
+        stack.callback(api.stop)
+        api.launch()
+        if while_starting is not None:
+            while_starting()
         api.wait_until_ready()
         log.info("started a temporary Prefect API at %s (logs: %s)", api.api_url, api.log_path)
         ca_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="deliberation-ca-"))

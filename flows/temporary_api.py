@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -129,20 +128,3 @@ class TemporaryPrefectAPI(ManagedProcess):
 
     def is_ready(self) -> bool:
         return answers_200(f"{self.api_url}/health")
-
-
-@contextmanager
-def launch_unless_configured() -> Iterator[TemporaryPrefectAPI | None]:
-    """Launch a temporary API, without waiting for it, unless PREFECT_API_URL is set (by
-    the environment or the active profile); yields it, or None. It is stopped on exit."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        yield None
-        return
-    api = TemporaryPrefectAPI()
-    api.launch()
-    try:
-        yield api
-    finally:
-        api.stop()
