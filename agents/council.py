@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from agents.llm import ChatCompletion
 from agents.models import (
     AgentOutcome,
     AgentSpec,
@@ -13,6 +14,9 @@ from agents.models import (
     DeliberationRequest,
     DeliberationResult,
     DeliberationStatus,
+    ErrorInfo,
+    ModelCall,
+    Proposal,
     ProposalScore,
     Stage,
     StageCall,
@@ -20,6 +24,7 @@ from agents.models import (
     UsageReport,
     Winner,
 )
+from agents.prompts import proposal_messages
 
 CHAIR_ID = "chair"
 
@@ -44,6 +49,76 @@ def ranking_id(reviewer_id: str) -> str:
 
 
 SYNTHESIS_ID = f"{CHAIR_ID}.synthesis"
+
+
+def proposal_call(request: DeliberationRequest, agent: AgentSpec) -> ModelCall:
+    """An agent's proposal; its call id is the bare agent id."""
+    return ModelCall(
+        call_id=agent.agent_id,
+        stage=Stage.PROPOSAL,
+        agent_id=agent.agent_id,
+        messages=proposal_messages(request, agent),
+        temperature=agent.temperature,
+        max_tokens=request.max_tokens,
+    )
+
+
+def record_call(
+    call: ModelCall,
+    status: AgentStatus,
+    attempts: int,
+    reply: ChatCompletion | None = None,
+    error: ErrorInfo | None = None,
+) -> StageCall:
+    """What came of a call: its reply, or the error that ended it."""
+    recorded = StageCall(
+        call_id=call.call_id,
+        stage=call.stage,
+        agent_id=call.agent_id,
+        round=call.round,
+        subject_id=call.subject_id,
+        status=status,
+        attempts=attempts,
+        error=error,
+    )
+    if reply is None:
+        return recorded
+    return recorded.model_copy(
+        update={
+            "content": reply.content,
+            "finish_reason": reply.finish_reason,
+            "model": reply.model,
+            "prompt_tokens": reply.prompt_tokens or 0,
+            "completion_tokens": reply.completion_tokens or 0,
+            "latency_ms": reply.latency_ms,
+        }
+    )
+
+
+def agent_outcome(agent: AgentSpec, call: StageCall, duration_ms: int) -> AgentOutcome:
+    """An agent's outcome from its proposal call."""
+    proposal = None
+    if call.status is AgentStatus.COMPLETED and call.content is not None:
+        proposal = Proposal(
+            content=call.content,
+            author_id=agent.agent_id,
+            author_role=agent.role,
+            model=call.model or "",
+            temperature=agent.temperature,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            latency_ms=call.latency_ms,
+            finish_reason=call.finish_reason,
+        )
+    return AgentOutcome(
+        agent_id=agent.agent_id,
+        role=agent.role,
+        status=call.status,
+        attempts=call.attempts,
+        duration_ms=duration_ms,
+        proposal=proposal,
+        error=call.error,
+    )
 
 
 def plan_critiques(authors: Sequence[AgentSpec], critics: int) -> list[tuple[AgentSpec, AgentSpec]]:

@@ -104,6 +104,8 @@ class ChatClient:
             base_url=endpoint.url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(endpoint.read_timeout, connect=endpoint.connect_timeout),
+            # How many calls run at once is the caller's limit, not the connection pool's.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
 
     async def __aenter__(self) -> ChatClient:

@@ -244,6 +244,22 @@ class Stage(StrEnum):
     SYNTHESIS = "synthesis"
 
 
+class ModelCall(BaseModel):
+    """One model call as the flow plans it: who asks what. Proposals, critiques, revisions,
+    rankings and the synthesis are all calls of this one shape."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: str = Field(description="Unique within the deliberation; also the OpenAI `user` field.")
+    stage: Stage
+    agent_id: str = Field(description="Who speaks: the author, the critic, the reviewer, the chair.")
+    messages: list[dict[str, str]]
+    temperature: float
+    max_tokens: int
+    round: int = 0
+    subject_id: str | None = Field(default=None, description="Whose proposal a critique or revision is on.")
+
+
 class StageCall(BaseModel):
     """One model call after the proposals: a critique, a revision, a ranking or the synthesis."""
 
@@ -256,6 +272,7 @@ class StageCall(BaseModel):
     attempts: int = Field(default=0, ge=0)
     content: str | None = None
     finish_reason: str | None = None
+    model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: int = 0

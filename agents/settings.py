@@ -71,17 +71,28 @@ class Settings(BaseSettings):
     )
 
     ray_address: str | None = Field(default=None, validation_alias=_env("RAY_ADDRESS"))
+    call_hosts: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Ray actors that run the model calls, each many at once, spread over the nodes.",
+    )
     agent_cpus: float = Field(
         default=0.05,
         gt=0,
-        description="Ray CPUs per agent task; agents wait on I/O, so a fraction keeps all in flight.",
-    )
-    llm_concurrency_limit: str = Field(
-        default="llm-calls",
-        description="Prefect global concurrency limit every LLM call holds a slot of; empty: none.",
+        description="Ray CPUs each call host requests; the calls wait on I/O, so a fraction does.",
     )
     llm_concurrency: int = Field(
-        default=8, ge=1, description="Slots of that limit when the flow has to create it."
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Model calls in flight at once from one flow process (split over its call "
+        "hosts; more wait for a slot). 256 is vLLM's default max_num_seqs.",
+    )
+    llm_concurrency_limit: str = Field(
+        default="",
+        description="A Prefect global concurrency limit every model call also holds a slot of, "
+        "to share one model server between flow processes; empty: none.",
     )
     attempt_timeout_seconds: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)

@@ -117,6 +117,35 @@ def proc_stats() -> Iterator[tuple[Path, list[str]]]:
                 continue  # exited meanwhile
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_kind(cmdline: str) -> str | None:
+    """What an orchestration process is, from its command line; None for anything else
+    (the model server, nats-server, other programs on the machine)."""
+    if cmdline.startswith("ray::"):  # Ray renames its worker and actor processes
+        return "ray workers"
+    if "prefect.server" in cmdline or "flows.temporary_api" in cmdline:
+        return "prefect api"
+    if "raylet" in cmdline or "gcs_server" in cmdline:
+        return "ray system"
+    return None
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far, by kind of orchestration process; this process is the flow's."""
+    spent: dict[str, float] = {}
+    for entry, fields in proc_stats():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        kind = "flow (this process)" if int(entry.name) == os.getpid() else process_kind(cmdline)
+        if kind:
+            spent[kind] = spent.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return spent
+
+
 def _tree_rss_bytes(root: int) -> int:
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
@@ -174,15 +203,8 @@ def warm_pipeline(emulator: EmulatorProcess, ray_defaults: bool = False) -> Iter
     from agents.embedded import LocalNatsServer
     from flows.runtime import prefect_api, ray_init_kwargs
 
-    limit = f"bench-llm-{uuid.uuid4().hex[:6]}"
-    os.environ.update(
-        {
-            "VLLM_URL": emulator.url,
-            "DELIBERATION_LLM_CONCURRENCY_LIMIT": limit,
-            "DELIBERATION_LLM_CONCURRENCY": "1000",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
+    # The pipeline's own defaults otherwise (calls in flight, call hosts).
+    os.environ.update({"VLLM_URL": emulator.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with LocalNatsServer() as nats, prefect_api():
         os.environ["NATS_URL"] = nats.url
         options = {"log_to_driver": False} if ray_defaults else ray_init_kwargs(None)
@@ -240,43 +262,64 @@ def warm_figures(
 ) -> list[Figure]:
     figures = []
     for agents in sizes:
-        overhead, proposal_overhead, in_flight, efficiency, ratio, walls, gathered = (
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-        )
+        samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             emulator.reset()
+            cpu_before = sum(cpu_seconds().values())
             wall, result = run(agents // 5)
+            cpu = sum(cpu_seconds().values()) - cpu_before
             stats = emulator.stats()
             proposals = _proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
             stage = result.usage.stage_ms["proposal"] / 1000
-            walls.append(wall)
-            overhead.append(wall - _critical_path(stats))
-            proposal_overhead.append(stage - slowest)
-            in_flight.append(stats["max_running"])
-            efficiency.append(stage / emulator.single_call)
-            gathered.append(baseline(emulator, agents))
-            ratio.append(stage / gathered[-1])
+            gathered = baseline(emulator, agents)
+            measured = {
+                "wall": wall,
+                "overhead": wall - _critical_path(stats),
+                "proposal overhead": stage - slowest,
+                "in flight": stats["max_running"],
+                "efficiency": stage / emulator.single_call,
+                "cpu per call": cpu / len(stats["requests"]) * 1000,
+                "gathered": gathered,
+                "ratio": stage / gathered,
+            }
+            for name, value in measured.items():
+                samples.setdefault(name, []).append(value)
         figures += [
-            Figure(f"{agents} agents: deliberation wall time", walls, "s", "proposals + ranking, warm"),
             Figure(
-                f"{agents} agents: overhead (wall - critical path)", overhead, "s", "server time excluded"
+                f"{agents} agents: deliberation wall time", samples["wall"], "s", "proposals + ranking, warm"
             ),
             Figure(
-                f"{agents} agents: proposal stage overhead", proposal_overhead, "s", "stage - slowest call"
+                f"{agents} agents: overhead (wall - critical path)",
+                samples["overhead"],
+                "s",
+                "server time excluded",
             ),
-            Figure(f"{agents} agents: max in flight at the server", in_flight, "calls", f"of {agents}"),
-            Figure(f"{agents} agents: proposal stage / single call", efficiency, "x", "limit 1.0"),
             Figure(
-                f"{agents} agents: asyncio.gather baseline", gathered, "s", "same calls, no orchestration"
+                f"{agents} agents: proposal stage overhead",
+                samples["proposal overhead"],
+                "s",
+                "stage - slowest call",
             ),
-            Figure(f"{agents} agents: proposal stage / asyncio.gather", ratio, "x", "baseline ratio"),
+            Figure(
+                f"{agents} agents: max in flight at the server", samples["in flight"], "calls", f"of {agents}"
+            ),
+            Figure(f"{agents} agents: proposal stage / single call", samples["efficiency"], "x", "limit 1.0"),
+            Figure(
+                f"{agents} agents: orchestration CPU per model call",
+                samples["cpu per call"],
+                "ms",
+                "flow + Ray + Prefect API, all stages",
+            ),
+            Figure(
+                f"{agents} agents: asyncio.gather baseline",
+                samples["gathered"],
+                "s",
+                "same calls, no orchestration",
+            ),
+            Figure(
+                f"{agents} agents: proposal stage / asyncio.gather", samples["ratio"], "x", "baseline ratio"
+            ),
         ]
     return figures
 
@@ -366,14 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ray-defaults", action="store_true", help="Ray's default worker pool (the 'before' figures)"
     )
+    parser.add_argument("--sizes", default=None, help="council sizes of the warm figures, e.g. 5,50")
+    parser.add_argument("--throughput", type=int, default=None, help="deliberations submitted at once")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start figures")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     sizes = [5] if args.quick else [5, 15, 50]
+    if args.sizes:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    concurrent = args.throughput if args.throughput is not None else 2 if args.quick else 20
     figures: list[Figure] = []
     # 1 s per call: long enough to tell overhead from model time, short enough to repeat.
     fast = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
-        figures += cold_start(fast, repeats)
+        if not args.no_cold_start:
+            figures += cold_start(fast, repeats)
         with warm_pipeline(fast, args.ray_defaults) as run:
             if not args.quick:
                 run(1)  # warm-up: Ray workers and the API's first queries
@@ -381,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
             try:
                 os.environ["VLLM_URL"] = limited.url
-                figures += throughput(limited, run, 2 if args.quick else 20)
+                figures += throughput(limited, run, concurrent)
             finally:
                 limited.stop()
         figures += nats_figures(100 if args.quick else 2000)

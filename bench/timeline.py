@@ -16,34 +16,8 @@ import os
 import statistics
 from typing import Any
 
-from bench.run import EmulatorProcess, proc_stats, warm_pipeline
+from bench.run import EmulatorProcess, cpu_seconds, warm_pipeline
 from flows import runtime, temporary_api
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _kind(cmdline: str) -> str | None:
-    if cmdline.startswith("ray::"):  # Ray renames its worker processes
-        return "ray workers"
-    if "prefect.server" in cmdline or "flows.temporary_api" in cmdline:
-        return "prefect api"
-    if "raylet" in cmdline or "gcs_server" in cmdline:
-        return "ray system"
-    return None
-
-
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far, by kind of process; this process is the flow's."""
-    spent: dict[str, float] = {}
-    for entry, fields in proc_stats():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # exited meanwhile
-        kind = "flow (this process)" if int(entry.name) == os.getpid() else _kind(cmdline)
-        if kind:
-            spent[kind] = spent.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-    return spent
 
 
 def agent_rows(

@@ -31,7 +31,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
-from prefect_ray import RayTaskRunner
 from pydantic import BaseModel
 
 from agents.bus import EventBus
@@ -59,8 +58,10 @@ from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.ranking import choose_winner, score_candidates
 from agents.report import markdown_report, outcome_rows
 from agents.settings import Settings
-from flows.gathering import Deadline, ensure_llm_limit, gather_outcomes, submit_proposals
-from flows.review import StageRunner, candidates_of, rank_proposals, review_rounds, synthesize
+from flows.calls import CallRunner, ensure_llm_limit
+from flows.futures import Deadline
+from flows.hosts import HostedRayTaskRunner
+from flows.stages import candidates_of, propose, rank_proposals, review_rounds, synthesize
 from tasks.credentials import model_api_key, nats_token
 from tasks.publish import publish_event, store_result
 
@@ -81,9 +82,9 @@ def deliberation_run_name() -> str:
 
 @flow(
     name="deliberate",
-    task_runner=RayTaskRunner(),
+    task_runner=HostedRayTaskRunner(),
     # A backstop only: it does not fire while the flow waits on Ray, so the deadline
-    # is enforced by gather_outcomes.
+    # is enforced by the CallRunner.
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,
     retries=1,
     retry_delay_seconds=5,
@@ -116,20 +117,21 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
             publish_event(bus, review_event(deliberation_id, task_id, critique))
 
         ensure_llm_limit(settings)
+        runner = CallRunner(deliberation_id, endpoint, settings, deadline)
         with clock(Stage.PROPOSAL):
-            futures = submit_proposals(deliberation_id, request, pending, endpoint, settings)
-            fresh = {o.agent_id: o for o in gather_outcomes(futures, deadline, publish_outcome)}
+            fresh = {o.agent_id: o for o in propose(runner, request, pending, publish_outcome)}
         outcomes = [decided.get(agent.agent_id) or fresh[agent.agent_id] for agent in council]
 
         verdict: dict[str, Any] = {}
         authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
         if len(authors) >= request.required_proposals:
-            runner = StageRunner(deliberation_id, request, endpoint, settings, deadline)
             with clock(Stage.CRITIQUE):
                 originals = candidates_of(outcomes)
-                reviews, candidates, gaps = review_rounds(runner, authors, originals, publish_critique)
+                reviews, candidates, gaps = review_rounds(
+                    runner, request, authors, originals, publish_critique
+                )
             with clock(Stage.RANKING):
-                rankings, ballots, ranking_gaps = rank_proposals(runner, authors, candidates)
+                rankings, ballots, ranking_gaps = rank_proposals(runner, request, authors, candidates)
             finalists = list(candidates.values())
             scores = score_candidates(finalists, ballots, request.constraints.requirements)
             winner = choose_winner(scores, finalists)
@@ -137,7 +139,7 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
             synthesis = None
             if request.synthesize:
                 with clock(Stage.SYNTHESIS):
-                    synthesis, synthesis_gaps = synthesize(runner, scores, candidates)
+                    synthesis, synthesis_gaps = synthesize(runner, request, scores, candidates)
                 gaps += synthesis_gaps
             verdict = dict(
                 reviews=reviews,

@@ -23,10 +23,10 @@ from typing import Any
 from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
-from prefect_ray import RayTaskRunner
 
 from agents.embedded import LocalModelServer, LocalNatsServer
 from agents.settings import Settings
+from flows.hosts import HostedRayTaskRunner
 from flows.temporary_api import TemporaryPrefectAPI
 
 log = get_logger("deliberation")
@@ -183,5 +183,7 @@ def shipped_code() -> dict[str, Any]:
     return {"py_modules": packages, "excludes": ["__pycache__", "*.pyc"]}
 
 
-def task_runner(settings: Settings) -> RayTaskRunner:
-    return RayTaskRunner(address=settings.ray_address, init_kwargs=ray_init_kwargs(settings.ray_address))
+def task_runner(settings: Settings) -> HostedRayTaskRunner:
+    return HostedRayTaskRunner(
+        address=settings.ray_address, init_kwargs=ray_init_kwargs(settings.ray_address)
+    )

@@ -192,7 +192,7 @@ def test_invalid_parameters_are_rejected_before_anything_is_published(
     assert read_events(deliberation_id) == []
 
 
-def test_llm_calls_hold_slots_of_a_global_concurrency_limit(
+def test_llm_calls_hold_slots_of_a_named_global_concurrency_limit(
     pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limit = f"llm-test-{uuid.uuid4().hex[:8]}"
@@ -206,21 +206,32 @@ def test_llm_calls_hold_slots_of_a_global_concurrency_limit(
         assert client.read_global_concurrency_limit_by_name(limit).limit == 1
 
 
-def test_an_existing_limit_keeps_the_size_an_operator_gave_it(
+def test_an_existing_limit_keeps_its_size_unless_the_setting_is_given(
     pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limit = f"llm-test-{uuid.uuid4().hex[:8]}"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=2))
     monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY_LIMIT", limit)
-    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "5")
     pipeline.default = barrier(3)  # answers early only if all three get a slot at once
     pipeline.barrier_timeout = 3.0
     state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
     assert state.is_completed()
-    assert pipeline.max_in_flight == 2
+    assert pipeline.max_in_flight == 2  # the operator's size stands
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit).limit == 2
+
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "3")
+    pipeline.max_in_flight = 0
+    state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
+    assert state.is_completed()
+    assert pipeline.max_in_flight == 3  # the setting took effect
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit).limit == 3
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert f"concurrency limit '{limit}' resized from 2 to 3 slots" in [log.message for log in logs]
 
 
 def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(

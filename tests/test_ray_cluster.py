@@ -1,7 +1,7 @@
 """A Ray cluster of two nodes on one machine, each started by `ray start` in its own
 process tree as KubeRay starts pods: the CLI connects with Ray Client (`ray://`), as the
 Prefect worker does on Kubernetes, ships this checkout's code in a runtime env, and
-Ray's state API shows the agent tasks ran on both nodes with that code."""
+Ray's state API shows the model calls ran on both nodes with that code."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_agent_tasks_run_on_both_nodes_of_a_ray_cluster(
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
         "VLLM_URL": fake_llm.url,
         "NATS_URL": nats_url,
-        # One whole CPU per agent on 1-CPU nodes: the two agents cannot share a node.
+        # One whole CPU per call host on 1-CPU nodes: the two hosts cannot share a node.
         "DELIBERATION_AGENT_CPUS": "1",
     }
     argv = [sys.executable, "-m", "flows.deliberate", "Add rate limiting to the login endpoint"]
@@ -162,7 +162,8 @@ def test_agent_tasks_run_on_both_nodes_of_a_ray_cluster(
     result = json.loads(proc.stdout)
     assert result["status"] == "completed" and result["completed"] == 2
 
-    tasks = two_node_ray.state("tasks", "name=generate_proposal")
+    # Each model call is a method call on a call host; the hosts spread over the nodes.
+    tasks = two_node_ray.state("tasks", "name=CallHost.run")
     assert sorted(t["state"] for t in tasks) == ["FINISHED", "FINISHED"], tasks
     nodes = {n["node_id"] for n in two_node_ray.alive_nodes()}
     assert {t["node_id"] for t in tasks} == nodes and len(nodes) == 2

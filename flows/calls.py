@@ -1,0 +1,115 @@
+"""Model calls as task runs: every call of a stage submitted at once, each handed on as it
+finishes, stragglers cut at the deliberation's deadline. Proposals and the review stages
+go through this one runner and the one task, `ask_model`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
+from prefect.tasks import exponential_backoff
+
+from agents.council import record_call
+from agents.llm import ChatCompletion, LLMEndpoint
+from agents.models import AgentStatus, ModelCall, Stage, StageCall
+from agents.settings import Settings
+from flows.futures import Deadline, collect, run_count, settle
+from tasks.ask import ask_model
+
+
+def run_name(call: ModelCall) -> str:
+    """The task run's name in the UI: `propose-dev-001`, `agent-qa-001.critique.r1.…`."""
+    if call.stage is Stage.PROPOSAL:
+        return call.agent_id.replace("agent-", "propose-", 1)
+    return call.call_id
+
+
+class CallRunner:
+    """Runs a deliberation's model calls, stage by stage, within its one deadline."""
+
+    def __init__(
+        self, deliberation_id: str, endpoint: LLMEndpoint, settings: Settings, deadline: Deadline
+    ) -> None:
+        self.deliberation_id = deliberation_id
+        self.endpoint = endpoint
+        self.settings = settings
+        self.deadline = deadline
+
+    def run(
+        self, calls: Sequence[ModelCall], on_call: Callable[[StageCall], Any] | None = None
+    ) -> list[StageCall]:
+        """Every call's record, in the order given. Each is handed to `on_call` as soon as
+        it is known; calls unfinished at the deadline are cancelled and timed_out."""
+        if self.deadline.expired:
+            return [
+                record_call(call, AgentStatus.TIMED_OUT, 0, error=self.deadline.error()) for call in calls
+            ]
+        ask = ask_model.with_options(
+            timeout_seconds=max(1.0, min(self.settings.attempt_timeout_seconds, self.deadline.remaining())),
+            retries=self.settings.max_retries,
+            retry_delay_seconds=exponential_backoff(self.settings.retry_backoff_seconds),
+        )
+        futures = {
+            call.call_id: ask.with_options(task_run_name=run_name(call)).submit(
+                deliberation_id=self.deliberation_id,
+                call=call,
+                endpoint=self.endpoint,
+                llm_limit=self.settings.llm_concurrency_limit or None,
+            )
+            for call in calls
+        }
+        by_id = {call.call_id: call for call in calls}
+        records: dict[str, StageCall] = {}
+
+        def finished(call_id: str, future: PrefectFuture[Any]) -> None:
+            settled = settle(future, ChatCompletion)
+            records[call_id] = record_call(
+                by_id[call_id], settled.status, settled.attempts, settled.value, settled.error
+            )
+            if on_call is not None:
+                on_call(records[call_id])
+
+        for call_id in collect(futures, self.deadline, finished):
+            records[call_id] = record_call(
+                by_id[call_id],
+                AgentStatus.TIMED_OUT,
+                run_count(futures[call_id]),
+                error=self.deadline.error(),
+            )
+            if on_call is not None:
+                on_call(records[call_id])
+        return [records[call.call_id] for call in calls]
+
+
+def ensure_llm_limit(settings: Settings) -> None:
+    """Make the named global concurrency limit on model calls exist. An existing limit keeps
+    the size an operator gave it (Prefect UI: Concurrency) unless DELIBERATION_LLM_CONCURRENCY
+    is set, which resizes it; the run's log says which size applies."""
+    name, size = settings.llm_concurrency_limit, settings.llm_concurrency
+    if not name:
+        return
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another flow run was first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+            return
+        if existing.limit == size:
+            return
+        if "llm_concurrency" in settings.model_fields_set:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size))
+            logger.warning("concurrency limit %r resized from %d to %d slots", name, existing.limit, size)
+        else:
+            logger.info(
+                "concurrency limit %r has %d slots (set DELIBERATION_LLM_CONCURRENCY to resize it)",
+                name,
+                existing.limit,
+            )

@@ -1,0 +1,207 @@
+"""A Ray task runner that keeps a whole council in flight: async task runs go to a few
+long-lived async Ray actors (call hosts), each running many task runs on one event loop.
+
+prefect-ray's RayTaskRunner makes every task run a plain Ray task: a worker process per call
+in flight, `asyncio.run` per call, Prefect's context rebuilt per call, and a fresh
+`ray.remote` function per submit. That costs about 0.3 s of CPU per call and kept 24 of 50
+calls in flight (BENCHMARKS.md). prefect-ray has no worker-reusing mode, and Prefect's
+proposal to cache the rebuilt context (PrefectHQ/prefect PR #20853) was closed; so here:
+
+- The flow's context is serialized once per flow run and put in Ray's object store; each
+  host hydrates it once (settings, clients, the flow run context) and runs every call in a
+  copy of it, so a task run costs what Prefect's engine costs in-process.
+- Each call sends only its task, its task-run id and its parameters.
+- Hosts are actors with `max_concurrency` 1000 and a fraction of a CPU, spread over the
+  cluster's nodes; a host that dies is restarted and its calls retried by Ray.
+- A call is cancelled on its host's event loop (`ray.cancel` of an async actor task), so its
+  HTTP request is dropped and its concurrency slot given back at once.
+
+Sync tasks, and tasks that wait on other futures, still go to RayTaskRunner.submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import math
+from collections import OrderedDict
+from contextlib import AsyncExitStack
+from typing import Any, Self
+from uuid import UUID, uuid4
+
+import ray
+from prefect import Task
+from prefect.client.schemas.objects import State
+from prefect.context import AsyncClientContext, hydrated_context, serialize_context
+from prefect.futures import PrefectFuture
+from prefect.task_engine import AsyncTaskRunEngine
+from prefect_ray import RayTaskRunner
+from prefect_ray.task_runners import PrefectRayFuture
+
+from agents.settings import Settings
+
+HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
+MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest is dropped first
+
+
+class CallHost:
+    """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
+    at once; the rest wait for a slot before their task run starts."""
+
+    def __init__(self, max_calls: int) -> None:
+        self._slots = asyncio.Semaphore(max_calls)
+        self._contexts: OrderedDict[str, asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]] = (
+            OrderedDict()
+        )
+
+    async def run(
+        self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
+    ) -> tuple[State[Any], int]:
+        """Run one task run to its final state; returns that state and the attempts made."""
+        context, _ = await self._context(run_key, context_box[0])
+        engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
+        async with self._slots:
+            job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
+            # Cancelled by the flow: the engine has recorded the crash; report what it saw.
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        return engine.state, engine.task_run.run_count if engine.task_run else 0
+
+    async def release(self, run_key: str) -> None:
+        """Forget a flow run's context (its clients are closed)."""
+        hydration = self._contexts.pop(run_key, None)
+        if hydration is not None:
+            await _close(hydration)
+
+    async def _context(self, run_key: str, context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
+        if run_key not in self._contexts:
+            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref))
+            while len(self._contexts) > MAX_CONTEXTS_PER_HOST:
+                _, oldest = self._contexts.popitem(last=False)
+                await _close(oldest)
+        self._contexts.move_to_end(run_key)
+        return await self._contexts[run_key]
+
+
+async def _hydrate(context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
+    """Prefect's context of a flow run, entered once in a context of its own: settings,
+    the flow run context and one async client that every call on this host shares."""
+    serialized = await context_ref
+    context = contextvars.copy_context()
+    stack = AsyncExitStack()
+    context.run(stack.enter_context, hydrated_context(serialized))
+    # A task with `context=` runs in that very context, so what it sets stays set there.
+    await asyncio.create_task(stack.enter_async_context(AsyncClientContext.get_or_create()), context=context)
+    return context, stack
+
+
+async def _close(hydration: asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]) -> None:
+    context, stack = await hydration
+    await asyncio.create_task(stack.aclose(), context=context)
+
+
+async def _drive(engine: AsyncTaskRunEngine[Any, Any], task_run_id: UUID) -> None:
+    # prefect.task_engine.run_task_async, keeping the engine to read the run count.
+    async with engine.start(task_run_id=task_run_id):
+        while engine.is_running():
+            await engine.wait_until_ready()
+            async with engine.asset_context(), engine.run_context(), engine.transaction_context() as txn:
+                await engine.call_task_fn(txn)
+
+
+class HostFuture(PrefectRayFuture[Any]):
+    """A task run on a call host; its object resolves to (final state, attempts)."""
+
+    _attempts = 0
+    _final_state: State[Any] | None
+
+    @property
+    def attempts(self) -> int:
+        self.wait()
+        return self._attempts
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._final_state is not None:
+            return
+        try:
+            state, self._attempts = ray.get(self.wrapped_future, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            return
+        except (ray.exceptions.TaskCancelledError, ray.exceptions.RayError) as exc:
+            from prefect.states import Crashed
+
+            state = Crashed(message=f"the call host did not finish it: {type(exc).__name__}")
+        self._final_state = state
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        self.wait(timeout)
+        if self._final_state is None:
+            raise TimeoutError(f"Task run {self.task_run_id} did not complete within {timeout} seconds")
+        return super().result(raise_on_failure=raise_on_failure)
+
+
+_hosts: dict[tuple[str, int, float, int], list[Any]] = {}
+
+
+def call_hosts(count: int, cpus: float, max_calls: int) -> list[Any]:
+    """This process's call hosts in the current Ray session, started on first use, with
+    `max_calls` in flight in all. They are owned by this process, so they end with it."""
+    key = (ray.get_runtime_context().get_job_id(), count, cpus, max_calls)
+    if key not in _hosts:
+        actor = ray.remote(CallHost).options(
+            num_cpus=cpus,
+            max_concurrency=HOST_CONCURRENCY,
+            max_restarts=-1,
+            max_task_retries=3,
+            scheduling_strategy="SPREAD",
+        )
+        _hosts[key] = [actor.remote(math.ceil(max_calls / count)) for _ in range(count)]
+    return _hosts[key]
+
+
+class HostedRayTaskRunner(RayTaskRunner):
+    """RayTaskRunner whose async task runs go to call hosts (see the module docstring). Their
+    number, CPUs and calls in flight come from Settings when the first call is submitted, so
+    deployments and the CLI alike follow DELIBERATION_CALL_HOSTS, _AGENT_CPUS and
+    _LLM_CONCURRENCY."""
+
+    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(address=address, init_kwargs=init_kwargs)
+        self._run_key = uuid4().hex
+        self._context_box: list[Any] | None = None
+        self._turn = itertools.count()
+        self._used: list[Any] = []
+
+    def duplicate(self) -> Self:
+        return type(self)(self.address, self.init_kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and isinstance(other, HostedRayTaskRunner)
+
+    def submit(  # type: ignore[override]
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Any = None,
+        dependencies: Any = None,
+    ) -> PrefectRayFuture[Any]:
+        if not task.isasync or wait_for or any(isinstance(v, PrefectFuture) for v in parameters.values()):
+            return super().submit(task, parameters, wait_for, dependencies)
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        if self._context_box is None:
+            # Boxed, so Ray hands the host the reference and the host fetches it once.
+            self._context_box = [ray.put(serialize_context())]
+            settings = Settings()
+            self._used = call_hosts(settings.call_hosts, settings.agent_cpus, settings.llm_concurrency)
+        host = self._used[next(self._turn) % len(self._used)]
+        task_run_id = uuid4()
+        ref = host.run.remote(self._run_key, self._context_box, task, task_run_id, parameters)
+        return HostFuture(task_run_id=task_run_id, wrapped_future=ref)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for host in self._used:
+            host.release.remote(self._run_key)
+        super().__exit__(*exc_info)

@@ -1,0 +1,214 @@
+"""The stages of a deliberation: proposals, peer-review rounds, the anonymized ranking and
+the synthesis. Each stage runs all its model calls at once through the one CallRunner,
+until the deliberation's deadline; a call that fails or runs late is recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agents.council import (
+    CHAIR_ID,
+    SYNTHESIS_ID,
+    agent_outcome,
+    critique_id,
+    plan_critiques,
+    proposal_call,
+    ranking_id,
+    revision_id,
+)
+from agents.models import (
+    AgentOutcome,
+    AgentSpec,
+    Ballot,
+    DeliberationRequest,
+    ModelCall,
+    ProposalScore,
+    Stage,
+    StageCall,
+)
+from agents.prompts import critique_messages, ranking_messages, revision_messages, synthesis_messages
+from agents.ranking import Candidate, anonymize, ballot_from_answer
+from flows.calls import CallRunner
+
+# Rankings should be reproducible judgements, not creative writing.
+RANKING_TEMPERATURE = 0.2
+SYNTHESIS_INPUTS = 3
+MIN_PROPOSALS_TO_RANK = 3  # each reviewer ranks the others: with 2, every ballot is trivial
+
+
+def propose(
+    runner: CallRunner,
+    request: DeliberationRequest,
+    agents: Sequence[AgentSpec],
+    on_outcome: Callable[[AgentOutcome], Any],
+) -> list[AgentOutcome]:
+    """Every agent's proposal at once. Each outcome is handed to `on_outcome` as soon as it
+    is known; agents unfinished at the deadline are timed_out. In council order."""
+    started = time.monotonic()
+    by_id = {agent.agent_id: agent for agent in agents}
+
+    def finished(call: StageCall) -> None:
+        on_outcome(agent_outcome(by_id[call.agent_id], call, int((time.monotonic() - started) * 1000)))
+
+    calls = runner.run([proposal_call(request, agent) for agent in agents], on_call=finished)
+    return [
+        agent_outcome(agent, call, int((time.monotonic() - started) * 1000))
+        for agent, call in zip(agents, calls, strict=True)
+    ]
+
+
+def candidates_of(outcomes: Sequence[AgentOutcome]) -> dict[str, Candidate]:
+    """The original proposals, by author, in council order."""
+    return {
+        o.agent_id: Candidate(o.agent_id, o.role, 0, o.proposal.content, o.proposal.finish_reason)
+        for o in outcomes
+        if o.proposal is not None
+    }
+
+
+def _why(call: StageCall) -> str:
+    if call.error is not None:
+        return f"{call.status} ({call.error.type}: {call.error.message})"
+    if call.finish_reason == "length":
+        return "truncated at the token limit"
+    return "empty answer"
+
+
+def review_rounds(
+    runner: CallRunner,
+    request: DeliberationRequest,
+    authors: Sequence[AgentSpec],
+    candidates: dict[str, Candidate],
+    on_critique: Callable[[StageCall], Any],
+) -> tuple[list[StageCall], dict[str, Candidate], list[str]]:
+    """Each round: critiques by other agents (of other roles first), then a revision by each
+    author that received any. Returns every critique and revision, the latest version of
+    each proposal and what is missing."""
+    reviews: list[StageCall] = []
+    gaps: list[str] = []
+    latest = dict(candidates)
+    pairs = plan_critiques(authors, request.critics)
+    if request.rounds and not pairs:
+        gaps.append("no peer review: it needs at least 2 proposals")
+        return reviews, latest, gaps
+    by_id = {agent.agent_id: agent for agent in authors}
+    for round_ in range(1, request.rounds + 1):
+        if runner.deadline.expired:
+            gaps.append(f"review rounds {round_}-{request.rounds} not run: {runner.deadline.reason()}")
+            break
+        critiques = runner.run(
+            [
+                ModelCall(
+                    call_id=critique_id(critic.agent_id, round_, author.agent_id),
+                    stage=Stage.CRITIQUE,
+                    agent_id=critic.agent_id,
+                    messages=critique_messages(request, critic, latest[author.agent_id].content),
+                    temperature=request.temperature,
+                    max_tokens=request.max_tokens,
+                    round=round_,
+                    subject_id=author.agent_id,
+                )
+                for critic, author in pairs
+            ],
+            on_call=lambda call: on_critique(call) if call.ok else None,
+        )
+        reviews += critiques
+        gaps += [f"critique {c.call_id}: {_why(c)}" for c in critiques if not c.ok]
+        received: dict[str, list[str]] = {}
+        for critique in critiques:
+            if critique.ok and critique.subject_id is not None and critique.content:
+                received.setdefault(critique.subject_id, []).append(critique.content)
+        revisions = runner.run(
+            [
+                ModelCall(
+                    call_id=revision_id(author_id, round_),
+                    stage=Stage.REVISION,
+                    agent_id=author_id,
+                    messages=revision_messages(request, by_id[author_id], latest[author_id].content, texts),
+                    temperature=by_id[author_id].temperature,
+                    max_tokens=request.max_tokens,
+                    round=round_,
+                    subject_id=author_id,
+                )
+                for author_id, texts in received.items()
+            ]
+        )
+        reviews += revisions
+        for revision in revisions:
+            text = (revision.content or "") if revision.ok else ""
+            if text.strip() and revision.finish_reason != "length":
+                before = latest[revision.agent_id]
+                latest[revision.agent_id] = Candidate(
+                    before.agent_id, before.role, round_, text, revision.finish_reason
+                )
+            else:
+                gaps.append(f"revision {revision.call_id}: {_why(revision)}; the previous version stands")
+    return reviews, latest, gaps
+
+
+def rank_proposals(
+    runner: CallRunner,
+    request: DeliberationRequest,
+    authors: Sequence[AgentSpec],
+    candidates: dict[str, Candidate],
+) -> tuple[list[StageCall], list[Ballot], list[str]]:
+    """Every author ranks the others' latest proposals, shown under labels shuffled per
+    reviewer. Failed calls and unreadable rankings are abstentions."""
+    if len(candidates) < MIN_PROPOSALS_TO_RANK:
+        return [], [], [f"no peer ranking: it needs at least {MIN_PROPOSALS_TO_RANK} proposals"]
+    if runner.deadline.expired:
+        return [], [], [f"no peer ranking: {runner.deadline.reason()}"]
+    labels = {a.agent_id: anonymize(runner.deliberation_id, a.agent_id, list(candidates)) for a in authors}
+
+    def shown_to(reviewer: AgentSpec) -> dict[str, str]:
+        return {name: candidates[agent_id].content for name, agent_id in labels[reviewer.agent_id].items()}
+
+    calls = runner.run(
+        [
+            ModelCall(
+                call_id=ranking_id(reviewer.agent_id),
+                stage=Stage.RANKING,
+                agent_id=reviewer.agent_id,
+                messages=ranking_messages(request, reviewer, shown_to(reviewer)),
+                temperature=RANKING_TEMPERATURE,
+                max_tokens=request.max_tokens,
+            )
+            for reviewer in authors
+        ]
+    )
+    ballots = [
+        ballot_from_answer(call.agent_id, labels[call.agent_id], call.content)
+        if call.ok and call.content is not None
+        else Ballot(reviewer_id=call.agent_id, labels=labels[call.agent_id], abstained=_why(call))
+        for call in calls
+    ]
+    gaps = [f"ranking by {b.reviewer_id} abstained: {b.abstained}" for b in ballots if b.abstained]
+    return calls, ballots, gaps
+
+
+def synthesize(
+    runner: CallRunner,
+    request: DeliberationRequest,
+    scores: Sequence[ProposalScore],
+    candidates: dict[str, Candidate],
+) -> tuple[StageCall | None, list[str]]:
+    """One call that merges the best proposals, the winner first."""
+    if runner.deadline.expired:
+        return None, [f"no synthesis: {runner.deadline.reason()}"]
+    best = [candidates[score.agent_id].content for score in scores[:SYNTHESIS_INPUTS]]
+    [call] = runner.run(
+        [
+            ModelCall(
+                call_id=SYNTHESIS_ID,
+                stage=Stage.SYNTHESIS,
+                agent_id=CHAIR_ID,
+                messages=synthesis_messages(request, best),
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+            )
+        ]
+    )
+    return call, [] if call.ok else [f"synthesis: {_why(call)}"]

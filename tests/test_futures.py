@@ -1,0 +1,117 @@
+"""The futures toolkit (flows/futures.py): the deadline, collecting as futures finish,
+settling them into one value, and what a cancelled task run shows in the API."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, Failed, State
+
+from agents.errors import LLMRejected
+from agents.models import AgentStatus
+from flows.futures import Deadline, collect, settle
+
+
+class ManualFuture(PrefectFuture[Any]):
+    """A future the test finishes by hand, with the state it chooses."""
+
+    attempts = 1
+
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4())
+        self._callbacks: list[Callable[[PrefectFuture[Any]], None]] = []
+        self._done = threading.Event()
+
+    def finish(self, state: State[Any]) -> None:
+        self._final_state = state
+        self._done.set()
+        for callback in self._callbacks:
+            callback(self)
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        self.wait(timeout)
+        assert self._final_state is not None
+        return self._final_state.result(raise_on_failure=raise_on_failure)
+
+    def add_done_callback(self, fn: Callable[[PrefectFuture[Any]], None]) -> None:
+        if self._done.is_set():
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+
+def test_deadline_counts_down_and_says_why() -> None:
+    deadline = Deadline.start(0.2)
+    assert 0 < deadline.remaining() <= 0.2 and not deadline.expired
+    time.sleep(0.25)
+    assert deadline.expired and deadline.remaining() == 0.0
+    assert deadline.reason() == "deadline of 0.2 s reached"
+    assert deadline.error().type == "DeadlineExceeded" and not deadline.error().retryable
+
+
+def test_collect_hands_on_each_future_in_the_order_they_finish() -> None:
+    futures = {name: ManualFuture() for name in "abc"}
+    seen: list[str] = []
+    for delay, name in enumerate("cab", start=1):
+        threading.Timer(0.05 * delay, futures[name].finish, [Completed(data=name)]).start()
+    assert collect(futures, Deadline.start(5), lambda key, _: seen.append(key)) == []
+    assert seen == ["c", "a", "b"]
+
+
+def test_collect_keeps_what_finished_before_the_deadline(prefect_api: None) -> None:
+    futures = {"fast": ManualFuture(), "slow": ManualFuture()}
+    threading.Timer(0.1, futures["fast"].finish, [Completed(data=1)]).start()
+    seen: list[str] = []
+    unfinished = collect(futures, Deadline.start(1.0), lambda key, _: seen.append(key))
+    assert seen == ["fast"] and unfinished == ["slow"]
+    # The straggler's task run never started, so there is no state to set; its log says why.
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[futures["slow"].task_run_id])))
+    assert [log.message for log in logs] == [
+        "cancelled: deadline of 1 s reached; its request to the model server was dropped"
+    ]
+
+
+def test_a_failing_callback_cancels_the_rest_and_raises(prefect_api: None) -> None:
+    futures = {"first": ManualFuture(), "other": ManualFuture()}
+    futures["first"].finish(Completed(data=1))
+
+    def explode(key: str, future: PrefectFuture[Any]) -> None:
+        raise RuntimeError("publishing failed")
+
+    with pytest.raises(RuntimeError, match="publishing failed"):
+        collect(futures, Deadline.start(5), explode)
+
+
+def test_settle_reads_value_status_and_error() -> None:
+    done, wrong, refused = ManualFuture(), ManualFuture(), ManualFuture()
+    done.finish(Completed(data="answer"))
+    wrong.finish(Completed(data=42))
+    refused.finish(Failed(data=LLMRejected("400 bad request")))
+    settled = settle(done, str)
+    assert (settled.status, settled.value, settled.error) == (AgentStatus.COMPLETED, "answer", None)
+    settled = settle(wrong, str)
+    assert settled.status is AgentStatus.FAILED and settled.error is not None
+    assert settled.error.type == "BadResult"
+    settled = settle(refused, str)
+    assert settled.status is AgentStatus.FAILED and settled.error is not None
+    assert (settled.error.type, settled.error.retryable) == ("LLMRejected", False)
+
+
+def test_settle_calls_a_timed_out_attempt_timed_out() -> None:
+    future = ManualFuture()
+    future.finish(Failed(data=TimeoutError("slow"), name="TimedOut", message="exceeded 2 s"))
+    settled = settle(future, str)
+    assert settled.status is AgentStatus.TIMED_OUT and settled.error is not None
+    assert (settled.error.type, settled.error.message) == ("AttemptTimeout", "exceeded 2 s")
