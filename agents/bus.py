@@ -28,38 +28,69 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from agents.errors import EventBusError
+from agents.errors import ConfigurationError, EventBusError
 from agents.events import STREAM_SUBJECTS, Event, parse_event
 from agents.llm import redact_url
-from agents.models import DeliberationResult
+from agents.models import DeliberationResult, StageCall
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Results, keyed by deliberation id (ids are valid key-value keys by construction).
 RESULTS_BUCKET = "DELIBERATION_RESULTS"
+# The call ledger: `<deliberation_id>` opens a deliberation, `<deliberation_id>.<call_id>`
+# records each finished model call. What is recorded is final for that deliberation.
+CALLS_BUCKET = "DELIBERATION_CALLS"
+PUBLISH_ATTEMPTS = 4
+PUBLISH_BACKOFF_SECONDS = 0.5
+
+
+class LedgerHeader(BaseModel):
+    """Written once, when a deliberation first starts."""
+
+    deliberation_id: str
+    request_digest: str = Field(description="What was asked; a rerun must ask the same.")
+    started_at: datetime
+
+
+class Ledger(BaseModel):
+    """What a deliberation has already done, read from the call ledger."""
+
+    started_at: datetime
+    calls: dict[str, StageCall] = Field(default_factory=dict, description="By call id.")
+    entries_read: int = Field(default=0, description="Records delivered: this deliberation's only.")
+    unreadable: int = Field(default=0, description="Records skipped because they did not validate.")
 
 
 class BusConfig(BaseModel):
+    """How to reach NATS and size what the pipeline creates there. Built by
+    `Settings.bus_config`, which holds every default."""
+
     url: str
-    token: SecretStr | None = None
-    creds_file: Path | None = None
-    tls_ca_file: Path | None = Field(default=None, description="CA bundle that signed the server's cert.")
-    tls_cert_file: Path | None = Field(default=None, description="Client certificate, for mutual TLS.")
-    tls_key_file: Path | None = None
-    connect_timeout: float = 5.0
-    publish_timeout: float = 10.0
-    stream_max_age_seconds: float = 7 * 24 * 3600.0
-    stream_duplicate_window_seconds: float = 24 * 3600.0
-    stream_max_msgs: int = -1
-    stream_discard: Literal["old", "new"] = "old"
-    stream_storage: Literal["file", "memory"] = "file"
-    stream_replicas: int = 1
-    results_max_age_seconds: float = Field(default=0.0, ge=0, description="0: keep results forever.")
+    token: SecretStr | None
+    creds_file: Path | None
+    tls_ca_file: Path | None = Field(description="CA bundle that signed the server's cert.")
+    tls_cert_file: Path | None = Field(description="Client certificate, for mutual TLS.")
+    tls_key_file: Path | None
+    connect_timeout: float
+    publish_timeout: float
+    stream_max_age_seconds: float
+    stream_duplicate_window_seconds: float
+    stream_max_msgs: int
+    stream_discard: Literal["old", "new"]
+    stream_storage: Literal["file", "memory"]
+    stream_replicas: int
+    results_max_age_seconds: float = Field(ge=0, description="0: keep results forever.")
 
 
 def _tls_context(config: BusConfig) -> ssl.SSLContext | None:
@@ -90,7 +121,7 @@ class JetStreamBus:
         self._nc = nc
         self._js = nc.jetstream(timeout=config.publish_timeout)
         self._config = config
-        self._results: KeyValue | None = None
+        self._buckets: dict[str, KeyValue] = {}
 
     @classmethod
     async def connect(cls, config: BusConfig) -> JetStreamBus:
@@ -163,7 +194,13 @@ class JetStreamBus:
             try:
                 await self._js.add_stream(stream)
             except BadRequestError:
-                await self._js.update_stream(stream)
+                try:
+                    await self._js.update_stream(stream)
+                except NatsError as exc:
+                    raise EventBusError(
+                        f"stream {name} exists with settings this run cannot change: {exc}; "
+                        "align DELIBERATION_STREAM_* with it, or recreate the stream"
+                    ) from None
             except NatsError as exc:
                 raise EventBusError(
                     f"cannot create stream {name}: {exc}; is JetStream enabled (-js)?"
@@ -171,25 +208,35 @@ class JetStreamBus:
 
     async def publish(self, event: Event) -> PublishReceipt:
         """Publish and wait for the stream's ack. A duplicate (same msg id within the
-        stream's duplicate window) is acknowledged without being stored again."""
-        try:
-            ack = await self._js.publish(
-                event.subject,
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": event.msg_id},
-            )
-        except (NatsError, TimeoutError) as exc:
-            raise EventBusError(
-                f"publishing {event.subject} for {event.msg_id} failed: {type(exc).__name__} {exc}"
-            ) from None
-        return PublishReceipt(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+        stream's duplicate window) is acknowledged without being stored again, which is
+        what makes sending again after a lost ack safe: up to PUBLISH_ATTEMPTS times,
+        waiting 0.5, 1, 2 s, for a server that is restarting. A refusal (say, a full
+        stream) is not sent again."""
+        data = event.model_dump_json().encode()
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                ack = await self._js.publish(event.subject, data, headers={"Nats-Msg-Id": event.msg_id})
+                return PublishReceipt(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+            except (NatsError, TimeoutError) as exc:
+                # APIError: the stream answered and refused (say, it is full). Anything else
+                # (a timeout, no responders while JetStream restarts) may have been lost.
+                if isinstance(exc, APIError) or attempt == PUBLISH_ATTEMPTS:
+                    raise EventBusError(
+                        f"publishing {event.subject} for {event.msg_id} failed: {type(exc).__name__} {exc}"
+                    ) from None
+                log.warning("publishing %s failed (%s); sending it again", event.msg_id, type(exc).__name__)
+                await asyncio.sleep(PUBLISH_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     async def read_events(
         self, deliberation_id: str | None = None, since: datetime | None = None
     ) -> list[Event]:
         """Stored events (of one deliberation, published at or after `since`), validated,
-        in stream order per stream."""
+        in stream order per stream. The subjects are shared with other services: a message
+        that is not a valid event of ours (another schema, a newer schema_version, not JSON)
+        is skipped, and the count logged."""
         events: list[Event] = []
+        skipped = 0
         for name, subjects in STREAM_SUBJECTS.items():
             config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
             if since is not None:
@@ -200,36 +247,103 @@ class JetStreamBus:
                 pending = (await reader.consumer_info()).num_pending
                 while pending:
                     for msg in await reader.fetch(batch=min(pending, 256), timeout=5):
-                        event = parse_event(msg.subject, msg.data)
+                        pending = msg.metadata.num_pending
+                        try:
+                            event = parse_event(msg.subject, msg.data)
+                        except ValueError:
+                            skipped += 1
+                            continue
                         if deliberation_id is None or event.deliberation_id == deliberation_id:
                             events.append(event)
-                        pending = msg.metadata.num_pending
             finally:
                 await reader.unsubscribe()
+        if skipped:
+            log.warning("%d message(s) on the event subjects were not events of ours; skipped", skipped)
         return events
 
-    async def _results_bucket(self, create: bool) -> KeyValue | None:
-        if self._results is None:
+    async def _bucket(self, name: str, create: bool) -> KeyValue | None:
+        if name not in self._buckets:
             try:
-                self._results = await self._js.key_value(RESULTS_BUCKET)
+                self._buckets[name] = await self._js.key_value(name)
             except BucketNotFoundError:
                 if not create:
                     return None
-                self._results = await self._js.create_key_value(
+                self._buckets[name] = await self._js.create_key_value(
                     KeyValueConfig(
-                        bucket=RESULTS_BUCKET,
-                        description="Deliberation results by deliberation id",
+                        bucket=name,
+                        description=f"{name.lower().replace('_', ' ')} by deliberation id",
                         history=1,
                         ttl=self._config.results_max_age_seconds or None,
                         storage=StorageType(self._config.stream_storage),
                         replicas=self._config.stream_replicas,
                     )
                 )
-        return self._results
+        return self._buckets[name]
 
     async def ensure_results_bucket(self) -> None:
-        """Create the result bucket unless it exists (its settings are the creator's)."""
-        await self._results_bucket(create=True)
+        """Create the result and call buckets unless they exist (their settings are the
+        creator's)."""
+        for name in (RESULTS_BUCKET, CALLS_BUCKET):
+            await self._bucket(name, create=True)
+
+    async def open_ledger(self, deliberation_id: str, request_digest: str, started_at: datetime) -> Ledger:
+        """Open this deliberation's call ledger: a new one starts now; an existing one (a
+        rerun, a retry, a restart after a crash) gives back its start and its recorded
+        calls. Raises ConfigurationError if the id was first used for another request."""
+        try:
+            bucket = await self._bucket(CALLS_BUCKET, create=True)
+            assert bucket is not None
+            header = LedgerHeader(
+                deliberation_id=deliberation_id, request_digest=request_digest, started_at=started_at
+            )
+            try:
+                await bucket.create(deliberation_id, header.model_dump_json().encode())
+                return Ledger(started_at=started_at)
+            except KeyWrongLastSequenceError:
+                entry = await bucket.get(deliberation_id)
+            first = LedgerHeader.model_validate_json(entry.value or b"")
+            if first.request_digest != request_digest:
+                raise ConfigurationError(
+                    f"deliberation {deliberation_id} was started with a different request; "
+                    "reuse a deliberation id only to resume it, or choose a new one"
+                )
+            ledger = Ledger(started_at=first.started_at)
+            watcher = await bucket.watch(f"{deliberation_id}.>", ignore_deletes=True)
+            try:
+                async for record in watcher:
+                    if record is None:  # the watcher's "all delivered" marker
+                        break
+                    ledger.entries_read += 1
+                    try:
+                        call = StageCall.model_validate_json(record.value or b"")
+                    except ValidationError:
+                        ledger.unreadable += 1
+                        continue
+                    ledger.calls[call.call_id] = call
+            finally:
+                await watcher.stop()
+        except (NatsError, TimeoutError, ValidationError) as exc:
+            raise EventBusError(
+                f"reading the call ledger of {deliberation_id} in {CALLS_BUCKET} failed: "
+                f"{type(exc).__name__} {exc}"
+            ) from None
+        if ledger.unreadable:
+            log.warning(
+                "%d unreadable record(s) in the ledger of %s skipped", ledger.unreadable, deliberation_id
+            )
+        return ledger
+
+    async def record_call(self, deliberation_id: str, call: StageCall) -> None:
+        """Record a finished call in the ledger, before anything is published about it."""
+        try:
+            bucket = await self._bucket(CALLS_BUCKET, create=True)
+            assert bucket is not None
+            await bucket.put(f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode())
+        except (NatsError, TimeoutError) as exc:
+            raise EventBusError(
+                f"recording {call.call_id} of {deliberation_id} in {CALLS_BUCKET} failed: "
+                f"{type(exc).__name__} {exc}"
+            ) from None
 
     async def save_result(self, result: DeliberationResult) -> int:
         """Store the result under its deliberation id (a retried run overwrites it);
@@ -242,7 +356,7 @@ class JetStreamBus:
                 f"server's max_payload of {limit}; raise max_payload in its configuration"
             )
         try:
-            bucket = await self._results_bucket(create=True)
+            bucket = await self._bucket(RESULTS_BUCKET, create=True)
             assert bucket is not None
             return await bucket.put(result.deliberation_id, data)
         except (NatsError, TimeoutError) as exc:
@@ -254,7 +368,7 @@ class JetStreamBus:
     async def load_result(self, deliberation_id: str) -> DeliberationResult | None:
         """The stored result, or None if there is none for this id."""
         try:
-            bucket = await self._results_bucket(create=False)
+            bucket = await self._bucket(RESULTS_BUCKET, create=False)
             if bucket is None:
                 return None
             entry = await bucket.get(deliberation_id)
@@ -308,7 +422,17 @@ class EventBus:
         return self._bus
 
     def publish(self, event: Event) -> PublishReceipt:
-        return self._run(self._client.publish(event), self._config.publish_timeout + 5)
+        attempts_time = (
+            PUBLISH_ATTEMPTS * self._config.publish_timeout
+            + 2 * PUBLISH_BACKOFF_SECONDS * 2**PUBLISH_ATTEMPTS
+        )
+        return self._run(self._client.publish(event), attempts_time)
+
+    def open_ledger(self, deliberation_id: str, request_digest: str, started_at: datetime) -> Ledger:
+        return self._run(self._client.open_ledger(deliberation_id, request_digest, started_at), 60)
+
+    def record_call(self, deliberation_id: str, call: StageCall) -> None:
+        self._run(self._client.record_call(deliberation_id, call), self._config.publish_timeout + 5)
 
     def read_events(self, deliberation_id: str | None = None, since: datetime | None = None) -> list[Event]:
         return self._run(self._client.read_events(deliberation_id, since), 60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -51,6 +52,13 @@ def ranking_id(reviewer_id: str) -> str:
 SYNTHESIS_ID = f"{CHAIR_ID}.synthesis"
 
 
+def request_digest(request: DeliberationRequest) -> str:
+    """What a deliberation asks, as a digest: a rerun under the same id must ask the same.
+    The deadline may change (it still counts from the first start), the id is the key."""
+    asked = request.model_dump_json(exclude={"deliberation_id", "deadline_seconds"})
+    return hashlib.sha256(asked.encode()).hexdigest()
+
+
 def proposal_call(request: DeliberationRequest, agent: AgentSpec) -> ModelCall:
     """An agent's proposal; its call id is the bare agent id."""
     return ModelCall(
@@ -69,6 +77,7 @@ def record_call(
     attempts: int,
     reply: ChatCompletion | None = None,
     error: ErrorInfo | None = None,
+    duration_ms: int = 0,
 ) -> StageCall:
     """What came of a call: its reply, or the error that ended it."""
     recorded = StageCall(
@@ -80,6 +89,7 @@ def record_call(
         status=status,
         attempts=attempts,
         error=error,
+        duration_ms=duration_ms,
     )
     if reply is None:
         return recorded
@@ -95,7 +105,7 @@ def record_call(
     )
 
 
-def agent_outcome(agent: AgentSpec, call: StageCall, duration_ms: int) -> AgentOutcome:
+def agent_outcome(agent: AgentSpec, call: StageCall) -> AgentOutcome:
     """An agent's outcome from its proposal call."""
     proposal = None
     if call.status is AgentStatus.COMPLETED and call.content is not None:
@@ -115,7 +125,7 @@ def agent_outcome(agent: AgentSpec, call: StageCall, duration_ms: int) -> AgentO
         role=agent.role,
         status=call.status,
         attempts=call.attempts,
-        duration_ms=duration_ms,
+        duration_ms=call.duration_ms,
         proposal=proposal,
         error=call.error,
     )

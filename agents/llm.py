@@ -21,14 +21,15 @@ M = TypeVar("M", bound=BaseModel)
 
 class LLMEndpoint(BaseModel):
     """Where and how to reach the model server. Holds no secret: the API key is read
-    from the environment variable named by `api_key_env`, in the process that calls."""
+    from the environment variable named by `api_key_env`, in the process that calls.
+    Built by `Settings.llm_endpoint`, which holds every default."""
 
     url: str
     model: str
-    api_key_env: str | None = "VLLM_API_KEY"
-    api_key_secret: str | None = Field(default=None, description="Prefect Secret block name.")
-    connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=120.0, gt=0)
+    api_key_env: str | None
+    api_key_secret: str | None = Field(description="Prefect Secret block name.")
+    connect_timeout: float = Field(gt=0)
+    read_timeout: float = Field(gt=0)
 
 
 class _Lenient(BaseModel):

@@ -276,6 +276,7 @@ class StageCall(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: int = 0
+    duration_ms: int = Field(default=0, ge=0, description="From submitting the call to its outcome.")
     error: ErrorInfo | None = None
 
     @property

@@ -131,3 +131,10 @@ class Settings(BaseSettings):
             stream_replicas=self.stream_replicas,
             results_max_age_seconds=self.results_max_age_seconds,
         )
+
+
+def bus_config_for(url: str, **overrides: object) -> BusConfig:
+    """The bus configuration for `url`, with the settings' defaults and these overrides
+    (BusConfig field names)."""
+    settings = Settings().model_copy(update={"nats_url": url})
+    return settings.bus_config().model_copy(update=overrides)

@@ -366,10 +366,11 @@ def _why(result: Any) -> str:
 
 
 def nats_figures(count: int) -> list[Figure]:
-    from agents.bus import BusConfig, EventBus
+    from agents.bus import EventBus
     from agents.embedded import LocalNatsServer
     from agents.events import agent_event
     from agents.models import AgentOutcome, AgentStatus, ErrorInfo
+    from agents.settings import bus_config_for
 
     outcome = AgentOutcome(
         agent_id="agent-dev-001",
@@ -380,7 +381,7 @@ def nats_figures(count: int) -> list[Figure]:
         error=ErrorInfo(type="X", message="benchmark", retryable=False),
     )
     latencies = []
-    with LocalNatsServer() as nats, EventBus.connect(BusConfig(url=nats.url)) as bus:
+    with LocalNatsServer() as nats, EventBus.connect(bus_config_for(nats.url)) as bus:
         started = time.monotonic()
         for _ in range(count):
             event = agent_event(uuid.uuid4().hex, "bench", outcome)

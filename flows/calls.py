@@ -5,6 +5,7 @@ go through this one runner and the one task, `ask_model`."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,25 +32,56 @@ def run_name(call: ModelCall) -> str:
 
 
 class CallRunner:
-    """Runs a deliberation's model calls, stage by stage, within its one deadline."""
+    """Runs a deliberation's model calls, stage by stage, within its one deadline. A call
+    already in the ledger is not asked again: its record stands. Every new outcome is
+    handed to `record` (the ledger) before anyone else hears of it."""
 
     def __init__(
-        self, deliberation_id: str, endpoint: LLMEndpoint, settings: Settings, deadline: Deadline
+        self,
+        deliberation_id: str,
+        endpoint: LLMEndpoint,
+        settings: Settings,
+        deadline: Deadline,
+        ledger: dict[str, StageCall],
+        record: Callable[[StageCall], Any],
     ) -> None:
         self.deliberation_id = deliberation_id
         self.endpoint = endpoint
         self.settings = settings
         self.deadline = deadline
+        self.ledger = ledger
+        self.record = record
 
     def run(
         self, calls: Sequence[ModelCall], on_call: Callable[[StageCall], Any] | None = None
     ) -> list[StageCall]:
         """Every call's record, in the order given. Each is handed to `on_call` as soon as
-        it is known; calls unfinished at the deadline are cancelled and timed_out."""
+        it is known (recorded ones first); calls unfinished at the deadline are cancelled
+        and timed_out."""
+        records: dict[str, StageCall] = {}
+
+        def known(record: StageCall) -> None:
+            if record.call_id not in self.ledger:
+                self.ledger[record.call_id] = record
+                self.record(record)
+            records[record.call_id] = record
+            if on_call is not None:
+                on_call(record)
+
+        for call in calls:
+            if call.call_id in self.ledger:
+                known(self.ledger[call.call_id])
+        fresh = [call for call in calls if call.call_id not in records]
+        if fresh:
+            self._ask(fresh, known)
+        return [records[call.call_id] for call in calls]
+
+    def _ask(self, calls: Sequence[ModelCall], known: Callable[[StageCall], None]) -> None:
         if self.deadline.expired:
-            return [
-                record_call(call, AgentStatus.TIMED_OUT, 0, error=self.deadline.error()) for call in calls
-            ]
+            for call in calls:
+                known(record_call(call, AgentStatus.TIMED_OUT, 0, error=self.deadline.error()))
+            return
+        started = time.monotonic()
         ask = ask_model.with_options(
             timeout_seconds=max(1.0, min(self.settings.attempt_timeout_seconds, self.deadline.remaining())),
             retries=self.settings.max_retries,
@@ -65,26 +97,24 @@ class CallRunner:
             for call in calls
         }
         by_id = {call.call_id: call for call in calls}
-        records: dict[str, StageCall] = {}
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - started) * 1000)
 
         def finished(call_id: str, future: PrefectFuture[Any]) -> None:
             settled = settle(future, ChatCompletion)
-            records[call_id] = record_call(
-                by_id[call_id], settled.status, settled.attempts, settled.value, settled.error
+            call = by_id[call_id]
+            known(
+                record_call(
+                    call, settled.status, settled.attempts, settled.value, settled.error, elapsed_ms()
+                )
             )
-            if on_call is not None:
-                on_call(records[call_id])
 
         for call_id in collect(futures, self.deadline, finished):
-            records[call_id] = record_call(
-                by_id[call_id],
-                AgentStatus.TIMED_OUT,
-                run_count(futures[call_id]),
-                error=self.deadline.error(),
+            call, attempts = by_id[call_id], run_count(futures[call_id])
+            known(
+                record_call(call, AgentStatus.TIMED_OUT, attempts, None, self.deadline.error(), elapsed_ms())
             )
-            if on_call is not None:
-                on_call(records[call_id])
-        return [records[call.call_id] for call in calls]
 
 
 def ensure_llm_limit(settings: Settings) -> None:

@@ -22,24 +22,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
-from prefect import flow, get_client
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
 from agents.bus import EventBus
-from agents.council import conclude, plan_council
+from agents.council import conclude, plan_council, request_digest
 from agents.events import (
-    AgentResponseEvent,
+    Event,
     agent_event,
     deliberation_event,
-    outcome_of,
     ranked_event,
     review_event,
 )
@@ -63,9 +61,6 @@ from flows.futures import Deadline
 from flows.hosts import HostedRayTaskRunner
 from flows.stages import candidates_of, propose, rank_proposals, review_rounds, synthesize
 from tasks.credentials import model_api_key, nats_token
-from tasks.publish import publish_event, store_result
-
-CLOCK_SKEW = timedelta(seconds=60)
 
 
 def deliberation_run_name() -> str:
@@ -86,41 +81,56 @@ def deliberation_run_name() -> str:
     # A backstop only: it does not fire while the flow waits on Ray, so the deadline
     # is enforced by the CallRunner.
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,
-    retries=1,
-    retry_delay_seconds=5,
+    # No retries: every finished call is in the ledger, so a retry would decide nothing
+    # anew; a crashed run is resumed by running it again with its deliberation id.
     flow_run_name=deliberation_run_name,
 )
-def deliberate(request: DeliberationRequest) -> DeliberationResult | State[DeliberationResult]:
+def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     """Run a council of role agents on `request.task` and publish every outcome."""
     logger = get_run_logger()
     settings = Settings()
-    run_id = UUID(flow_run.get_id())
-    # The flow run id survives flow retries, so proposals and events are reused.
-    deliberation_id = request.deliberation_id or str(run_id)
+    deliberation_id = request.deliberation_id or str(flow_run.get_id())
     task_id = request.task_id or deliberation_id
-    started_at = datetime.now(UTC)
-    deadline = Deadline.start(request.deadline_seconds)
     clock = StageClock()
 
     council = plan_council(request)
     endpoint, bus = check_endpoints(settings, request.model)
     with bus:
-        # Published outcomes are final: a retried run reuses them and runs only the rest.
-        decided = published_outcomes(bus, deliberation_id, run_id)
-        pending = [agent for agent in council if agent.agent_id not in decided]
+
+        def publish(event: Event) -> None:
+            receipt = bus.publish(event)
+            if receipt.duplicate:  # published before this run: the first copy stands
+                logger.debug("%s was already in %s at seq %d", event.msg_id, receipt.stream, receipt.seq)
+
+        stored = bus.load_result(deliberation_id)
+        if stored is not None:
+            logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
+            publish(deliberation_event(stored))  # in case the run that stored it died before this
+            return report(stored)
+
+        ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
+        if ledger.calls:
+            logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
+        deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at)
+        runner = CallRunner(
+            deliberation_id,
+            endpoint,
+            settings,
+            deadline,
+            ledger.calls,
+            record=lambda call: bus.record_call(deliberation_id, call),
+        )
 
         def publish_outcome(outcome: AgentOutcome) -> None:
             logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
-            publish_event(bus, agent_event(deliberation_id, task_id, outcome))
+            publish(agent_event(deliberation_id, task_id, outcome))
 
         def publish_critique(critique: StageCall) -> None:
-            publish_event(bus, review_event(deliberation_id, task_id, critique))
+            publish(review_event(deliberation_id, task_id, critique))
 
         ensure_llm_limit(settings)
-        runner = CallRunner(deliberation_id, endpoint, settings, deadline)
         with clock(Stage.PROPOSAL):
-            fresh = {o.agent_id: o for o in propose(runner, request, pending, publish_outcome)}
-        outcomes = [decided.get(agent.agent_id) or fresh[agent.agent_id] for agent in council]
+            outcomes = propose(runner, request, council, publish_outcome)
 
         verdict: dict[str, Any] = {}
         authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
@@ -135,7 +145,7 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
             finalists = list(candidates.values())
             scores = score_candidates(finalists, ballots, request.constraints.requirements)
             winner = choose_winner(scores, finalists)
-            publish_event(bus, ranked_event(deliberation_id, task_id, scores, ballots, winner))
+            publish(ranked_event(deliberation_id, task_id, scores, ballots, winner))
             synthesis = None
             if request.synthesize:
                 with clock(Stage.SYNTHESIS):
@@ -151,18 +161,31 @@ def deliberate(request: DeliberationRequest) -> DeliberationResult | State[Delib
                 incomplete=gaps + ranking_gaps,
             )
         result = conclude(
-            request, deliberation_id, outcomes, started_at, datetime.now(UTC), stage_ms=clock.ms, **verdict
+            request,
+            deliberation_id,
+            outcomes,
+            ledger.started_at,
+            datetime.now(UTC),
+            stage_ms=clock.ms,
+            **verdict,
         )
         # Stored before it is announced: whoever reacts to the event can read it.
-        store_result(bus, result)
-        publish_event(bus, deliberation_event(result))
+        bus.save_result(result)
+        publish(deliberation_event(result))
+    return report(result)
 
+
+def report(result: DeliberationResult) -> State[DeliberationResult]:
+    """The artifacts of a deliberation, and the flow run's final state, whose message is
+    the deliberation's summary."""
     create_table_artifact(table=outcome_rows(result), description=result.summary)
-    create_markdown_artifact(markdown=markdown_report(result), description=f"Deliberation {deliberation_id}")
-    logger.info("deliberation %s %s: %s", deliberation_id, result.status, result.summary)
+    create_markdown_artifact(
+        markdown=markdown_report(result), description=f"Deliberation {result.deliberation_id}"
+    )
+    get_run_logger().info("deliberation %s %s: %s", result.deliberation_id, result.status, result.summary)
     if result.status is DeliberationStatus.FAILED:
         return Failed(message=result.summary, data=result)
-    return result
+    return Completed(message=result.summary, data=result)
 
 
 class StageClock:
@@ -186,18 +209,6 @@ def check_endpoints(settings: Settings, model: str | None) -> tuple[LLMEndpoint,
     api_key = model_api_key(settings.vllm_api_key_secret, settings.vllm_api_key_env)
     endpoint = resolve_model_endpoint(settings, model, api_key)
     return endpoint, connect_event_bus(settings, nats_token(settings))
-
-
-def published_outcomes(bus: EventBus, deliberation_id: str, run_id: UUID) -> dict[str, AgentOutcome]:
-    """Agent outcomes this deliberation already published during this flow run."""
-    with get_client(sync_client=True) as client:
-        created = client.read_flow_run(run_id).created
-    since = (created or datetime.now(UTC)) - CLOCK_SKEW
-    return {
-        event.agent_id: outcome_of(event)
-        for event in bus.read_events(deliberation_id, since=since)
-        if isinstance(event, AgentResponseEvent)
-    }
 
 
 if __name__ == "__main__":

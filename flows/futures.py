@@ -41,8 +41,10 @@ class Deadline:
     at: float  # time.monotonic()
 
     @classmethod
-    def start(cls, seconds: float) -> Deadline:
-        return cls(seconds, time.monotonic() + seconds)
+    def start(cls, seconds: float, since: datetime | None = None) -> Deadline:
+        """`seconds` from now, or from `since` (when the deliberation first started)."""
+        spent = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
+        return cls(seconds, time.monotonic() + seconds - max(0.0, spent))
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())

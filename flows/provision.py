@@ -1,5 +1,5 @@
 """`python -m flows.provision`: create the JetStream event streams (or bring their limits
-up to date) and the result bucket, then exit. A cluster runs it once as a setup job
+up to date) and the result and call buckets, then exit. A cluster runs it once as a setup job
 (deploy/), so that the first flow run and any consumer find them ready and sized by the
 cluster's settings (DELIBERATION_STREAM_*), not by whichever client came first.
 Idempotent. Exit codes: 0 ready, 2 NATS unreachable, refused or misconfigured.
@@ -11,7 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
-from agents.bus import RESULTS_BUCKET
+from agents.bus import CALLS_BUCKET, RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.events import STREAM_SUBJECTS
 from agents.llm import redact_url
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"provision: invalid settings: {exc.errors()[0]['msg']}", file=sys.stderr)
         return EXIT_ERROR
     streams = ", ".join(STREAM_SUBJECTS)
-    print(f"ready at {redact_url(str(settings.nats_url))}: streams {streams}; bucket {RESULTS_BUCKET}")
+    buckets = f"{RESULTS_BUCKET}, {CALLS_BUCKET}"
+    print(f"ready at {redact_url(str(settings.nats_url))}: streams {streams}; buckets {buckets}")
     return EXIT_OK
 
 

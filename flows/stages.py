@@ -5,7 +5,6 @@ until the deliberation's deadline; a call that fails or runs late is recorded, n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,17 +46,12 @@ def propose(
 ) -> list[AgentOutcome]:
     """Every agent's proposal at once. Each outcome is handed to `on_outcome` as soon as it
     is known; agents unfinished at the deadline are timed_out. In council order."""
-    started = time.monotonic()
     by_id = {agent.agent_id: agent for agent in agents}
-
-    def finished(call: StageCall) -> None:
-        on_outcome(agent_outcome(by_id[call.agent_id], call, int((time.monotonic() - started) * 1000)))
-
-    calls = runner.run([proposal_call(request, agent) for agent in agents], on_call=finished)
-    return [
-        agent_outcome(agent, call, int((time.monotonic() - started) * 1000))
-        for agent, call in zip(agents, calls, strict=True)
-    ]
+    calls = runner.run(
+        [proposal_call(request, agent) for agent in agents],
+        on_call=lambda call: on_outcome(agent_outcome(by_id[call.agent_id], call)),
+    )
+    return [agent_outcome(agent, call) for agent, call in zip(agents, calls, strict=True)]
 
 
 def candidates_of(outcomes: Sequence[AgentOutcome]) -> dict[str, Candidate]:

@@ -8,14 +8,12 @@ Retry-After, and reads the API key in the process that calls (never a parameter)
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import weakref
 from contextlib import AbstractAsyncContextManager, nullcontext
-from datetime import timedelta
 from typing import Any
 
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
@@ -34,14 +32,6 @@ def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
     if isinstance(exc, LLMError):
         return exc.retryable
     return isinstance(exc, TimeoutError)
-
-
-def call_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # The prompt is part of the key: a retried or repeated flow run reuses a call only if
-    # it would ask exactly the same (say, a revision made from the same critiques).
-    call: ModelCall = parameters["call"]
-    digest = hashlib.sha256(json.dumps(call.messages, sort_keys=True).encode()).hexdigest()[:16]
-    return f"call-{parameters['deliberation_id']}-{call.call_id}-{digest}"
 
 
 async def _honour_retry_after(exc: LLMUnavailable) -> None:
@@ -68,18 +58,26 @@ def _shared_client(endpoint: LLMEndpoint, api_key: str | None) -> ChatClient:
     return clients[key]
 
 
+# A cancelled call gives its slot back as it unwinds; a call whose host process is killed
+# cannot, so its lease is kept to the shortest Prefect's API accepts (it is renewed while
+# the call runs): the slot comes back within about a minute instead of Prefect's 300 s.
+SLOT_LEASE_SECONDS = 60.0
+
+
 def _llm_slot(limit: str | None) -> AbstractAsyncContextManager[None]:
     # strict: the flow created the limit, so a missing one is a bug, not "no limit".
-    return concurrency(limit, occupy=1, strict=True) if limit else nullcontext()
+    if not limit:
+        return nullcontext()
+    return concurrency(limit, occupy=1, strict=True, lease_duration=SLOT_LEASE_SECONDS)
 
 
-# Retried only when it helps, cut per attempt, the result persisted so that a retried or
-# repeated flow run does not ask again. The flow sets timeout and retries per call.
+# Retried only when it helps, cut per attempt. Not cached or persisted by Prefect: the flow
+# records every outcome in the call ledger (NATS), which a rerun reads on any machine.
+# The flow sets timeout and retries per call.
 @task(
     name="ask_model",
-    cache_key_fn=call_cache_key,
-    cache_expiration=timedelta(days=1),
-    persist_result=True,
+    cache_policy=NO_CACHE,
+    persist_result=False,
     retries=3,
     retry_delay_seconds=[1, 2, 4],
     retry_jitter_factor=0.5,

@@ -19,8 +19,12 @@ def _secret_block(name: str) -> str:
     # includes the thread the async task hands this to; aload is explicit everywhere.
     try:
         block: Secret[str] | None = run_coro_as_sync(Secret.aload(name))
-    except ValueError:  # what Prefect raises for an unknown block
-        block = None
+    except ValueError as exc:
+        # Prefect raises ValueError both for an unknown block and for one that fails to load.
+        if "Unable to find block document" in str(exc):
+            block = None
+        else:
+            raise ConfigurationError(f"Prefect Secret block {name!r} could not be loaded: {exc}") from None
     if block is None:
         raise ConfigurationError(f"no Prefect Secret block named {name!r}; create it or unset it")
     return str(block.get())

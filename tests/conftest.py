@@ -17,9 +17,10 @@ for variable in ("PREFECT_API_URL", "VLLM_URL", "VLLM_MODEL", "NATS_URL", "RAY_A
 
 import pytest  # noqa: E402
 
-from agents.bus import BusConfig, EventBus  # noqa: E402
+from agents.bus import EventBus  # noqa: E402
 from agents.embedded import LocalNatsServer  # noqa: E402
 from agents.events import Event  # noqa: E402
+from agents.settings import bus_config_for  # noqa: E402
 from tests.fake_llm import FakeLLMServer  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def pipeline(
 @pytest.fixture
 def read_events(nats_url: str) -> Callable[[str], list[Event]]:
     def read(deliberation_id: str) -> list[Event]:
-        with EventBus.connect(BusConfig(url=nats_url)) as bus:
+        with EventBus.connect(bus_config_for(nats_url)) as bus:
             return bus.read_events(deliberation_id)
 
     return read

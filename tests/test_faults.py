@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from prefect.states import State
 
-from agents.bus import BusConfig, EventBus
+from agents.bus import EventBus
 from agents.embedded import LocalNatsServer
 from agents.events import AgentResponseEvent
 from agents.models import DeliberationRequest, DeliberationResult
+from agents.settings import bus_config_for
 from flows.deliberate import deliberate
+from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +72,7 @@ def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
     state, result = run.finish()
     assert isinstance(result, DeliberationResult), result
     assert state.is_completed(), result.summary
-    with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
+    with EventBus.connect(bus_config_for(own_nats.url)) as bus:
         events = bus.read_events(deliberation_id)
     agents = Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent))
     assert agents == {"agent-dev-001": 1, "agent-qa-001": 1, "agent-data-001": 1}
@@ -159,7 +161,7 @@ def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
 
     assert state.is_failed()
     assert "maximum messages exceeded" in str(state.message)
-    with EventBus.connect(BusConfig(url=own_nats.url)) as bus:
+    with EventBus.connect(bus_config_for(own_nats.url)) as bus:
         events = bus.read_events(deliberation_id)
     # Room for one event: whichever of DEV and QA answered first; the other was refused.
     assert len(events) == 1 and events[0].agent_id in {"agent-dev-001", "agent-qa-001"}  # type: ignore[attr-defined]
@@ -210,3 +212,4 @@ def test_a_killed_flow_process_is_recovered_by_a_rerun_without_recalls_or_duplic
         "agent-dev-001": 1,
         "agent-qa-001": 1,
     }
+    assert assert_stream_agrees_with_stored_result(nats_url, deliberation_id) == result

@@ -16,12 +16,17 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
+    LogFilterTaskRunId,
+    TaskRunFilter,
+    TaskRunFilterName,
 )
 from prefect.states import State
 
-from agents.bus import BusConfig, EventBus
+from agents.bus import EventBus
 from agents.errors import ConfigurationError
 from agents.events import (
     AGENT_RESPONSE_COMPLETED,
@@ -33,7 +38,9 @@ from agents.events import (
     Event,
 )
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult
+from agents.settings import bus_config_for
 from flows.deliberate import deliberate
+from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, barrier, ok, status
 from tests.nats_jwt import OperatorNatsServer
 
@@ -149,8 +156,9 @@ def test_quorum_not_met_fails_the_run_and_publishes_deliberation_failed(
     state, result = run(task="t", roles=["DEV", "QA"])
     assert state.is_failed()
     assert "1 of 2 proposals (quorum 2) not met" in result.summary
-    # The flow run was retried (retries=1); published outcomes are final, so the retry
-    # called no model and the result agrees with the stream.
+    # A missed quorum is decided: retrying could change nothing, so the run is not retried.
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).run_count == 1
     assert len(pipeline.calls_for("agent-qa-001")) == 1
     assert outcome(result, "agent-qa-001").status is AgentStatus.FAILED
     events = read_events(result.deliberation_id)
@@ -162,7 +170,7 @@ def test_quorum_not_met_fails_the_run_and_publishes_deliberation_failed(
 
 
 def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_nothing_twice(
-    pipeline: FakeLLMServer, read_events: ReadEvents
+    pipeline: FakeLLMServer, read_events: ReadEvents, nats_url: str
 ) -> None:
     deliberation_id = uuid.uuid4().hex
     first_state, first = run(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
@@ -176,6 +184,7 @@ def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_noth
     assert events_per_agent(events) == {"agent-dev-001": 1, "agent-qa-001": 1}
     # 2 agents, 2 critiques, the ranking, the verdict: each once.
     assert Counter(e.msg_id for e in events) == {e.msg_id: 1 for e in events} and len(events) == 6
+    assert assert_stream_agrees_with_stored_result(nats_url, deliberation_id) == second
 
 
 def test_invalid_parameters_are_rejected_before_anything_is_published(
@@ -270,7 +279,7 @@ def test_nats_creds_file_is_used_and_its_secrets_appear_nowhere(
         monkeypatch.setenv("NATS_CREDS", str(nats.setup.creds))
         state, result = run(task="t", roles=["DEV", "QA"], rounds=0)
         assert state.is_completed()
-        with EventBus.connect(BusConfig(url=nats.url, creds_file=nats.setup.creds)) as bus:
+        with EventBus.connect(bus_config_for(nats.url, creds_file=nats.setup.creds)) as bus:
             events = bus.read_events(result.deliberation_id)
             assert bus.load_result(result.deliberation_id) == result
     assert len(events) == 4
@@ -296,3 +305,26 @@ def test_retry_after_is_honoured_before_the_next_attempt(pipeline: FakeLLMServer
     assert first.ended is not None
     # The configured backoff here is 0.2 s; the gap comes from the server's Retry-After.
     assert second.started - first.ended >= 2.0
+
+
+def test_a_call_cut_at_the_deadline_says_why_and_gives_its_slot_back_at_once(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = f"llm-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY_LIMIT", limit)
+    pipeline.script("agent-qa-001", HANG)
+    state, result = run(task="t", roles=["DEV", "QA"], quorum=1, rounds=0, deadline_seconds=10)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        # Read right after the run: the slot came back with the cancellation, not a lease expiry.
+        assert client.read_global_concurrency_limit_by_name(limit).active_slots == 0
+        [qa] = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["propose-qa-001"])),
+        )
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[qa.id])))
+    assert qa.state is not None and qa.state.type == "CANCELLED"
+    assert qa.state.message == "deadline of 10 s reached"
+    assert "cancelled: deadline of 10 s reached; its request to the model server was dropped" in [
+        log.message for log in logs
+    ]

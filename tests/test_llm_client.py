@@ -11,7 +11,14 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
 def endpoint(url: str, read_timeout: float = 5.0) -> LLMEndpoint:
-    return LLMEndpoint(url=url, model="fake-model", read_timeout=read_timeout, connect_timeout=1.0)
+    return LLMEndpoint(
+        url=url,
+        model="fake-model",
+        api_key_env=None,
+        api_key_secret=None,
+        read_timeout=read_timeout,
+        connect_timeout=1.0,
+    )
 
 
 async def complete(server: FakeLLMServer, behaviour: Behaviour, read_timeout: float = 5.0) -> object:

@@ -36,7 +36,7 @@ def test_provision_creates_the_streams_and_the_bucket_with_the_configured_limits
         ages, ttl = asyncio.run(_limits(server.url))
     assert ages == {name: 3600.0 for name in STREAM_SUBJECTS}
     assert ttl == 86400.0
-    assert f"bucket {RESULTS_BUCKET}" in capsys.readouterr().out
+    assert f"buckets {RESULTS_BUCKET}, DELIBERATION_CALLS" in capsys.readouterr().out
 
 
 def test_provision_against_an_unreachable_server_exits_2_with_one_line(

@@ -14,7 +14,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from agents.bus import BusConfig, EventBus
+from agents.bus import EventBus
 from agents.events import (
     DELIBERATION_COMPLETED,
     DELIBERATION_RANKED,
@@ -26,6 +26,7 @@ from agents.events import (
     ReviewEvent,
 )
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult, Stage
+from agents.settings import bus_config_for
 from flows.deliberate import deliberate
 from tests.fake_llm import HANG, FakeLLMServer, ok
 
@@ -168,7 +169,7 @@ def test_scripted_council_picks_the_known_winner_and_publishes_every_stage(
     assert final.winner == "agent-dev-001" and final.winner_score == winner.score
 
     # Stored for later, and shown on the flow run.
-    with EventBus.connect(BusConfig(url=nats_url)) as bus:
+    with EventBus.connect(bus_config_for(nats_url)) as bus:
         assert bus.load_result(result.deliberation_id) == result
     artifacts = _artifacts(state.state_details.flow_run_id)
     assert {"table", "markdown"} <= set(artifacts)

@@ -1,0 +1,37 @@
+"""The check every rerun path ends with: the stream and the stored result agree."""
+
+from __future__ import annotations
+
+from agents.bus import EventBus
+from agents.events import (
+    AgentResponseEvent,
+    DeliberationEvent,
+    RankedEvent,
+    ReviewEvent,
+    deliberation_event,
+    outcome_of,
+)
+from agents.models import DeliberationResult, Stage
+from agents.settings import bus_config_for
+
+
+def assert_stream_agrees_with_stored_result(nats_url: str, deliberation_id: str) -> DeliberationResult:
+    """Every event of the deliberation once, and each saying what the stored result says."""
+    with EventBus.connect(bus_config_for(nats_url)) as bus:
+        events = bus.read_events(deliberation_id)
+        result = bus.load_result(deliberation_id)
+    assert result is not None
+    assert len({e.msg_id for e in events}) == len(events), "an event was published twice"
+    agents = {e.agent_id: e for e in events if isinstance(e, AgentResponseEvent)}
+    assert {a: outcome_of(e) for a, e in agents.items()} == {o.agent_id: o for o in result.outcomes}
+    critiques = {(e.critic_id, e.author_id): e.critique for e in events if isinstance(e, ReviewEvent)}
+    assert critiques == {
+        (c.agent_id, c.subject_id): c.content for c in result.reviews if c.stage is Stage.CRITIQUE and c.ok
+    }
+    ranked = [e for e in events if isinstance(e, RankedEvent)]
+    assert [r.scores for r in ranked] == ([result.scores] if result.scores else [])
+    [final] = [e for e in events if isinstance(e, DeliberationEvent)]
+    assert final.model_dump(exclude={"timestamp"}) == deliberation_event(result).model_dump(
+        exclude={"timestamp"}
+    )
+    return result
