@@ -207,8 +207,8 @@ def warm_pipeline(emulator: EmulatorProcess, ray_defaults: bool = False) -> Iter
     os.environ.update({"VLLM_URL": emulator.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with LocalNatsServer() as nats, prefect_api():
         os.environ["NATS_URL"] = nats.url
-        options = {"log_to_driver": False} if ray_defaults else ray_init_kwargs(None)
-        ray.init(include_dashboard=False, namespace="prefect", **options)
+        options = {"log_to_driver": False, "include_dashboard": False}
+        ray.init(namespace="prefect", **(options if ray_defaults else ray_init_kwargs(None)))
         try:
             from agents.models import DeliberationRequest
             from flows.deliberate import deliberate

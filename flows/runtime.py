@@ -165,6 +165,9 @@ def ray_init_kwargs(address: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"log_to_driver": False}  # worker output stays off our stdout
     if address is None:
         kwargs["_system_config"] = RAY_SYSTEM_CONFIG
+        # The dashboard's head and its modules were over 1 GB of a local run's 2.2 GB
+        # (BENCHMARKS.md); a cluster started with `ray start` keeps its own.
+        kwargs["include_dashboard"] = False
     else:
         kwargs["runtime_env"] = shipped_code()
     return kwargs

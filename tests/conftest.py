@@ -52,7 +52,7 @@ def ray_cluster(prefect_api: None) -> Iterator[None]:
     # Started once: the flow's RayTaskRunner reuses a running Ray and leaves it up.
     from flows.runtime import ray_init_kwargs
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="prefect", **ray_init_kwargs(None))
+    ray.init(num_cpus=2, namespace="prefect", **ray_init_kwargs(None))
     yield
     ray.shutdown()
 
