@@ -184,6 +184,16 @@ def tally_usage(outcomes: Sequence[AgentOutcome], calls: Sequence[StageCall]) ->
     return report
 
 
+def why_missing(outcome: AgentOutcome) -> str:
+    """Why an agent has no proposal, in a few words."""
+    if outcome.error is None:
+        return str(outcome.status)
+    if outcome.error.type == "DeadlineExceeded":
+        return "timed out at the deadline"
+    verb = "timed out" if outcome.status is AgentStatus.TIMED_OUT else "failed"
+    return f"{verb}: {outcome.error.type}"
+
+
 def conclude(
     request: DeliberationRequest,
     deliberation_id: str,
@@ -210,7 +220,7 @@ def conclude(
         "met" if met else "not met"
     )
     if missing:
-        summary += "; missing: " + ", ".join(f"{o.agent_id} ({o.status})" for o in missing)
+        summary += "; missing: " + ", ".join(f"{o.agent_id} ({why_missing(o)})" for o in missing)
     if winner is not None:
         summary += f"; winner {winner.agent_id} (score {winner.score:.2f})"
     calls = [*reviews, *rankings, *([synthesis] if synthesis else [])]

@@ -3,9 +3,20 @@ Prefect table artifact) and a markdown report (the Prefect markdown artifact).""
 
 from __future__ import annotations
 
-from agents.models import AgentOutcome, DeliberationResult, ProposalScore, Stage, Usage
+import re
+
+from agents.models import AgentOutcome, DeliberationRequest, DeliberationResult, ProposalScore, Stage, Usage
 
 PREVIEW_CHARS = 80
+MAX_KEY_CHARS = 100
+
+
+def artifact_key(task_id: str) -> str:
+    """The Prefect artifact key of a task's deliberation report: stable per task, so the
+    Artifacts page lists its deliberations over time. Keys take lowercase letters, digits
+    and dashes only."""
+    slug = re.sub(r"[^a-z0-9]+", "-", task_id.lower()).strip("-") or "task"
+    return f"deliberation-{slug}"[:MAX_KEY_CHARS].rstrip("-")
 
 
 def first_line(text: str, limit: int = PREVIEW_CHARS) -> str:
@@ -52,9 +63,30 @@ def _quote(text: str) -> str:
     return "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> (empty)"
 
 
-def markdown_report(result: DeliberationResult) -> str:
+def settings_lines(request: DeliberationRequest, model: str) -> list[str]:
+    """What the run was asked to do and under which limits."""
+    roles = ", ".join(str(role) for role in request.roles)
+    return [
+        "## Settings",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| task id | {request.task_id or '(the deliberation id)'} |",
+        f"| council | {roles}; {request.agents_per_role} agent(s) per role |",
+        f"| quorum | {request.required_proposals} of {request.agent_count} proposals |",
+        f"| deadline | {request.deadline_seconds:g} s, from the deliberation's first start |",
+        f"| review | {request.rounds} round(s), {request.critics} critic(s) per proposal |",
+        f"| synthesis | {'yes' if request.synthesize else 'no'} |",
+        f"| model | {model}, temperature {request.temperature:g}, at most {request.max_tokens} tokens |",
+        "",
+    ]
+
+
+def markdown_report(
+    result: DeliberationResult, request: DeliberationRequest | None = None, model: str | None = None
+) -> str:
     """The winner and why, every score and check, the critiques and ballots, what is
-    missing, and the token and latency totals."""
+    missing, the token and latency totals, and (given the request) the settings."""
     out = [f"# Deliberation `{result.deliberation_id}`", "", f"**{result.status}**: {result.summary}", ""]
     if result.winner is not None:
         w = result.winner
@@ -104,6 +136,8 @@ def markdown_report(result: DeliberationResult) -> str:
     out += [_usage_line(stage, u, usage.stage_ms.get(stage)) for stage, u in usage.by_stage.items()]
     out += [_usage_line(agent, u) for agent, u in usage.by_agent.items()]
     out.append(_usage_line("**total**", usage.total, result.duration_ms))
+    if request is not None:
+        out += ["", *settings_lines(request, model or request.model or "(the server's first)")]
     return "\n".join(out) + "\n"
 
 

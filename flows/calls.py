@@ -14,7 +14,6 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
-from prefect.tasks import exponential_backoff
 
 from agents.council import record_call
 from agents.llm import ChatCompletion, LLMEndpoint
@@ -85,7 +84,8 @@ class CallRunner:
         ask = ask_model.with_options(
             timeout_seconds=max(1.0, min(self.settings.attempt_timeout_seconds, self.deadline.remaining())),
             retries=self.settings.max_retries,
-            retry_delay_seconds=exponential_backoff(self.settings.retry_backoff_seconds),
+            # One number, with the task's jitter: the UI cannot show a list of delays.
+            retry_delay_seconds=self.settings.retry_backoff_seconds,
         )
         futures = {
             call.call_id: ask.with_options(task_run_name=run_name(call)).submit(

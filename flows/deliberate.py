@@ -54,7 +54,7 @@ from agents.models import (
 )
 from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.ranking import choose_winner, score_candidates
-from agents.report import markdown_report, outcome_rows
+from agents.report import artifact_key, markdown_report, outcome_rows
 from agents.settings import Settings
 from flows.calls import CallRunner, ensure_llm_limit
 from flows.futures import Deadline
@@ -106,7 +106,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         if stored is not None:
             logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
             publish(deliberation_event(stored))  # in case the run that stored it died before this
-            return report(stored)
+            return report(stored, request, endpoint.model)
 
         ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
         if ledger.calls:
@@ -172,15 +172,19 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         # Stored before it is announced: whoever reacts to the event can read it.
         bus.save_result(result)
         publish(deliberation_event(result))
-    return report(result)
+    return report(result, request, endpoint.model)
 
 
-def report(result: DeliberationResult) -> State[DeliberationResult]:
-    """The artifacts of a deliberation, and the flow run's final state, whose message is
-    the deliberation's summary."""
-    create_table_artifact(table=outcome_rows(result), description=result.summary)
+def report(result: DeliberationResult, request: DeliberationRequest, model: str) -> State[DeliberationResult]:
+    """The artifacts of a deliberation, keyed by its task so that the UI's Artifacts page
+    shows each task's deliberations over time, and the flow run's final state, whose
+    message is the deliberation's summary."""
+    key = artifact_key(result.task_id)
+    create_table_artifact(key=f"{key}-agents", table=outcome_rows(result), description=result.summary)
     create_markdown_artifact(
-        markdown=markdown_report(result), description=f"Deliberation {result.deliberation_id}"
+        key=key,
+        markdown=markdown_report(result, request, model),
+        description=f"Deliberation {result.deliberation_id}: {result.summary}",
     )
     get_run_logger().info("deliberation %s %s: %s", result.deliberation_id, result.status, result.summary)
     if result.status is DeliberationStatus.FAILED:

@@ -79,7 +79,7 @@ def _llm_slot(limit: str | None) -> AbstractAsyncContextManager[None]:
     cache_policy=NO_CACHE,
     persist_result=False,
     retries=3,
-    retry_delay_seconds=[1, 2, 4],
+    retry_delay_seconds=1,
     retry_jitter_factor=0.5,
     retry_condition_fn=is_transient,
     timeout_seconds=60,

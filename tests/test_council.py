@@ -2,7 +2,15 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from agents.council import conclude, plan_council, plan_critiques
-from agents.models import AgentOutcome, AgentStatus, DeliberationRequest, DeliberationStatus, Stage, StageCall
+from agents.models import (
+    AgentOutcome,
+    AgentStatus,
+    DeliberationRequest,
+    DeliberationStatus,
+    ErrorInfo,
+    Stage,
+    StageCall,
+)
 from agents.roles import Role
 from tests.factories import completed, failed
 
@@ -38,13 +46,17 @@ def test_quorum_met_with_a_missing_agent_says_which_one() -> None:
     start = datetime.now(UTC)
     outcomes = [
         _outcome("agent-dev-001", AgentStatus.COMPLETED),
-        _outcome("agent-dev-002", AgentStatus.TIMED_OUT),
+        failed(
+            "agent-dev-002",
+            status=AgentStatus.TIMED_OUT,
+            error=ErrorInfo(type="DeadlineExceeded", message="not finished", retryable=False),
+        ),
         _outcome("agent-dev-003", AgentStatus.COMPLETED),
     ]
     result = conclude(request, "d1", outcomes, start, start + timedelta(seconds=2))
     assert result.status is DeliberationStatus.COMPLETED
     assert result.missing == ["agent-dev-002"]
-    assert "agent-dev-002 (timed_out)" in result.summary
+    assert "agent-dev-002 (timed out at the deadline)" in result.summary
     assert (result.prompt_tokens, result.completion_tokens, result.duration_ms) == (20, 10, 2000)
 
 

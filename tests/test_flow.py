@@ -120,7 +120,7 @@ def test_hang_is_cut_at_the_deadline_and_quorum_decides(
     qa = outcome(result, "agent-qa-001")
     assert qa.status is AgentStatus.TIMED_OUT and qa.error.type == "DeadlineExceeded"
     assert result.missing == ["agent-qa-001"]
-    assert "agent-qa-001 (timed_out)" in result.summary
+    assert "agent-qa-001 (timed out at the deadline)" in result.summary
     # The cancelled task's worker was killed, so its request did not run on.
     assert pipeline.calls_for("agent-qa-001")[0].client_disconnected
     subjects = Counter(e.subject for e in read_events(result.deliberation_id))
@@ -328,3 +328,20 @@ def test_a_call_cut_at_the_deadline_says_why_and_gives_its_slot_back_at_once(
     assert "cancelled: deadline of 10 s reached; its request to the model server was dropped" in [
         log.message for log in logs
     ]
+
+
+def test_the_ui_shows_the_summary_and_keyed_artifacts_with_the_settings(pipeline: FakeLLMServer) -> None:
+    pipeline.script("agent-qa-001", status(400))
+    state, result = run(task="t", task_id="Login_Rate-Limit", roles=["DEV", "QA"], quorum=1, rounds=0)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    assert flow_run.state is not None and flow_run.state.message == result.summary
+    assert "agent-qa-001 (failed: LLMRejected)" in result.summary
+    keys = {artifact.key: artifact for artifact in artifacts}
+    assert set(keys) == {"deliberation-login-rate-limit", "deliberation-login-rate-limit-agents"}
+    report = str(keys["deliberation-login-rate-limit"].data)
+    assert "## Settings" in report and "| deadline | 120 s" in report
+    assert "| quorum | 1 of 2 proposals |" in report
