@@ -7,10 +7,12 @@ Flags win over environment variables; stdout holds only the table (or JSON with 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import uuid
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key-env", default=None, help="env variable holding the model API key")
     parser.add_argument("--ray-address", default=None, help="Ray cluster (env RAY_ADDRESS)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Prefect's and Ray's log lines on stderr (default: a log file)"
+    )
     return parser
 
 
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
 
     try:
-        return _run(request, settings, as_json=args.json)
+        return _run(request, settings, as_json=args.json, verbose=args.verbose)
     except ConfigurationError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -130,12 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int:
+def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbose: bool) -> int:
     # Imported here so that bad input is refused without loading Prefect and Ray.
     from prefect.states import State
 
+    from agents.council import plan_council
     from flows.deliberate import check_endpoints, deliberate
+    from flows.live import LiveProgress, follow_flow_run
     from flows.runtime import embedded_servers, local_ray, prefect_api, task_runner
+
+    log_file = (
+        None if verbose else divert_logs(settings.state_dir / "logs" / f"{request.deliberation_id}.log")
+    )
 
     with embedded_servers(settings) as settings:
         # Check before starting anything heavy: an unreachable server is a configuration
@@ -151,9 +162,16 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
         with local_ray(settings) as start_ray, prefect_api(while_starting=start_ray):
             if uses_secret_blocks:
                 preflight()
-            state: State[Any] = deliberate.with_options(task_runner=task_runner(settings))(
-                request=request, return_state=True
+            live = LiveProgress(
+                plan_council(request), str(request.deliberation_id), sys.stdout.isatty() and not as_json
             )
+            with live:
+                state: State[Any] = deliberate.with_options(
+                    task_runner=task_runner(settings), on_running=[follow_flow_run]
+                )(request=request, return_state=True)
+                live.expected = calls_made(state.result(raise_on_failure=False))
+    if log_file is not None:
+        print(f"deliberate: logs in {log_file}", file=sys.stderr)
     value = state.result(raise_on_failure=False)
     if isinstance(value, ConfigurationError):
         return _fail(str(value))
@@ -173,6 +191,37 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool) -> int
             print(f"missing: {gap}")
         print(f"\nfull result: python -m flows.result {value.deliberation_id}")
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def calls_made(result: object) -> int:
+    """The model calls a deliberation's result records (each was a task run)."""
+    if not isinstance(result, DeliberationResult):
+        return 0
+    calls = [*result.reviews, *result.rankings, *([result.synthesis] if result.synthesis else [])]
+    return sum(1 for o in result.outcomes if o.attempts) + sum(1 for c in calls if c.attempts)
+
+
+def divert_logs(path: Path) -> Path:
+    """Send the log lines Prefect and Ray print to the console into `path` instead: the
+    terminal is for the progress and the result."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+    for logger in [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
+    ]:
+        consoles = [
+            h for h in logger.handlers if isinstance(h, PrefectConsoleHandler | logging.StreamHandler)
+        ]
+        consoles = [h for h in consoles if not isinstance(h, logging.FileHandler)]
+        for console in consoles:
+            logger.removeHandler(console)
+        if consoles:
+            logger.addHandler(handler)
+    return path
 
 
 def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
