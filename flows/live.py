@@ -147,7 +147,8 @@ class LiveProgress:
             self._thread.join(timeout=10)
         # The API records states from events a moment after they happen: the last frame
         # waits (briefly) until every call shows how it ended.
-        give_up = time.monotonic() + FINAL_SYNC_SECONDS
+        # Interrupted or failed: one last frame as things stand.
+        give_up = time.monotonic() + (FINAL_SYNC_SECONDS if exc_info[0] is None else 0.0)
         calls = self._poll()
         while (len(calls) < self.expected or any(not c.final for c in calls)) and time.monotonic() < give_up:
             time.sleep(POLL_SECONDS / 2)

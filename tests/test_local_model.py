@@ -46,7 +46,17 @@ def test_cli_deliberates_on_the_bundled_model(
     env["NATS_URL"] = nats_url
     proc = subprocess.run(
         [sys.executable, "-m", "flows.deliberate", "Write a Python function that adds two numbers"]
-        + ["--roles", "DEV,QA", "--max-tokens", "48", "--deliberation-id", deliberation_id, "--json"],
+        # --verbose: the servers' "started ... at" lines, which name their ports, on stderr.
+        + [
+            "--roles",
+            "DEV,QA",
+            "--max-tokens",
+            "48",
+            "--deliberation-id",
+            deliberation_id,
+            "--json",
+            "--verbose",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -82,7 +92,7 @@ def test_interrupted_cli_leaves_no_model_server_or_prefect_api_behind(
     env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
     env["NATS_URL"] = nats_url
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.deliberate", "Write a long essay", "--roles", "DEV"]
+        [sys.executable, "-m", "flows.deliberate", "Write a long essay", "--roles", "DEV", "--verbose"]
         + ["--max-tokens", "2000", "--timeout", "600"],
         cwd=ROOT,
         env=env,
