@@ -53,6 +53,44 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
     return [(match.group(1).lower(), match.group(2)) for match in _FENCE.finditer(text)]
 
 
+# What makes a task a code task: it names a code artifact or a programming language.
+_CODE_TASK = re.compile(
+    r"\b(functions?|class(es)?|methods?|scripts?|programs?|code|snippets?|implement(ation)?|"
+    r"decorators?|modules?|regex(es)?|unit tests?|python|java|javascript|typescript|go|golang|"
+    r"rust|c\+\+|c#|ruby|php|kotlin|swift|bash|shell|sql)\b",
+    re.IGNORECASE,
+)
+_UNFENCED_CODE = re.compile(
+    r"^\s*(def|class|async def|function|fn|func|public|import|from \S+ import)\b", re.M
+)
+
+
+def asks_for_code(task: str) -> bool:
+    """Whether a task asks for code, judged from its text (the request's `expects: auto`)."""
+    return bool(_CODE_TASK.search(task))
+
+
+def check_has_code(content: str, code_expected: bool) -> CheckResult:
+    """A code task needs code: a fenced block with something in it, or lines that start
+    like code (def, class, function, import ...). Required: without it a proposal cannot
+    win a code task, whatever else it scores."""
+    if not code_expected:
+        return CheckResult(
+            name="has_code", applicable=False, score=1.0, detail="the task does not ask for code"
+        )
+    fenced = [code for _, code in code_blocks(content) if code.strip()]
+    if fenced or _UNFENCED_CODE.search(content):
+        found = f"{len(fenced)} code block(s)" if fenced else "unfenced code"
+        return CheckResult(name="has_code", applicable=True, score=1.0, detail=found, required=True)
+    return CheckResult(
+        name="has_code",
+        applicable=True,
+        score=0.0,
+        detail="no code in an answer to a code task",
+        required=True,
+    )
+
+
 def check_complete(content: str, finish_reason: str | None) -> CheckResult:
     if not content.strip():
         return CheckResult(name="complete", applicable=True, score=0.0, detail="empty answer")
@@ -125,10 +163,20 @@ def requirement_addressed(requirement: str, vocabulary: set[str]) -> bool:
     return found * 2 >= len(terms)
 
 
+def without_restatements(content: str, requirements: Sequence[str]) -> str:
+    """The answer without the requirements it merely lists back ("1. Type hints",
+    "- Tests"): repeating a requirement is not addressing it."""
+    for requirement in requirements:
+        words = r"\W+".join(re.escape(word) for word in requirement.split())
+        listed = re.compile(rf"(^|[\s:;,])(?:[-*•]|\d+[.)])\s*{words}\b[.;,]?", re.IGNORECASE | re.MULTILINE)
+        content = listed.sub(r"\1", content)
+    return content
+
+
 def check_requirements(content: str, requirements: Sequence[str]) -> CheckResult:
     if not requirements:
         return CheckResult(name="requirements", applicable=False, score=1.0, detail="no requirements given")
-    vocabulary = _vocabulary(content)
+    vocabulary = _vocabulary(without_restatements(content, requirements))
     missed = [r for r in requirements if not requirement_addressed(r, vocabulary)]
     addressed = len(requirements) - len(missed)
     detail = f"{addressed} of {len(requirements)} requirements addressed"
@@ -139,9 +187,12 @@ def check_requirements(content: str, requirements: Sequence[str]) -> CheckResult
     )
 
 
-def run_checks(content: str, finish_reason: str | None, requirements: Sequence[str]) -> list[CheckResult]:
+def run_checks(
+    content: str, finish_reason: str | None, requirements: Sequence[str], code_expected: bool = False
+) -> list[CheckResult]:
     return [
         check_complete(content, finish_reason),
+        check_has_code(content, code_expected),
         check_code_parses(content),
         check_requirements(content, requirements),
     ]

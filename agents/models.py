@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -136,6 +136,17 @@ class DeliberationRequest(BaseModel):
     synthesize: bool = Field(
         default=False, description="After ranking, one more call merges the best proposals into one."
     )
+    expects: Literal["auto", "code", "any"] = Field(
+        default="auto",
+        description="What the task asks for: code (a proposal without a code block cannot win), "
+        "any, or auto: code when the task names a code artifact or a programming language.",
+    )
+
+    @property
+    def code_expected(self) -> bool:
+        from agents.checks import asks_for_code
+
+        return self.expects == "code" or (self.expects == "auto" and asks_for_code(self.task))
 
     @field_validator("task")
     @classmethod
@@ -291,6 +302,9 @@ class Ballot(BaseModel):
     labels: dict[str, str] = Field(description="Label shown to the reviewer -> agent id.")
     order: list[str] = Field(default_factory=list, description="Agent ids, best first; empty if abstained.")
     abstained: str | None = Field(default=None, description="Why the ballot does not count.")
+    notes: list[str] = Field(
+        default_factory=list, description="What was left out of the ranking as written, and why."
+    )
 
 
 class CheckResult(BaseModel):
@@ -298,6 +312,9 @@ class CheckResult(BaseModel):
     applicable: bool
     score: float = Field(ge=0.0, le=1.0)
     detail: str
+    required: bool = Field(
+        default=False, description="Failing it ranks the proposal below every one that passes."
+    )
 
     @property
     def passed(self) -> bool:

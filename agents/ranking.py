@@ -15,8 +15,13 @@ from agents.models import Ballot, ProposalScore, Role, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
 RANKING_MARKER = "FINAL RANKING"
-TIE_EPSILON = 1e-9
+# Scores are compared at the precision they are reported with, so a tie the report shows is
+# the tie the ranking saw.
+SCORE_DIGITS = 4
 
+# Found in the text as written: upper-casing first can change lengths ("ß" -> "SS") and
+# shift the position applied to the original.
+_MARKER = re.compile(r"FINAL\s+RANKING", re.IGNORECASE)
 _LABEL = re.compile(r"\bProposal\s+([A-Z]{1,2})\b")
 
 
@@ -49,67 +54,89 @@ def anonymize(deliberation_id: str, reviewer_id: str, candidates: Sequence[str])
     return {label(i): agent for i, agent in enumerate(others)}
 
 
-def parse_ranking(text: str, labels: Sequence[str]) -> list[str]:
-    """The labels in ranked order, read from the reviewer's FINAL RANKING section.
-    Raises RankingParseError unless it names every label exactly once and nothing else."""
-    position = text.upper().rfind(RANKING_MARKER)
-    if position < 0:
+def parse_ranking(text: str, labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The labels in ranked order, read as written from the reviewer's last FINAL RANKING
+    section, and notes on what was left out: a label named again or not shown to the
+    reviewer is dropped, and a partial ranking counts for the labels it ranks. Raises
+    RankingParseError if there is no such section or it names no shown label."""
+    markers = list(_MARKER.finditer(text))
+    if not markers:
         raise RankingParseError(f"no {RANKING_MARKER} section")
-    named = _LABEL.findall(text[position + len(RANKING_MARKER) :])
-    order = list(dict.fromkeys(named))
-    unknown = [name for name in order if name not in labels]
-    if unknown:
-        raise RankingParseError(f"ranks unknown proposal(s) {', '.join(unknown)}")
-    if len(order) != len(labels):
-        raise RankingParseError(f"ranks {len(order)} of {len(labels)} proposals")
-    return order
+    order: list[str] = []
+    notes: list[str] = []
+    for name in _LABEL.findall(text[markers[-1].end() :]):
+        if name not in labels:
+            notes.append(f"Proposal {name} was not shown: dropped")
+        elif name in order:
+            notes.append(f"Proposal {name} ranked again: the first place given stands")
+        else:
+            order.append(name)
+    if not order:
+        raise RankingParseError(f"the {RANKING_MARKER} section names no proposal shown")
+    if len(order) < len(labels):
+        unranked = ", ".join(f"Proposal {name}" for name in labels if name not in order)
+        notes.append(f"ranks {len(order)} of {len(labels)} proposals; unranked: {unranked}")
+    return order, notes
 
 
 def ballot_from_answer(reviewer_id: str, labels: dict[str, str], answer: str) -> Ballot:
     try:
-        order = parse_ranking(answer, list(labels))
+        order, notes = parse_ranking(answer, list(labels))
     except RankingParseError as exc:
         return Ballot(reviewer_id=reviewer_id, labels=labels, abstained=f"malformed ranking: {exc}")
-    return Ballot(reviewer_id=reviewer_id, labels=labels, order=[labels[name] for name in order])
+    return Ballot(reviewer_id=reviewer_id, labels=labels, order=[labels[name] for name in order], notes=notes)
 
 
 def peer_scores(ballots: Sequence[Ballot]) -> dict[str, tuple[float, int]]:
-    """Agent id -> (mean normalized Borda points, ballots counted). First place is worth 1,
-    last 0, so ballots of different sizes weigh the same."""
+    """Agent id -> (mean normalized Borda points, ballots counted). Points are over the
+    proposals the reviewer was shown: first place is worth 1, last 0, so ballots of
+    different sizes weigh the same; a partial ballot gives points to those it ranks."""
     points: dict[str, list[float]] = {}
     for ballot in ballots:
-        if ballot.abstained or len(ballot.order) < 2:
+        if ballot.abstained or len(ballot.labels) < 2:
             continue
-        last = len(ballot.order) - 1
+        last = len(ballot.labels) - 1
         for position, agent in enumerate(ballot.order):
             points.setdefault(agent, []).append((last - position) / last)
     return {agent: (sum(p) / len(p), len(p)) for agent, p in points.items()}
 
 
 def score_candidates(
-    candidates: Sequence[Candidate], ballots: Sequence[Ballot], requirements: Sequence[str]
+    candidates: Sequence[Candidate],
+    ballots: Sequence[Ballot],
+    requirements: Sequence[str],
+    code_expected: bool = False,
 ) -> list[ProposalScore]:
-    """Every candidate scored and ranked, best first. Ties on the score are broken by the
-    checks, then by the peer score, then by council order (the order of `candidates`)."""
+    """Every candidate scored and ranked, best first. A candidate that fails a required
+    check (say, no code for a code task) ranks below every one that passes them all,
+    whatever its score. Ties on the score are broken by the checks, then by the peer
+    score, then by council order (the order of `candidates`)."""
     peers = peer_scores(ballots)
     unranked = []
     for order, candidate in enumerate(candidates):
-        checks = run_checks(candidate.content, candidate.finish_reason, requirements)
+        checks = run_checks(candidate.content, candidate.finish_reason, requirements, code_expected)
         checked = check_score(checks)
         peer, counted = peers.get(candidate.agent_id, (None, 0))
         score = checked if peer is None else PEER_WEIGHT * peer + (1 - PEER_WEIGHT) * checked
+        failed_required = any(c.required and not c.passed for c in checks)
         unranked.append(
             (
-                (-round(score, 9), -round(checked, 9), -(peer or 0.0), order),
+                (
+                    failed_required,
+                    -round(score, SCORE_DIGITS),
+                    -round(checked, SCORE_DIGITS),
+                    -round(peer or 0.0, SCORE_DIGITS),
+                    order,
+                ),
                 ProposalScore(
                     agent_id=candidate.agent_id,
                     role=candidate.role,
                     version=candidate.version,
-                    peer_score=None if peer is None else round(peer, 4),
+                    peer_score=None if peer is None else round(peer, SCORE_DIGITS),
                     ballots=counted,
                     checks=checks,
-                    check_score=round(checked, 4),
-                    score=round(score, 4),
+                    check_score=round(checked, SCORE_DIGITS),
+                    score=round(score, SCORE_DIGITS),
                     rank=1,
                 ),
             )
@@ -118,12 +145,21 @@ def score_candidates(
     return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(unranked, start=1)]
 
 
+def no_winner_reason(scores: Sequence[ProposalScore]) -> str | None:
+    """Why a ranked deliberation has no winner, or None if it has one."""
+    if not scores or not _fails_required(scores[0]):
+        return None
+    failed = sorted({c.name for c in scores[0].checks if c.required and not c.passed})
+    return f"no winner: every proposal fails a required check ({', '.join(failed)})"
+
+
 def tie_break(scores: Sequence[ProposalScore]) -> str | None:
     """How first place was decided when others had the same score, or None."""
     if len(scores) < 2:
         return None
     first = scores[0]
-    tied = [s for s in scores[1:] if abs(s.score - first.score) < TIE_EPSILON]
+    required = _fails_required(first)
+    tied = [s for s in scores[1:] if s.score == first.score and _fails_required(s) == required]
     if not tied:
         return None
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
@@ -137,8 +173,14 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
     return f"tie at score {first.score:.2f} between {names}, broken by {how}"
 
 
+def _fails_required(score: ProposalScore) -> bool:
+    return any(c.required and not c.passed for c in score.checks)
+
+
 def choose_winner(scores: Sequence[ProposalScore], candidates: Sequence[Candidate]) -> Winner | None:
-    if not scores:
+    """The best proposal, or None when there is none or even the best fails a required check
+    (a code task answered without code by everyone has no winner)."""
+    if not scores or _fails_required(scores[0]):
         return None
     best = scores[0]
     content = next(c.content for c in candidates if c.agent_id == best.agent_id)

@@ -122,7 +122,8 @@ def markdown_report(
         out += ["## Ballots", ""]
         for b in result.ballots:
             verdict = f"abstained ({b.abstained})" if b.abstained else " > ".join(b.order)
-            out.append(f"- {b.reviewer_id}: {verdict}")
+            notes = f" ({'; '.join(b.notes)})" if b.notes else ""
+            out.append(f"- {b.reviewer_id}: {verdict}{notes}")
         out.append("")
     if result.incomplete:
         out += ["## Missing", "", *(f"- {gap}" for gap in result.incomplete), ""]

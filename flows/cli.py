@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=1, help="peer-review rounds (0: none)")
     parser.add_argument("--critics", type=int, default=2, help="critics per proposal and round")
     parser.add_argument("--synthesize", action="store_true", help="merge the best proposals at the end")
+    parser.add_argument(
+        "--expects",
+        choices=["auto", "code", "any"],
+        default="auto",
+        help="code: a proposal without code cannot win; auto (default): code when the task names code",
+    )
     parser.add_argument("--task-id", default=None)
     parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
     parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
@@ -91,6 +97,7 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
         "rounds": args.rounds,
         "critics": args.critics,
         "synthesize": args.synthesize,
+        "expects": args.expects,
         # Fixed here so that a retried flow run reuses proposals and event ids.
         "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
     }

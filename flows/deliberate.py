@@ -53,7 +53,7 @@ from agents.models import (
     StageCall,
 )
 from agents.preflight import connect_event_bus, resolve_model_endpoint
-from agents.ranking import choose_winner, score_candidates
+from agents.ranking import choose_winner, no_winner_reason, score_candidates
 from agents.report import artifact_key, markdown_report, outcome_rows
 from agents.settings import Settings
 from flows.calls import CallRunner, ensure_llm_limit
@@ -143,8 +143,12 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             with clock(Stage.RANKING):
                 rankings, ballots, ranking_gaps = rank_proposals(runner, request, authors, candidates)
             finalists = list(candidates.values())
-            scores = score_candidates(finalists, ballots, request.constraints.requirements)
+            scores = score_candidates(
+                finalists, ballots, request.constraints.requirements, request.code_expected
+            )
             winner = choose_winner(scores, finalists)
+            if (why := no_winner_reason(scores)) is not None:
+                gaps.append(why)
             publish(ranked_event(deliberation_id, task_id, scores, ballots, winner))
             synthesis = None
             if request.synthesize:

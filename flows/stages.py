@@ -180,6 +180,7 @@ def rank_proposals(
         for call in calls
     ]
     gaps = [f"ranking by {b.reviewer_id} abstained: {b.abstained}" for b in ballots if b.abstained]
+    gaps += [f"ranking by {b.reviewer_id}: {note}" for b in ballots for note in b.notes]
     return calls, ballots, gaps
 
 

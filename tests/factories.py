@@ -7,6 +7,15 @@ from typing import Any
 from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal
 from agents.roles import Role
 
+# What another service published on agent.response.completed (issue 14): no schema of ours.
+FOREIGN_PROPOSAL = {
+    "task_id": "task-123",
+    "agent_id": "agent-dev-001",
+    "role": "DEV",
+    "proposal": {"content": "...", "author_id": "agent-dev-001", "author_role": "DEV", "tokens": 150},
+    "timestamp": 1764000000,
+}
+
 
 def proposal(agent_id: str = "agent-dev-001", role: Role = Role.DEV, **fields: Any) -> Proposal:
     defaults: dict[str, Any] = {

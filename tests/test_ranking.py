@@ -59,19 +59,15 @@ def test_parse_reads_the_last_final_ranking_section() -> None:
         "Proposal B is weak. FINAL RANKING is below.\n"
         "FINAL RANKING:\n1. Proposal C\n2. Proposal A\n3. Proposal B\n"
     )
-    assert parse_ranking(text, ["A", "B", "C"]) == ["C", "A", "B"]
-    assert parse_ranking("final ranking: Proposal B > Proposal A", ["A", "B"]) == ["B", "A"]
+    assert parse_ranking(text, ["A", "B", "C"]) == (["C", "A", "B"], [])
+    assert parse_ranking("final ranking: Proposal B > Proposal A", ["A", "B"]) == (["B", "A"], [])
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
         ("I like Proposal A best.", "no FINAL RANKING section"),
-        ("FINAL RANKING:\n1. Proposal A\n2. Proposal B", "ranks 2 of 3 proposals"),
-        (
-            "FINAL RANKING:\n1. Proposal A\n2. Proposal D\n3. Proposal B\n4. Proposal C",
-            "unknown proposal(s) D",
-        ),
+        ("FINAL RANKING:\n1. Proposal D\n2. Proposal E", "names no proposal shown"),
     ],
 )
 def test_malformed_rankings_are_abstentions_with_the_reason(text: str, reason: str) -> None:
@@ -88,11 +84,14 @@ def test_ballot_maps_labels_back_to_agents() -> None:
     assert ballot.order == ["agent-dev-001", "agent-qa-001"] and ballot.abstained is None
 
 
+SHOWN = {"A": "a", "B": "b", "C": "c"}
+
+
 def test_borda_points_are_normalized_and_abstentions_ignored() -> None:
     ballots = [
-        Ballot(reviewer_id="r1", labels={}, order=["a", "b", "c"]),
-        Ballot(reviewer_id="r2", labels={}, order=["b", "a", "c"]),
-        Ballot(reviewer_id="r3", labels={}, abstained="malformed ranking"),
+        Ballot(reviewer_id="r1", labels=SHOWN, order=["a", "b", "c"]),
+        Ballot(reviewer_id="r2", labels=SHOWN, order=["b", "a", "c"]),
+        Ballot(reviewer_id="r3", labels=SHOWN, abstained="malformed ranking"),
     ]
     assert peer_scores(ballots) == {"a": (0.75, 2), "b": (0.75, 2), "c": (0.0, 2)}
 
@@ -104,9 +103,9 @@ def _candidate(agent_id: str, content: str = "A plan.", finish_reason: str | Non
 def test_checks_outweigh_a_peer_tie_and_the_tie_break_is_reported() -> None:
     candidates = [_candidate("a", "truncated", "length"), _candidate("b"), _candidate("c")]
     ballots = [
-        Ballot(reviewer_id="c", labels={}, order=["a", "b"]),
-        Ballot(reviewer_id="a", labels={}, order=["b", "c"]),
-        Ballot(reviewer_id="b", labels={}, order=["a", "c"]),
+        Ballot(reviewer_id="c", labels={"A": "a", "B": "b"}, order=["a", "b"]),
+        Ballot(reviewer_id="a", labels={"A": "b", "B": "c"}, order=["b", "c"]),
+        Ballot(reviewer_id="b", labels={"A": "a", "B": "c"}, order=["a", "c"]),
     ]
     # peer: a 1.0, b 0.5, c 0.0; checks: a 0.0 (truncated), b 1.0, c 1.0
     scores = score_candidates(candidates, ballots, [])
@@ -119,7 +118,7 @@ def test_checks_outweigh_a_peer_tie_and_the_tie_break_is_reported() -> None:
 def test_equal_scores_are_broken_by_checks_then_peer_then_council_order() -> None:
     # a: peer 0.0, checks 1.0 -> 0.5 ; b: peer 1.0, checks 0.0 -> 0.5: checks win.
     candidates = [_candidate("b", "", "stop"), _candidate("a")]
-    ballots = [Ballot(reviewer_id="x", labels={}, order=["b", "a"])]
+    ballots = [Ballot(reviewer_id="x", labels={"A": "b", "B": "a"}, order=["b", "a"])]
     scores = score_candidates(candidates, ballots, [])
     winner = choose_winner(scores, candidates)
     assert [s.agent_id for s in scores] == ["a", "b"]

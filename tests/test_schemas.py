@@ -12,7 +12,7 @@ import pytest
 from agents.events import Event, agent_event, deliberation_event, ranked_event, review_event
 from agents.models import DeliberationResult, DeliberationStatus, Stage, StageCall
 from agents.schemas import SCHEMA_DIR, main
-from tests.factories import completed, failed
+from tests.factories import FOREIGN_PROPOSAL, completed, failed
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -65,13 +65,6 @@ def test_real_events_validate_against_their_schema(name: str) -> None:
 
 def test_a_foreign_payload_does_not_validate() -> None:
     # What another service published on agent.response.completed (issue 14).
-    foreign = {
-        "task_id": "task-123",
-        "agent_id": "agent-dev-001",
-        "role": "DEV",
-        "proposal": {"content": "...", "author_id": "agent-dev-001", "author_role": "DEV", "tokens": 150},
-        "timestamp": 1764000000,
-    }
-    assert not validator("agent.response").is_valid(foreign)
+    assert not validator("agent.response").is_valid(FOREIGN_PROPOSAL)
     newer = json.loads(_events()["agent.response"].model_dump_json()) | {"schema_version": 2}
     assert not validator("agent.response").is_valid(newer)

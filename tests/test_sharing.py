@@ -25,6 +25,7 @@ from agents.models import AgentStatus, DeliberationRequest, DeliberationResult, 
 from agents.settings import bus_config_for
 from flows.deliberate import deliberate
 from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.factories import FOREIGN_PROPOSAL
 from tests.fake_llm import HANG, FakeLLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +70,8 @@ def test_foreign_and_malformed_messages_on_the_shared_subjects_do_not_disturb_a_
     deliberation_id = uuid.uuid4().hex
     with EventBus.connect(bus_config_for(nats_url)):
         pass  # the streams exist, as they do wherever other services publish
-    foreign_proposal = {
-        "task_id": "task-123",
-        "agent_id": "agent-dev-001",
-        "role": "DEV",
-        "proposal": {"content": "...", "author_id": "agent-dev-001", "author_role": "DEV", "tokens": 150},
-        "timestamp": 1764000000,
-    }
     newer_schema = {"schema_version": 2, "deliberation_id": deliberation_id, "agent_id": "agent-dev-001"}
-    _publish_raw(nats_url, "agent.response.completed", json.dumps(foreign_proposal).encode())
+    _publish_raw(nats_url, "agent.response.completed", json.dumps(FOREIGN_PROPOSAL).encode())
     _publish_raw(nats_url, "agent.response.completed", json.dumps(newer_schema).encode())
     _publish_raw(nats_url, "agent.response.failed", b'{"error": "boom"}')
     _publish_raw(nats_url, "deliberation.completed", b"not json at all")
