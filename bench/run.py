@@ -196,15 +196,16 @@ def cold_start(emulator: EmulatorProcess, repeats: int) -> list[Figure]:
 
 
 @contextmanager
-def warm_pipeline(emulator: EmulatorProcess, ray_defaults: bool = False) -> Iterator[Callable[..., Any]]:
-    """One Prefect API, one Ray, one nats-server for many deliberations, as a worker has."""
+def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callable[..., Any]]:
+    """One Prefect API, one Ray, one nats-server for many deliberations, as a worker has, on
+    the model server at `model_url`."""
     import ray
 
     from agents.embedded import LocalNatsServer
     from flows.runtime import prefect_api, ray_init_kwargs
 
     # The pipeline's own defaults otherwise (calls in flight, call hosts).
-    os.environ.update({"VLLM_URL": emulator.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    os.environ.update({"VLLM_URL": model_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with LocalNatsServer() as nats, prefect_api():
         os.environ["NATS_URL"] = nats.url
         options = {"log_to_driver": False, "include_dashboard": False}
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_cold_start:
             figures += cold_start(fast, repeats)
-        with warm_pipeline(fast, args.ray_defaults) as run:
+        with warm_pipeline(fast.url, args.ray_defaults) as run:
             if not args.quick:
                 run(1)  # warm-up: Ray workers and the API's first queries
             figures += warm_figures(fast, run, sizes, repeats)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
     emulator = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
-        with warm_pipeline(emulator) as run:
+        with warm_pipeline(emulator.url) as run:
             if args.no_llm_limit:
                 os.environ["DELIBERATION_LLM_CONCURRENCY_LIMIT"] = ""
             run(1)  # warm-up: Ray workers and the API's first queries

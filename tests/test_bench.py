@@ -67,3 +67,20 @@ def test_benchmark_runs_in_quick_mode() -> None:
     ):
         row = next(line for line in lines if line.startswith(figure))
         assert float(row[len(figure) :].split()[0]) >= 0
+
+
+@pytest.mark.slow
+def test_winner_evaluation_runs_in_quick_mode() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.winners", "--quick"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in {"NATS_URL", "PREFECT_API_URL", "VLLM_URL"}},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:4] for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"abstaining", "random", "informative"}
+    for winner, first, chance in rows.values():
+        assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0

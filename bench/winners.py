@@ -1,0 +1,271 @@
+"""How often the deliberation's winner is the known best proposal.
+
+An evaluation set of small code tasks, each with 3-5 scripted proposals of known kinds
+(correct code; code with a bug a test would catch; code with the requirements only listed
+back; a truncated answer; no code), in a seeded order, played through the real `deliberate`
+flow (Prefect, Ray, NATS) against a scripted OpenAI-compatible server, with the ballots
+scripted three ways: all abstaining (what a tiny model does), random, and informative but
+noisy. Printed beside two baselines: the first agent, and a random pick.
+
+    .venv/bin/python -m bench.winners            # 20 tasks
+    .venv/bin/python -m bench.winners --quick    # 5 tasks (CI runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from agents.models import Constraints, DeliberationRequest
+from agents.roles import Role
+from bench.scripted import Script, ScriptedServer
+
+REQUIREMENTS = ["Type hints", "Docstring"]
+# Quality order of the kinds, best first: what an informative reviewer prefers.
+KINDS = ["correct", "buggy", "restated", "truncated", "no_code"]
+# An informative reviewer perceives each proposal's quality rank plus Gaussian noise of
+# this deviation: neighbours in quality swap places about 12 % of the time.
+NOISE = 0.6
+
+# name, what it does, the correct body, a body with a bug a test would catch
+FUNCTIONS = [
+    (
+        "factorial",
+        "returns n! for n >= 0",
+        "return 1 if n < 2 else n * factorial(n - 1)",
+        "return n * factorial(n - 1) if n > 1 else 0",
+    ),
+    (
+        "fibonacci",
+        "returns the n-th Fibonacci number",
+        "a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+        "a, b = 1, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+    ),
+    (
+        "gcd",
+        "returns the greatest common divisor of a and b",
+        "while b:\n        a, b = b, a % b\n    return a",
+        "while b:\n        a, b = b, a // b\n    return a",
+    ),
+    (
+        "is_prime",
+        "tells whether n is prime",
+        "return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))",
+        "return all(n % k for k in range(2, n // 2))",
+    ),
+    (
+        "reverse_words",
+        "reverses the order of words in s",
+        "return ' '.join(reversed(s.split()))",
+        "return ' '.join(sorted(s.split()))",
+    ),
+    (
+        "is_palindrome",
+        "tells whether s reads the same backwards",
+        "return s == s[::-1]",
+        "return s == s[::-2]",
+    ),
+    (
+        "count_vowels",
+        "counts the vowels in s",
+        "return sum(c in 'aeiouAEIOU' for c in s)",
+        "return sum(c in 'aeiou' for c in s[1:])",
+    ),
+    (
+        "clamp",
+        "limits x to the range [low, high]",
+        "return max(low, min(x, high))",
+        "return min(low, max(x, high))",
+    ),
+    (
+        "mean",
+        "returns the arithmetic mean of xs",
+        "return sum(xs) / len(xs)",
+        "return sum(xs) / (len(xs) + 1)",
+    ),
+    (
+        "median",
+        "returns the median of xs",
+        "s = sorted(xs)\n    m = len(s) // 2\n    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2",
+        "s = sorted(xs)\n    return s[len(s) // 2]",
+    ),
+    (
+        "flatten",
+        "flattens one level of nesting",
+        "return [y for x in xs for y in x]",
+        "return [x[0] for x in xs]",
+    ),
+    (
+        "unique",
+        "removes duplicates, keeping the first of each",
+        "return list(dict.fromkeys(xs))",
+        "return list(set(xs))",
+    ),
+    (
+        "chunks",
+        "splits xs into lists of size n",
+        "return [xs[i:i + n] for i in range(0, len(xs), n)]",
+        "return [xs[i:i + n] for i in range(0, len(xs) - n, n)]",
+    ),
+    (
+        "celsius_to_fahrenheit",
+        "converts degrees Celsius to Fahrenheit",
+        "return c * 9 / 5 + 32",
+        "return c * 5 / 9 + 32",
+    ),
+    ("power", "returns base to the power exp for exp >= 0", "return base ** exp", "return base * exp"),
+    (
+        "word_count",
+        "counts each word in s",
+        "counts: dict[str, int] = {}\n    for w in s.split():\n        counts[w] = counts.get(w, 0) + 1\n    return counts",
+        "return {w: 1 for w in s.split()}",
+    ),
+    (
+        "binary_search",
+        "returns the index of x in sorted xs, or -1",
+        "lo, hi = 0, len(xs) - 1\n    while lo <= hi:\n        mid = (lo + hi) // 2\n        if xs[mid] == x:\n            return mid\n        lo, hi = (mid + 1, hi) if xs[mid] < x else (lo, mid - 1)\n    return -1",
+        "lo, hi = 0, len(xs) - 1\n    while lo < hi:\n        mid = (lo + hi) // 2\n        if xs[mid] == x:\n            return mid\n        lo, hi = (mid + 1, hi) if xs[mid] < x else (lo, mid - 1)\n    return -1",
+    ),
+    ("merge_dicts", "merges b into a copy of a, b winning", "return {**a, **b}", "return {**b, **a}"),
+    (
+        "capitalize_words",
+        "capitalizes the first letter of each word",
+        "return ' '.join(w[:1].upper() + w[1:] for w in s.split())",
+        "return s.upper()",
+    ),
+    (
+        "second_largest",
+        "returns the second largest distinct value",
+        "return sorted(set(xs))[-2]",
+        "return sorted(xs)[-2]",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    task: str
+    proposals: list[tuple[str, str, str]]  # (kind, text, finish_reason), in council order
+
+    @property
+    def best(self) -> int:
+        return next(i for i, (kind, _, _) in enumerate(self.proposals) if kind == "correct")
+
+
+def _code(name: str, purpose: str, body: str) -> str:
+    return f'```python\ndef {name}(*args: object) -> object:\n    """{purpose}."""\n    {body}\n```'
+
+
+def proposal(kind: str, name: str, purpose: str, good: str, bad: str) -> tuple[str, str]:
+    """A proposal of this kind for a function, and its finish reason."""
+    intro = f"`{name}` {purpose}. It has type hints and a docstring.\n\n"
+    if kind == "correct":
+        return intro + _code(name, purpose, good), "stop"
+    if kind == "buggy":
+        return intro + _code(name, purpose, bad), "stop"
+    if kind == "restated":
+        return (
+            f"Requirements:\n1. Type hints\n2. Docstring\n\n```python\ndef {name}(*args):\n    {good}\n```",
+            "stop",
+        )
+    if kind == "truncated":
+        return intro + f"```python\ndef {name}(*args):\n    ", "length"
+    return (
+        f"No, no I don't. This is not how we work. The requirements of this project are: "
+        f"1. Type hints 2. Docstring. {name} {purpose}.",
+        "stop",
+    )
+
+
+def evaluation_set(count: int) -> list[Case]:
+    cases = []
+    for index, (name, purpose, good, bad) in enumerate(FUNCTIONS[:count]):
+        rng = random.Random(f"case-{index}")
+        kinds = ["correct", *rng.sample(KINDS[1:], rng.randint(2, 4))]
+        rng.shuffle(kinds)
+        task = f"Write a Python function `{name}` that {purpose}."
+        cases.append(Case(task, [(kind, *proposal(kind, name, purpose, good, bad)) for kind in kinds]))
+    return cases
+
+
+def ballot_writer(mode: str, case: Case, rng: random.Random) -> Script:
+    """The server's script for one case: its proposals, and ballots written in `mode`."""
+    roles = list(Role)[: len(case.proposals)]
+    agents = [f"agent-{role.lower()}-001" for role in roles]
+    kind_of = {text.strip(): kind for kind, text, _ in case.proposals}
+
+    def ballot(shown: dict[str, str]) -> str:
+        labels = list(shown)
+        if mode == "abstaining":
+            return "I cannot decide which is best."
+        if mode == "random":
+            rng.shuffle(labels)
+        else:  # informative but noisy: by known quality as perceived with noise
+            perceived = {
+                label: KINDS.index(kind_of.get(shown[label], "no_code")) + rng.gauss(0, NOISE)
+                for label in labels
+            }
+            labels.sort(key=perceived.__getitem__)
+        return "FINAL RANKING:\n" + "\n".join(f"{n}. Proposal {label}" for n, label in enumerate(labels, 1))
+
+    return Script(
+        proposals={
+            agent: (text, finish) for agent, (_, text, finish) in zip(agents, case.proposals, strict=True)
+        },
+        ballot=ballot,
+    )
+
+
+def run(cases: list[Case], modes: list[str]) -> dict[str, Counter[str]]:
+    """Winner kinds per ballot mode, each case played through the real flow."""
+    from bench.run import warm_pipeline
+
+    outcomes: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
+    with ScriptedServer() as server, warm_pipeline(server.url):
+        from flows.deliberate import deliberate
+
+        for mode in modes:
+            for index, case in enumerate(cases):
+                server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
+                roles = list(Role)[: len(case.proposals)]
+                request = DeliberationRequest(
+                    task=case.task,
+                    roles=roles,
+                    rounds=0,
+                    constraints=Constraints(requirements=REQUIREMENTS),
+                    deliberation_id=uuid.uuid4().hex,
+                )
+                result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
+                winner = getattr(result, "winner", None)
+                agents = [f"agent-{role.lower()}-001" for role in roles]
+                kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
+                outcomes[mode][kind] += 1
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    cases = evaluation_set(5 if args.quick else len(FUNCTIONS))
+    outcomes = run(cases, ["abstaining", "random", "informative"])
+    first = sum(case.best == 0 for case in cases) / len(cases)
+    chance = sum(1 / len(case.proposals) for case in cases) / len(cases)
+    print(f"# winner accuracy: {len(cases)} tasks, 3-5 proposals each; the known best is the correct code")
+    print(f"{'ballots':<12} {'winner':>7} {'first agent':>12} {'random pick':>12}  winners by kind")
+    for mode, kinds in outcomes.items():
+        accuracy = kinds["correct"] / len(cases)
+        spread = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
+        print(f"{mode:<12} {accuracy:>7.2f} {first:>12.2f} {chance:>12.2f}  {spread}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
