@@ -11,19 +11,17 @@ from agents.models import (
     AgentOutcome,
     AgentSpec,
     AgentStatus,
-    Ballot,
     DeliberationRequest,
     DeliberationResult,
     DeliberationStatus,
     ErrorInfo,
     ModelCall,
     Proposal,
-    ProposalScore,
     Stage,
     StageCall,
     Usage,
     UsageReport,
-    Winner,
+    Verdict,
 )
 from agents.prompts import proposal_messages
 
@@ -200,18 +198,14 @@ def conclude(
     outcomes: Sequence[AgentOutcome],
     started_at: datetime,
     finished_at: datetime,
-    *,
-    reviews: Sequence[StageCall] = (),
-    rankings: Sequence[StageCall] = (),
-    ballots: Sequence[Ballot] = (),
-    scores: Sequence[ProposalScore] = (),
-    winner: Winner | None = None,
-    synthesis: StageCall | None = None,
-    incomplete: Sequence[str] = (),
+    verdict: Verdict | None = None,
     stage_ms: dict[str, int] | None = None,
 ) -> DeliberationResult:
     """The deliberation succeeds when at least `quorum` agents produced a proposal; the
-    review, ranking and synthesis that followed are recorded as they went, gaps included."""
+    review, ranking and synthesis that followed (the verdict, if they ran) are recorded as
+    they went, gaps included."""
+    verdict = verdict or Verdict()
+    winner, synthesis = verdict.winner, verdict.synthesis
     completed = [o for o in outcomes if o.status is AgentStatus.COMPLETED]
     missing = [o for o in outcomes if o.status is not AgentStatus.COMPLETED]
     quorum = request.required_proposals
@@ -223,7 +217,7 @@ def conclude(
         summary += "; missing: " + ", ".join(f"{o.agent_id} ({why_missing(o)})" for o in missing)
     if winner is not None:
         summary += f"; winner {winner.agent_id} (score {winner.score:.2f})"
-    calls = [*reviews, *rankings, *([synthesis] if synthesis else [])]
+    calls = [*verdict.reviews, *verdict.rankings, *([synthesis] if synthesis else [])]
     usage = tally_usage(outcomes, calls)
     usage.stage_ms = dict(stage_ms or {})
     return DeliberationResult(
@@ -234,13 +228,13 @@ def conclude(
         completed=len(completed),
         missing=[o.agent_id for o in missing],
         outcomes=list(outcomes),
-        reviews=list(reviews),
-        rankings=list(rankings),
-        ballots=list(ballots),
-        scores=list(scores),
+        reviews=verdict.reviews,
+        rankings=verdict.rankings,
+        ballots=verdict.ballots,
+        scores=verdict.scores,
         winner=winner,
         synthesis=synthesis,
-        incomplete=list(incomplete),
+        incomplete=verdict.incomplete,
         usage=usage,
         prompt_tokens=usage.total.prompt_tokens,
         completion_tokens=usage.total.completion_tokens,

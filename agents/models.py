@@ -343,6 +343,19 @@ class Winner(BaseModel):
     tie_break: str | None = Field(default=None, description="How a tie for first place was broken.")
 
 
+class Verdict(BaseModel):
+    """What the stages after the proposals decided: the reviews, the ranking, the scores,
+    the winner, the synthesis, and what is missing from them."""
+
+    reviews: list[StageCall] = Field(default_factory=list)
+    rankings: list[StageCall] = Field(default_factory=list)
+    ballots: list[Ballot] = Field(default_factory=list)
+    scores: list[ProposalScore] = Field(default_factory=list)
+    winner: Winner | None = None
+    synthesis: StageCall | None = None
+    incomplete: list[str] = Field(default_factory=list)
+
+
 class Usage(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0

@@ -2,17 +2,19 @@
 
     plan the council
     check the model server and NATS          (bad configuration publishes nothing)
-    reuse outcomes already published         (a retried flow run runs only the rest)
-    propose: every agent at once, on Ray     (retries and per-attempt timeouts per task)
-    gather until the deadline                (each outcome published as it arrives)
+    a stored result stands                   (a rerun of a concluded deliberation)
+    open the call ledger                     (a rerun reuses every call recorded)
+    propose: every agent at once, on Ray     (retries and per-attempt timeouts per call)
+    gather until the deadline                (each outcome recorded, then published)
     if the quorum is met:
         review rounds: critique, revise      (each critique published)
-        rank: anonymized peer ballots        (a failed or unreadable ballot abstains)
-        score: ballots + deterministic checks, winner with an explicit tie-break
+        rank: anonymized peer ballots        (read as written; unreadable ones abstain)
+        judge: ballots + deterministic checks, winner with an explicit tie-break
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
 
-One deadline covers every stage: what it cuts short is recorded as missing.
+One deadline, from the deliberation's first start, covers every stage: what it cuts
+short is recorded as missing.
 
 `python -m flows.deliberate "TASK" ...` runs it from the command line (see flows/cli.py).
 """
@@ -23,7 +25,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -53,13 +54,12 @@ from agents.models import (
     StageCall,
 )
 from agents.preflight import connect_event_bus, resolve_model_endpoint
-from agents.ranking import choose_winner, no_winner_reason, score_candidates
 from agents.report import artifact_key, markdown_report, outcome_rows
 from agents.settings import Settings
 from flows.calls import CallRunner, ensure_llm_limit
 from flows.futures import Deadline
 from flows.hosts import HostedRayTaskRunner
-from flows.stages import candidates_of, propose, rank_proposals, review_rounds, synthesize
+from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
 from tasks.credentials import model_api_key, nats_token
 
 
@@ -132,46 +132,20 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         with clock(Stage.PROPOSAL):
             outcomes = propose(runner, request, council, publish_outcome)
 
-        verdict: dict[str, Any] = {}
+        verdict = None
         authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
         if len(authors) >= request.required_proposals:
             with clock(Stage.CRITIQUE):
-                originals = candidates_of(outcomes)
-                reviews, candidates, gaps = review_rounds(
-                    runner, request, authors, originals, publish_critique
-                )
+                review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critique)
             with clock(Stage.RANKING):
-                rankings, ballots, ranking_gaps = rank_proposals(runner, request, authors, candidates)
-            finalists = list(candidates.values())
-            scores = score_candidates(
-                finalists, ballots, request.constraints.requirements, request.code_expected
-            )
-            winner = choose_winner(scores, finalists)
-            if (why := no_winner_reason(scores)) is not None:
-                gaps.append(why)
-            publish(ranked_event(deliberation_id, task_id, scores, ballots, winner))
-            synthesis = None
+                ranking = rank_proposals(runner, request, authors, review.latest)
+            verdict = judge(request, review, ranking)
+            publish(ranked_event(deliberation_id, task_id, verdict.scores, verdict.ballots, verdict.winner))
             if request.synthesize:
                 with clock(Stage.SYNTHESIS):
-                    synthesis, synthesis_gaps = synthesize(runner, request, scores, candidates)
-                gaps += synthesis_gaps
-            verdict = dict(
-                reviews=reviews,
-                rankings=rankings,
-                ballots=ballots,
-                scores=scores,
-                winner=winner,
-                synthesis=synthesis,
-                incomplete=gaps + ranking_gaps,
-            )
+                    verdict = synthesize(runner, request, verdict, review.latest)
         result = conclude(
-            request,
-            deliberation_id,
-            outcomes,
-            ledger.started_at,
-            datetime.now(UTC),
-            stage_ms=clock.ms,
-            **verdict,
+            request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
         )
         # Stored before it is announced: whoever reacts to the event can read it.
         bus.save_result(result)

@@ -6,6 +6,7 @@ until the deliberation's deadline; a call that fails or runs late is recorded, n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.council import (
@@ -24,18 +25,44 @@ from agents.models import (
     Ballot,
     DeliberationRequest,
     ModelCall,
-    ProposalScore,
     Stage,
     StageCall,
+    Verdict,
 )
 from agents.prompts import critique_messages, ranking_messages, revision_messages, synthesis_messages
-from agents.ranking import Candidate, anonymize, ballot_from_answer
+from agents.ranking import (
+    Candidate,
+    anonymize,
+    ballot_from_answer,
+    choose_winner,
+    no_winner_reason,
+    score_candidates,
+)
 from flows.calls import CallRunner
 
 # Rankings should be reproducible judgements, not creative writing.
 RANKING_TEMPERATURE = 0.2
 SYNTHESIS_INPUTS = 3
 MIN_PROPOSALS_TO_RANK = 3  # each reviewer ranks the others: with 2, every ballot is trivial
+
+
+@dataclass
+class Review:
+    """The review rounds: every critique and revision, the latest version of each proposal,
+    and what is missing."""
+
+    calls: list[StageCall] = field(default_factory=list)
+    latest: dict[str, Candidate] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Ranking:
+    """The ranking calls, the ballots read from them, and what is missing."""
+
+    calls: list[StageCall] = field(default_factory=list)
+    ballots: list[Ballot] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
 
 
 def propose(
@@ -77,17 +104,15 @@ def review_rounds(
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
     on_critique: Callable[[StageCall], Any],
-) -> tuple[list[StageCall], dict[str, Candidate], list[str]]:
+) -> Review:
     """Each round: critiques by other agents (of other roles first), then a revision by each
-    author that received any. Returns every critique and revision, the latest version of
-    each proposal and what is missing."""
-    reviews: list[StageCall] = []
-    gaps: list[str] = []
-    latest = dict(candidates)
+    author that received any."""
+    review = Review(latest=dict(candidates))
+    reviews, gaps, latest = review.calls, review.gaps, review.latest
     pairs = plan_critiques(authors, request.critics)
     if request.rounds and not pairs:
         gaps.append("no peer review: it needs at least 2 proposals")
-        return reviews, latest, gaps
+        return review
     by_id = {agent.agent_id: agent for agent in authors}
     for round_ in range(1, request.rounds + 1):
         if runner.deadline.expired:
@@ -140,7 +165,7 @@ def review_rounds(
                 )
             else:
                 gaps.append(f"revision {revision.call_id}: {_why(revision)}; the previous version stands")
-    return reviews, latest, gaps
+    return review
 
 
 def rank_proposals(
@@ -148,13 +173,13 @@ def rank_proposals(
     request: DeliberationRequest,
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
-) -> tuple[list[StageCall], list[Ballot], list[str]]:
+) -> Ranking:
     """Every author ranks the others' latest proposals, shown under labels shuffled per
     reviewer. Failed calls and unreadable rankings are abstentions."""
     if len(candidates) < MIN_PROPOSALS_TO_RANK:
-        return [], [], [f"no peer ranking: it needs at least {MIN_PROPOSALS_TO_RANK} proposals"]
+        return Ranking(gaps=[f"no peer ranking: it needs at least {MIN_PROPOSALS_TO_RANK} proposals"])
     if runner.deadline.expired:
-        return [], [], [f"no peer ranking: {runner.deadline.reason()}"]
+        return Ranking(gaps=[f"no peer ranking: {runner.deadline.reason()}"])
     labels = {a.agent_id: anonymize(runner.deliberation_id, a.agent_id, list(candidates)) for a in authors}
 
     def shown_to(reviewer: AgentSpec) -> dict[str, str]:
@@ -181,19 +206,37 @@ def rank_proposals(
     ]
     gaps = [f"ranking by {b.reviewer_id} abstained: {b.abstained}" for b in ballots if b.abstained]
     gaps += [f"ranking by {b.reviewer_id}: {note}" for b in ballots for note in b.notes]
-    return calls, ballots, gaps
+    return Ranking(calls, ballots, gaps)
+
+
+def judge(request: DeliberationRequest, review: Review, ranking: Ranking) -> Verdict:
+    """Scores from the ballots and the checks, and the winner (or why there is none)."""
+    finalists = list(review.latest.values())
+    scores = score_candidates(
+        finalists, ranking.ballots, request.constraints.requirements, request.code_expected
+    )
+    gaps = review.gaps + ranking.gaps
+    if (why := no_winner_reason(scores)) is not None:
+        gaps.append(why)
+    return Verdict(
+        reviews=review.calls,
+        rankings=ranking.calls,
+        ballots=ranking.ballots,
+        scores=scores,
+        winner=choose_winner(scores, finalists),
+        incomplete=gaps,
+    )
 
 
 def synthesize(
-    runner: CallRunner,
-    request: DeliberationRequest,
-    scores: Sequence[ProposalScore],
-    candidates: dict[str, Candidate],
-) -> tuple[StageCall | None, list[str]]:
-    """One call that merges the best proposals, the winner first."""
+    runner: CallRunner, request: DeliberationRequest, verdict: Verdict, candidates: dict[str, Candidate]
+) -> Verdict:
+    """One call that merges the best proposals, the winner first; the verdict with it."""
     if runner.deadline.expired:
-        return None, [f"no synthesis: {runner.deadline.reason()}"]
-    best = [candidates[score.agent_id].content for score in scores[:SYNTHESIS_INPUTS]]
+        return verdict.model_copy(
+            update={"incomplete": [*verdict.incomplete, f"no synthesis: {runner.deadline.reason()}"]}
+        )
+    best = [candidates[score.agent_id].content for score in verdict.scores[:SYNTHESIS_INPUTS]]
     [call] = runner.run(
         [
             ModelCall(
@@ -206,4 +249,5 @@ def synthesize(
             )
         ]
     )
-    return call, [] if call.ok else [f"synthesis: {_why(call)}"]
+    gaps = [] if call.ok else [f"synthesis: {_why(call)}"]
+    return verdict.model_copy(update={"synthesis": call, "incomplete": [*verdict.incomplete, *gaps]})

@@ -10,6 +10,7 @@ from agents.models import (
     ErrorInfo,
     Stage,
     StageCall,
+    Verdict,
 )
 from agents.roles import Role
 from tests.factories import completed, failed
@@ -108,7 +109,7 @@ def test_usage_is_totalled_per_agent_per_stage_and_overall() -> None:
     )
     lost = critique.model_copy(update={"status": AgentStatus.FAILED, "content": None, "prompt_tokens": 99})
     outcomes = [completed("agent-dev-001"), completed("agent-qa-001", Role.QA)]
-    result = conclude(request, "d1", outcomes, now, now, reviews=[critique, lost])
+    result = conclude(request, "d1", outcomes, now, now, Verdict(reviews=[critique, lost]))
     usage = result.usage
     assert usage.total.model_dump() == {
         "calls": 3,

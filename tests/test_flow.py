@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
+from prefect.logging.handlers import APILogWorker
 from prefect.states import State
 
 from agents.bus import EventBus
@@ -235,6 +236,7 @@ def test_an_existing_limit_keeps_its_size_unless_the_setting_is_given(
     state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
     assert state.is_completed()
     assert pipeline.max_in_flight == 3  # the setting took effect
+    APILogWorker.drain_all(timeout=10)  # logs are sent in batches, after the run returns
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit).limit == 3
         logs = client.read_logs(
@@ -260,6 +262,7 @@ def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(
 
 def _everything_said(state: State[Any], result: DeliberationResult, events: list[Event]) -> list[str]:
     """The result, the events, the flow-run record, its logs and artifacts, as text."""
+    APILogWorker.drain_all(timeout=10)  # logs are sent in batches, after the run returns
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
