@@ -211,8 +211,6 @@ def calls_made(result: object) -> int:
 def divert_logs(path: Path) -> Path:
     """Send the log lines Prefect and Ray print to the console into `path` instead: the
     terminal is for the progress and the result."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
@@ -220,10 +218,12 @@ def divert_logs(path: Path) -> Path:
         logging.getLogger(),
         *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
     ]:
+        # Prefect's console handler is a StreamHandler; a FileHandler is one too, and stays.
         consoles = [
-            h for h in logger.handlers if isinstance(h, PrefectConsoleHandler | logging.StreamHandler)
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
         ]
-        consoles = [h for h in consoles if not isinstance(h, logging.FileHandler)]
         for console in consoles:
             logger.removeHandler(console)
         if consoles:

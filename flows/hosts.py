@@ -36,6 +36,7 @@ from prefect import Task
 from prefect.client.schemas.objects import State
 from prefect.context import AsyncClientContext, hydrated_context, serialize_context
 from prefect.futures import PrefectFuture
+from prefect.states import Crashed
 from prefect.task_engine import AsyncTaskRunEngine
 from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
@@ -129,9 +130,7 @@ class HostFuture(PrefectRayFuture[Any]):
             state, self._attempts = ray.get(self.wrapped_future, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             return
-        except (ray.exceptions.TaskCancelledError, ray.exceptions.RayError) as exc:
-            from prefect.states import Crashed
-
+        except ray.exceptions.RayError as exc:  # cancelled, or the host died for good
             state = Crashed(message=f"the call host did not finish it: {type(exc).__name__}")
         self._final_state = state
 
