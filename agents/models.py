@@ -142,6 +142,13 @@ class DeliberationRequest(BaseModel):
         "any, or auto: code when the task names a code artifact or a programming language.",
     )
 
+    run_code: bool = Field(
+        default=False,
+        description="Run each proposal's Python code against the tests the other members wrote, "
+        "in a sandbox on a Ray worker (Linux with Landlock; see the README); the share of tests "
+        "passed becomes the tests_pass check.",
+    )
+
     @property
     def code_expected(self) -> bool:
         from agents.checks import asks_for_code

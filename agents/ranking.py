@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agents.checks import check_score, run_checks
-from agents.models import Ballot, ProposalScore, Role, Winner
+from agents.models import Ballot, CheckResult, ProposalScore, Role, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
 RANKING_MARKER = "FINAL RANKING"
@@ -106,8 +106,10 @@ def score_candidates(
     ballots: Sequence[Ballot],
     requirements: Sequence[str],
     code_expected: bool = False,
+    executed: Mapping[str, CheckResult] | None = None,
 ) -> list[ProposalScore]:
-    """Every candidate scored and ranked, best first. A candidate that fails a required
+    """Every candidate scored and ranked, best first; `executed` adds a check made by
+    running a candidate's code (by agent id). A candidate that fails a required
     check (say, no code for a code task) ranks below every one that passes them all,
     whatever its score. Ties on the score are broken by the checks, then by the peer
     score, then by council order (the order of `candidates`)."""
@@ -115,6 +117,8 @@ def score_candidates(
     unranked = []
     for order, candidate in enumerate(candidates):
         checks = run_checks(candidate.content, candidate.finish_reason, requirements, code_expected)
+        if executed is not None and candidate.agent_id in executed:
+            checks.append(executed[candidate.agent_id])
         checked = check_score(checks)
         peer, counted = peers.get(candidate.agent_id, (None, 0))
         score = checked if peer is None else PEER_WEIGHT * peer + (1 - PEER_WEIGHT) * checked

@@ -66,6 +66,8 @@ def _quote(text: str) -> str:
 def settings_lines(request: DeliberationRequest, model: str) -> list[str]:
     """What the run was asked to do and under which limits."""
     roles = ", ".join(str(role) for role in request.roles)
+    expects = "code" if request.code_expected else "any answer"
+    code = "run against the other members' tests" if request.run_code else "not run"
     return [
         "## Settings",
         "",
@@ -77,6 +79,7 @@ def settings_lines(request: DeliberationRequest, model: str) -> list[str]:
         f"| deadline | {request.deadline_seconds:g} s, from the deliberation's first start |",
         f"| review | {request.rounds} round(s), {request.critics} critic(s) per proposal |",
         f"| synthesis | {'yes' if request.synthesize else 'no'} |",
+        f"| evidence | expects {expects} ({request.expects}); code {code} |",
         f"| model | {model}, temperature {request.temperature:g}, at most {request.max_tokens} tokens |",
         "",
     ]

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.bus import BusConfig
 from agents.llm import LLMEndpoint
+from agents.sandbox import SandboxLimits
 
 
 def _env(name: str) -> AliasChoices:
@@ -97,6 +98,19 @@ class Settings(BaseSettings):
     attempt_timeout_seconds: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
+
+    sandbox_cpu_seconds: int = Field(default=10, ge=1, description="--run-code: CPU per proposal's run.")
+    sandbox_memory_mb: int = Field(default=1024, ge=64, description="--run-code: address space per run.")
+    sandbox_file_mb: int = Field(default=16, ge=1, description="--run-code: largest file (and output).")
+    sandbox_wall_seconds: float = Field(default=60.0, gt=0, description="--run-code: wall clock per run.")
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(
+            cpu_seconds=self.sandbox_cpu_seconds,
+            memory_mb=self.sandbox_memory_mb,
+            file_mb=self.sandbox_file_mb,
+            wall_seconds=self.sandbox_wall_seconds,
+        )
 
     def llm_endpoint(self, model: str) -> LLMEndpoint:
         if self.vllm_url is None:

@@ -5,7 +5,8 @@ An evaluation set of small code tasks, each with 3-5 scripted proposals of known
 back; a truncated answer; no code), in a seeded order, played through the real `deliberate`
 flow (Prefect, Ray, NATS) against a scripted OpenAI-compatible server, with the ballots
 scripted three ways: all abstaining (what a tiny model does), random, and informative but
-noisy. Printed beside two baselines: the first agent, and a random pick.
+noisy; each without and with `run_code` (the proposals' code run against the tests the
+other members wrote). Printed beside two baselines: the first agent, and a random pick.
 
     .venv/bin/python -m bench.winners            # 20 tasks
     .venv/bin/python -m bench.winners --quick    # 5 tasks (CI runs this)
@@ -26,6 +27,7 @@ from agents.roles import Role
 from bench.scripted import Script, ScriptedServer
 
 REQUIREMENTS = ["Type hints", "Docstring"]
+BALLOTS = ["abstaining", "random", "informative"]
 # Quality order of the kinds, best first: what an informative reviewer prefers.
 KINDS = ["correct", "buggy", "restated", "truncated", "no_code"]
 # An informative reviewer perceives each proposal's quality rank plus Gaussian noise of
@@ -147,6 +149,31 @@ FUNCTIONS = [
 ]
 
 
+# Each function's parameters, and the checks its members' tests make (the bug fails one).
+SIGNATURES: dict[str, tuple[str, list[str]]] = {
+    "factorial": ("n: int", ["factorial(0) == 1", "factorial(5) == 120"]),
+    "fibonacci": ("n: int", ["fibonacci(0) == 0", "fibonacci(10) == 55"]),
+    "gcd": ("a: int, b: int", ["gcd(12, 18) == 6", "gcd(7, 5) == 1"]),
+    "is_prime": ("n: int", ["is_prime(13)", "not is_prime(1)", "not is_prime(4)"]),
+    "reverse_words": ("s: str", ["reverse_words('a b c') == 'c b a'"]),
+    "is_palindrome": ("s: str", ["is_palindrome('racecar')", "not is_palindrome('ab')"]),
+    "count_vowels": ("s: str", ["count_vowels('Apple') == 2"]),
+    "clamp": ("x: float, low: float, high: float", ["clamp(5, 0, 3) == 3", "clamp(2, 0, 3) == 2"]),
+    "mean": ("xs: list[float]", ["mean([1, 2, 3]) == 2"]),
+    "median": ("xs: list[float]", ["median([3, 1, 2]) == 2", "median([4, 1, 3, 2]) == 2.5"]),
+    "flatten": ("xs: list[list[int]]", ["flatten([[1, 2], [3]]) == [1, 2, 3]"]),
+    "unique": ("xs: list[int]", ["unique([3, 1, 3, 2, 1]) == [3, 1, 2]"]),
+    "chunks": ("xs: list[int], n: int", ["chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]"]),
+    "celsius_to_fahrenheit": ("c: float", ["celsius_to_fahrenheit(100) == 212"]),
+    "power": ("base: int, exp: int", ["power(2, 10) == 1024"]),
+    "word_count": ("s: str", ["word_count('a b a') == {'a': 2, 'b': 1}"]),
+    "binary_search": ("xs: list[int], x: int", ["binary_search([1, 3, 5, 7], 7) == 3"]),
+    "merge_dicts": ("a: dict, b: dict", ["merge_dicts({'k': 1}, {'k': 2}) == {'k': 2}"]),
+    "capitalize_words": ("s: str", ["capitalize_words('hello world') == 'Hello World'"]),
+    "second_largest": ("xs: list[int]", ["second_largest([1, 3, 3, 2]) == 2"]),
+}
+
+
 @dataclass(frozen=True)
 class Case:
     task: str
@@ -158,23 +185,33 @@ class Case:
 
 
 def _code(name: str, purpose: str, body: str) -> str:
-    return f'```python\ndef {name}(*args: object) -> object:\n    """{purpose}."""\n    {body}\n```'
+    params, _ = SIGNATURES[name]
+    return f'```python\ndef {name}({params}) -> object:\n    """{purpose}."""\n    {body}\n```'
+
+
+def _tests(name: str) -> str:
+    """Tests written from the task's examples, as members with code write them (correct for
+    the task: the evaluation measures whether the evidence is used, not test quality)."""
+    _, checks = SIGNATURES[name]
+    cases = "\n".join(f"    assert {check}" for check in checks)
+    return f"\n\nTests:\n\n```python\nfrom {name} import {name}\n\n\ndef test_{name}():\n{cases}\n```"
 
 
 def proposal(kind: str, name: str, purpose: str, good: str, bad: str) -> tuple[str, str]:
     """A proposal of this kind for a function, and its finish reason."""
     intro = f"`{name}` {purpose}. It has type hints and a docstring.\n\n"
+    untyped = SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
     if kind == "correct":
-        return intro + _code(name, purpose, good), "stop"
+        return intro + _code(name, purpose, good) + _tests(name), "stop"
     if kind == "buggy":
-        return intro + _code(name, purpose, bad), "stop"
+        return intro + _code(name, purpose, bad) + _tests(name), "stop"
     if kind == "restated":
         return (
-            f"Requirements:\n1. Type hints\n2. Docstring\n\n```python\ndef {name}(*args):\n    {good}\n```",
+            f"Requirements:\n1. Type hints\n2. Docstring\n\n```python\ndef {name}({untyped}):\n    {good}\n```",
             "stop",
         )
     if kind == "truncated":
-        return intro + f"```python\ndef {name}(*args):\n    ", "length"
+        return intro + f"```python\ndef {name}({untyped}):\n    ", "length"
     return (
         f"No, no I don't. This is not how we work. The requirements of this project are: "
         f"1. Type hints 2. Docstring. {name} {purpose}.",
@@ -221,15 +258,16 @@ def ballot_writer(mode: str, case: Case, rng: random.Random) -> Script:
     )
 
 
-def run(cases: list[Case], modes: list[str]) -> dict[str, Counter[str]]:
-    """Winner kinds per ballot mode, each case played through the real flow."""
+def run(cases: list[Case], modes: list[tuple[str, bool]]) -> dict[tuple[str, bool], Counter[str]]:
+    """Winner kinds per ballot mode, without and with `run_code`, each case played through
+    the real flow."""
     from bench.run import warm_pipeline
 
-    outcomes: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
+    outcomes: dict[tuple[str, bool], Counter[str]] = {mode: Counter() for mode in modes}
     with ScriptedServer() as server, warm_pipeline(server.url):
         from flows.deliberate import deliberate
 
-        for mode in modes:
+        for mode, run_code in modes:
             for index, case in enumerate(cases):
                 server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
                 roles = list(Role)[: len(case.proposals)]
@@ -238,13 +276,14 @@ def run(cases: list[Case], modes: list[str]) -> dict[str, Counter[str]]:
                     roles=roles,
                     rounds=0,
                     constraints=Constraints(requirements=REQUIREMENTS),
+                    run_code=run_code,
                     deliberation_id=uuid.uuid4().hex,
                 )
                 result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
                 winner = getattr(result, "winner", None)
                 agents = [f"agent-{role.lower()}-001" for role in roles]
                 kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
-                outcomes[mode][kind] += 1
+                outcomes[mode, run_code][kind] += 1
     return outcomes
 
 
@@ -254,15 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     cases = evaluation_set(5 if args.quick else len(FUNCTIONS))
-    outcomes = run(cases, ["abstaining", "random", "informative"])
+    outcomes = run(cases, [(mode, run_code) for run_code in (False, True) for mode in BALLOTS])
     first = sum(case.best == 0 for case in cases) / len(cases)
     chance = sum(1 / len(case.proposals) for case in cases) / len(cases)
     print(f"# winner accuracy: {len(cases)} tasks, 3-5 proposals each; the known best is the correct code")
-    print(f"{'ballots':<12} {'winner':>7} {'first agent':>12} {'random pick':>12}  winners by kind")
-    for mode, kinds in outcomes.items():
+    print(
+        f"{'ballots':<12} {'run code':<9} {'winner':>7} {'first agent':>12} {'random pick':>12}  winners by kind"
+    )
+    for (mode, run_code), kinds in outcomes.items():
         accuracy = kinds["correct"] / len(cases)
         spread = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
-        print(f"{mode:<12} {accuracy:>7.2f} {first:>12.2f} {chance:>12.2f}  {spread}")
+        flag = "yes" if run_code else "no"
+        print(f"{mode:<12} {flag:<9} {accuracy:>7.2f} {first:>12.2f} {chance:>12.2f}  {spread}")
     sys.stdout.flush()
     return 0
 

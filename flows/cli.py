@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="code: a proposal without code cannot win; auto (default): code when the task names code",
     )
+    parser.add_argument(
+        "--run-code",
+        action="store_true",
+        help="run each proposal's Python code against the other members' tests, in a sandbox "
+        "(off by default; see the README for what runs, where, and the risk)",
+    )
     parser.add_argument("--task-id", default=None)
     parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
     parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
@@ -98,6 +104,7 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
         "critics": args.critics,
         "synthesize": args.synthesize,
         "expects": args.expects,
+        "run_code": args.run_code,
         # Fixed here so that a retried flow run reuses proposals and event ids.
         "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
     }

@@ -3,12 +3,14 @@
     plan the council
     check the model server and NATS          (bad configuration publishes nothing)
     a stored result stands                   (a rerun of a concluded deliberation)
+    with --run-code: check the code sandbox  (refused where a worker cannot isolate code)
     open the call ledger                     (a rerun reuses every call recorded)
     propose: every agent at once, on Ray     (retries and per-attempt timeouts per call)
     gather until the deadline                (each outcome recorded, then published)
     if the quorum is met:
         review rounds: critique, revise      (each critique published)
         rank: anonymized peer ballots        (read as written; unreadable ones abstain)
+        with --run-code: run each proposal's code against the others' tests, sandboxed
         judge: ballots + deterministic checks, winner with an explicit tie-break
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
@@ -57,6 +59,7 @@ from agents.preflight import connect_event_bus, resolve_model_endpoint
 from agents.report import artifact_key, markdown_report, outcome_rows
 from agents.settings import Settings
 from flows.calls import CallRunner, ensure_llm_limit
+from flows.execution import check_sandbox, execute_proposals
 from flows.futures import Deadline
 from flows.hosts import HostedRayTaskRunner
 from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
@@ -107,6 +110,8 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
             publish(deliberation_event(stored))  # in case the run that stored it died before this
             return report(stored, request, endpoint.model)
+        if request.run_code:
+            check_sandbox(settings.sandbox_limits())
 
         ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
         if ledger.calls:
@@ -139,7 +144,13 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
                 review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critique)
             with clock(Stage.RANKING):
                 ranking = rank_proposals(runner, request, authors, review.latest)
-            verdict = judge(request, review, ranking)
+            execution = None
+            if request.run_code:
+                with clock("tests"):
+                    execution = execute_proposals(
+                        review.latest, deadline, settings.sandbox_limits(), request.code_expected
+                    )
+            verdict = judge(request, review, ranking, execution)
             publish(ranked_event(deliberation_id, task_id, verdict.scores, verdict.ballots, verdict.winner))
             if request.synthesize:
                 with clock(Stage.SYNTHESIS):
@@ -171,13 +182,14 @@ def report(result: DeliberationResult, request: DeliberationRequest, model: str)
 
 
 class StageClock:
-    """Wall time per stage, in milliseconds; a critique stage covers its revisions."""
+    """Wall time per stage, in milliseconds; a critique stage covers its revisions, and
+    "tests" is the run of the proposals' code."""
 
     def __init__(self) -> None:
         self.ms: dict[str, int] = {}
 
     @contextmanager
-    def __call__(self, stage: Stage) -> Iterator[None]:
+    def __call__(self, stage: str) -> Iterator[None]:
         started = time.monotonic()
         try:
             yield

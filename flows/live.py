@@ -30,6 +30,7 @@ POLL_SECONDS = 0.5
 FINAL_SYNC_SECONDS = 10.0
 PAGE = 200  # the API's default page size
 STAGES = [Stage.PROPOSAL, Stage.CRITIQUE, Stage.REVISION, Stage.RANKING]
+TESTS = "tests"  # a column of its own with --run-code: the run_tests task runs, `test-<agent id>`
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class CallProgress:
 
     name: str
     agent_id: str
-    stage: Stage
+    stage: str  # a Stage, or TESTS
     state: str  # the state's name: Pending, Running, Retrying, AwaitingRetry, Completed, ...
     final: bool
     ok: bool
@@ -49,7 +50,8 @@ class CallProgress:
 def call_of(
     name: str, state: str, final: bool, ok: bool, attempts: int, seconds: float
 ) -> CallProgress | None:
-    """A model call from its task run's name (see flows.calls.run_name); None otherwise."""
+    """A model call (see flows.calls.run_name) or a run of an agent's code against the
+    others' tests, from its task run's name; None otherwise."""
     if name.startswith("propose-"):
         return CallProgress(
             name,
@@ -61,6 +63,8 @@ def call_of(
             attempts,
             seconds,
         )
+    if name.startswith("test-agent-"):
+        return CallProgress(name, name.removeprefix("test-"), TESTS, state, final, ok, attempts, seconds)
     agent_id, _, rest = name.partition(".")
     for stage in (Stage.CRITIQUE, Stage.REVISION, Stage.RANKING, Stage.SYNTHESIS):
         if rest.startswith(str(stage)):
@@ -90,14 +94,15 @@ def progress_table(agents: Sequence[AgentSpec], calls: Sequence[CallProgress]) -
     table = Table(expand=False)
     table.add_column("AGENT")
     table.add_column("ROLE")
-    for stage in STAGES:
+    columns: list[str] = [*STAGES, *([TESTS] if any(c.stage == TESTS for c in calls) else [])]
+    for stage in columns:
         table.add_column(str(stage).upper())
     for agent in agents:
         mine = [c for c in calls if c.agent_id == agent.agent_id]
         table.add_row(
-            agent.agent_id, str(agent.role), *(cell([c for c in mine if c.stage is s]) for s in STAGES)
+            agent.agent_id, str(agent.role), *(cell([c for c in mine if c.stage == s]) for s in columns)
         )
-    synthesis = [c for c in calls if c.stage is Stage.SYNTHESIS]
+    synthesis = [c for c in calls if c.stage == Stage.SYNTHESIS]
     if synthesis:
         table.caption = f"synthesis: {cell(synthesis)}"
     return table

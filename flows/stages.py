@@ -39,6 +39,7 @@ from agents.ranking import (
     score_candidates,
 )
 from flows.calls import CallRunner
+from flows.execution import Execution
 
 # Rankings should be reproducible judgements, not creative writing.
 RANKING_TEMPERATURE = 0.2
@@ -209,13 +210,20 @@ def rank_proposals(
     return Ranking(calls, ballots, gaps)
 
 
-def judge(request: DeliberationRequest, review: Review, ranking: Ranking) -> Verdict:
-    """Scores from the ballots and the checks, and the winner (or why there is none)."""
+def judge(
+    request: DeliberationRequest, review: Review, ranking: Ranking, execution: Execution | None = None
+) -> Verdict:
+    """Scores from the ballots and the checks (with the tests run, if any), and the winner
+    (or why there is none)."""
     finalists = list(review.latest.values())
     scores = score_candidates(
-        finalists, ranking.ballots, request.constraints.requirements, request.code_expected
+        finalists,
+        ranking.ballots,
+        request.constraints.requirements,
+        request.code_expected,
+        execution.checks if execution is not None else None,
     )
-    gaps = review.gaps + ranking.gaps
+    gaps = review.gaps + ranking.gaps + (execution.gaps if execution is not None else [])
     if (why := no_winner_reason(scores)) is not None:
         gaps.append(why)
     return Verdict(

@@ -80,7 +80,7 @@ def test_winner_evaluation_runs_in_quick_mode() -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split()[1:4] for line in proc.stdout.splitlines()[2:]}
-    assert set(rows) == {"abstaining", "random", "informative"}
+    rows = {tuple(line.split()[:2]): line.split()[2:5] for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {(b, r) for b in ("abstaining", "random", "informative") for r in ("no", "yes")}
     for winner, first, chance in rows.values():
         assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0

@@ -4,6 +4,7 @@ measure what the task asks for, and a tie-break reported as it was decided."""
 from __future__ import annotations
 
 from agents.checks import asks_for_code, check_has_code, check_requirements
+from agents.evidence import SuiteRun, check_tests_pass, plan_suites, python_blocks
 from agents.models import Ballot, DeliberationRequest
 from agents.ranking import (
     Candidate,
@@ -142,3 +143,90 @@ def test_a_code_task_answered_without_code_by_everyone_has_no_winner() -> None:
     scores = score_candidates(candidates, [], ["Type hints"], code_expected=True)
     assert choose_winner(scores, candidates) is None
     assert no_winner_reason(scores) == "no winner: every proposal fails a required check (has_code)"
+
+
+# -- evidence by execution: what is run against what (agents/evidence.py) ----------------
+
+DEV_WITH_OWN_TESTS = """```python
+from factorial import factorial
+
+def factorial(n):
+    return 1 if n < 2 else n * factorial(n - 1)
+
+def test_mine():
+    assert factorial(3) == 6
+```"""
+QA_TESTS_AND_STUB = """```python
+import math
+from factorial import factorial
+
+def factorial(n):  # QA's stand-in: the candidate's own definition replaces it
+    return math.factorial(n)
+
+def test_five():
+    assert factorial(5) == 120
+
+class TestEdges:
+    def test_zero(self):
+        assert factorial(0) == 1
+
+if __name__ == "__main__":
+    test_five()
+```"""
+
+
+def test_a_proposal_is_tested_only_with_the_other_members_tests() -> None:
+    suites = plan_suites({"agent-dev-001": DEV_WITH_OWN_TESTS, "agent-qa-001": QA_TESTS_AND_STUB})
+    dev = suites["agent-dev-001"]
+    assert list(dev.tests) == ["agent-qa-001"] and dev.expected == {"agent-qa-001": 2}
+    assert "test_mine" not in dev.solution and "test_mine" not in dev.tests["agent-qa-001"]
+    # QA's stand-in is left out of the tests run against DEV's factorial, its import kept.
+    assert "math.factorial" not in dev.tests["agent-qa-001"] and "import math" in dev.tests["agent-qa-001"]
+    assert "__main__" not in dev.tests["agent-qa-001"]
+    # DEV's self-import would import the solution from itself.
+    assert "from factorial import" not in dev.solution
+    # QA's stand-in is QA's solution, tested with DEV's test.
+    qa = suites["agent-qa-001"]
+    assert "math.factorial" in qa.solution and qa.expected == {"agent-dev-001": 1}
+
+
+def test_tests_alone_are_no_solution_and_fail_a_code_task() -> None:
+    tests_only = (
+        "```python\nimport pytest\nfrom factorial import factorial\n\n"
+        "def test_one():\n    assert factorial(1) == 1\n```"
+    )
+    suites = plan_suites({"agent-dev-001": DEV_WITH_OWN_TESTS, "agent-qa-001": tests_only})
+    qa = suites["agent-qa-001"]
+    assert qa.solution == "" and not qa.runnable
+    assert check_tests_pass(qa, None, code_expected=True).score == 0.0
+    assert not check_tests_pass(qa, None, code_expected=False).applicable
+
+
+def test_untagged_blocks_count_only_when_they_are_python() -> None:
+    text = "```\ndef double(x):\n    return 2 * x\n```\n\n```\n$ pip install thing\n```"
+    assert python_blocks(text) == ["def double(x):\n    return 2 * x\n"]
+
+
+def test_the_check_is_the_share_of_tests_passed_and_fails_when_killed() -> None:
+    suite = plan_suites({"agent-dev-001": DEV_WITH_OWN_TESTS, "agent-qa-001": QA_TESTS_AND_STUB})[
+        "agent-dev-001"
+    ]
+    ran = SuiteRun(
+        candidate_id="agent-dev-001",
+        outcome="finished",
+        passed={"agent-qa-001": 1},
+        failed={"agent-qa-001": 1},
+        failures=["test_five (agent-qa-001): assert 24 == 120"],
+    )
+    check = check_tests_pass(suite, ran, code_expected=True)
+    assert check.score == 0.5 and check.detail == (
+        "1 of 2 tests by other members pass (agent-qa-001 1/2); "
+        "failed: test_five (agent-qa-001): assert 24 == 120"
+    )
+    killed = SuiteRun(
+        candidate_id="agent-dev-001", outcome="killed", detail="killed at the CPU limit of 10 s"
+    )
+    assert check_tests_pass(suite, killed, code_expected=True).score == 0.0
+    late = SuiteRun(candidate_id="agent-dev-001", outcome="not_run", detail="deadline of 60 s reached")
+    not_run = check_tests_pass(suite, late, code_expected=True)
+    assert not not_run.applicable and not_run.detail == "not run: deadline of 60 s reached"

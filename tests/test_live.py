@@ -17,8 +17,9 @@ from pathlib import Path
 import pyte
 import pytest
 
-from agents.models import Stage
-from flows.live import call_of, cell
+from agents.models import AgentSpec, Stage
+from agents.roles import Role
+from flows.live import TESTS, call_of, cell, progress_table
 from tests.fake_llm import FakeLLMServer, ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,22 @@ def test_calls_are_read_from_task_run_names() -> None:
     assert critique is not None and (critique.agent_id, critique.stage) == ("agent-qa-001", Stage.CRITIQUE)
     synthesis = call_of("chair.synthesis", "Completed", True, True, 1, 1.0)
     assert synthesis is not None and synthesis.stage is Stage.SYNTHESIS
+    tests = call_of("test-agent-dev-001", "Completed", True, True, 1, 0.4)
+    assert tests is not None and (tests.agent_id, tests.stage) == ("agent-dev-001", TESTS)
     assert call_of("something-else", "Completed", True, True, 1, 1.0) is None
+    assert call_of("sandbox-probe", "Completed", True, True, 1, 1.0) is None
+
+
+def test_the_tests_column_shows_only_when_code_was_run() -> None:
+    agents = [AgentSpec(agent_id="agent-dev-001", role=Role.DEV, index=1, temperature=0.7, diverge=False)]
+    proposal = call_of("propose-dev-001", "Completed", True, True, 1, 2.0)
+    tests = call_of("test-agent-dev-001", "Completed", True, True, 1, 0.4)
+    assert proposal is not None and tests is not None
+    without = [str(column.header) for column in progress_table(agents, [proposal]).columns]
+    assert "TESTS" not in without
+    table = progress_table(agents, [proposal, tests])
+    assert [str(column.header) for column in table.columns][-1] == "TESTS"
+    assert list(table.columns[-1].cells) == ["done 0.4s"]
 
 
 def test_a_cell_says_running_retrying_done_or_how_it_failed() -> None:

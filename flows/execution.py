@@ -1,0 +1,84 @@
+"""Evidence by execution (`--run-code`): each proposal's code run against the other members'
+tests, as `run_tests` task runs on Ray workers, all at once until the deadline; and the
+probe that refuses the option where a worker cannot confine code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.futures import PrefectFuture
+
+from agents.errors import ConfigurationError
+from agents.evidence import SuiteRun, TestSuite, check_tests_pass, plan_suites
+from agents.models import CheckResult
+from agents.ranking import Candidate
+from agents.sandbox import SandboxLimits
+from flows.futures import Deadline, collect, settle
+from tasks.run_tests import run_tests
+
+PROBE_SECONDS = 120.0
+_PROBE = TestSuite(
+    candidate_id="sandbox-probe",
+    solution="def answer():\n    return 42\n",
+    tests={"probe": "from solution import *\n\n\ndef test_answer():\n    assert answer() == 42\n"},
+    expected={"probe": 1},
+)
+
+
+@dataclass
+class Execution:
+    """The `tests_pass` check of each proposal, and what could not be run."""
+
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+
+
+def check_sandbox(limits: SandboxLimits) -> None:
+    """Run a known-good suite on a Ray worker; raise ConfigurationError if it does not pass
+    there, before any model call is made or anything is published."""
+    future = run_tests.with_options(task_run_name="sandbox-probe").submit(_PROBE, limits)
+    unfinished = collect({"probe": future}, Deadline.start(PROBE_SECONDS), lambda *_: None)
+    run = None if unfinished else settle(future, SuiteRun).value
+    if run is None or run.passed != {"probe": 1}:
+        why = "no answer" if run is None else run.detail or f"{run.outcome}, {run.failures}"
+        raise ConfigurationError(f"--run-code: the code sandbox does not work on a Ray worker: {why}")
+
+
+def execute_proposals(
+    candidates: Mapping[str, Candidate], deadline: Deadline, limits: SandboxLimits, code_expected: bool
+) -> Execution:
+    """Every proposal with Python code run against the tests the other members wrote."""
+    suites = plan_suites({agent_id: candidate.content for agent_id, candidate in candidates.items()})
+    runnable = {agent_id: suite for agent_id, suite in suites.items() if suite.runnable}
+    runs: dict[str, SuiteRun] = {}
+    execution = Execution()
+
+    def finished(agent_id: str, future: PrefectFuture[Any]) -> None:
+        settled = settle(future, SuiteRun)
+        if settled.value is not None:
+            runs[agent_id] = settled.value
+        else:
+            why = settled.error.message if settled.error else "failed"
+            runs[agent_id] = SuiteRun(
+                candidate_id=agent_id, outcome="not_run", detail=f"the run failed: {why}"
+            )
+
+    futures = (
+        {}
+        if deadline.expired
+        else {
+            agent_id: run_tests.with_options(task_run_name=f"test-{agent_id}").submit(suite, limits)
+            for agent_id, suite in runnable.items()
+        }
+    )
+    late = collect(futures, deadline, finished) if futures else list(runnable)
+    for agent_id in late:
+        runs[agent_id] = SuiteRun(candidate_id=agent_id, outcome="not_run", detail=deadline.reason())
+    for agent_id in candidates:
+        check = check_tests_pass(suites[agent_id], runs.get(agent_id), code_expected)
+        execution.checks[agent_id] = check
+        if agent_id in runs and runs[agent_id].outcome == "not_run":
+            execution.gaps.append(f"tests of {agent_id}: {check.detail}")
+    return execution

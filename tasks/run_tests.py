@@ -1,0 +1,31 @@
+"""run_tests: one proposal's code against the other members' tests, in the sandbox, as one
+Prefect task run.
+
+A sync task, so the Ray task runner runs it as a plain Ray task with one CPU on some
+worker of the cluster, beside (never on) the call hosts' event loops; the confined child
+process is that worker's. Not retried: the same code gives the same verdict."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from agents.evidence import SuiteRun, TestSuite
+from agents.sandbox import SandboxLimits, run_suite
+
+
+@task(name="run_tests", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def run_tests(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
+    run = run_suite(suite, limits)
+    passed, failed = sum(run.passed.values()), sum(run.failed.values())
+    get_run_logger().info(
+        "%s: %s in %.1f s, %d passed, %d failed%s",
+        suite.candidate_id,
+        run.outcome,
+        run.seconds,
+        passed,
+        failed,
+        f" ({run.detail})" if run.detail else "",
+    )
+    return run
