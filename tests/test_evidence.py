@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agents.checks import asks_for_code, check_has_code, check_requirements
 from agents.evidence import SuiteRun, check_tests_pass, plan_suites, python_blocks
-from agents.models import Ballot, DeliberationRequest
+from agents.models import Ballot, CheckResult, DeliberationRequest
 from agents.ranking import (
     Candidate,
     ballot_from_answer,
@@ -136,6 +136,26 @@ def test_the_reported_tie_break_is_the_one_the_ranking_used() -> None:
     winner = choose_winner(scores, candidates)
     assert winner is not None and winner.agent_id == "agent-dev-001"
     assert winner.tie_break is not None and "council order" in winner.tie_break
+
+
+def test_scores_equal_at_the_reported_precision_tie_whatever_lies_beyond() -> None:
+    # agent-dev-001 trails by 5e-6, invisible at the four decimals scores are reported with:
+    # it is a tie there, and council order (not the hidden digits) must decide it.
+    candidates = [
+        Candidate("agent-dev-001", Role.DEV, 0, "x" * 10, "stop"),
+        Candidate("agent-qa-001", Role.QA, 0, "x" * 10, "stop"),
+    ]
+    executed = {
+        "agent-dev-001": CheckResult(name="tests_pass", applicable=True, score=99_999 / 100_000, detail=""),
+        "agent-qa-001": CheckResult(name="tests_pass", applicable=True, score=1.0, detail=""),
+    }
+    scores = score_candidates(candidates, [], [], executed=executed)
+    assert [s.agent_id for s in scores] == ["agent-dev-001", "agent-qa-001"]
+    assert scores[0].score == scores[1].score == 1.0
+    winner = choose_winner(scores, candidates)
+    assert winner is not None and winner.tie_break == (
+        "tie at score 1.00 between agent-dev-001, agent-qa-001, broken by council order (the earlier agent)"
+    )
 
 
 def test_a_code_task_answered_without_code_by_everyone_has_no_winner() -> None:
