@@ -19,7 +19,8 @@ from agents.sandbox import SandboxLimits, run_suite
 def run_tests(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
     run = run_suite(suite, limits)
     passed, failed = sum(run.passed.values()), sum(run.failed.values())
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "%s: %s in %.1f s, %d passed, %d failed%s",
         suite.candidate_id,
         run.outcome,
@@ -28,4 +29,6 @@ def run_tests(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
         failed,
         f" ({run.detail})" if run.detail else "",
     )
+    for failure in run.failures:  # the task run's page then says what failed
+        logger.warning("failed: %s", failure)
     return run
