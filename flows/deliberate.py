@@ -61,7 +61,7 @@ from agents.settings import Settings
 from flows.calls import CallRunner, ensure_llm_limit
 from flows.execution import check_sandbox, execute_proposals
 from flows.futures import Deadline
-from flows.hosts import HostedRayTaskRunner
+from flows.hosts import HostedRayTaskRunner, prepare_call_hosts
 from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
 from tasks.credentials import model_api_key, nats_token
 
@@ -97,6 +97,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     clock = StageClock()
 
     council = plan_council(request)
+    prepare_call_hosts()  # the hosts load this run's context while the endpoints are checked
     endpoint, bus = check_endpoints(settings, request.model)
     with bus:
 
