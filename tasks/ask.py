@@ -8,6 +8,7 @@ Retry-After, and reads the API key in the process that calls (never a parameter)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import weakref
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
@@ -43,19 +44,24 @@ async def _honour_retry_after(exc: LLMUnavailable) -> None:
         await asyncio.sleep(min(exc.retry_after, MAX_RETRY_AFTER_SECONDS))
 
 
-# One client per endpoint and event loop, kept for the life of the loop: a call host runs
-# many calls on one loop, and a new httpx client costs an SSL context (tens of ms of CPU).
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], ChatClient]] = (
-    weakref.WeakKeyDictionary()
-)
+# Clients per endpoint and event loop, kept for the life of the loop: a call host runs many
+# calls on one loop, and a new httpx client costs an SSL context (tens of ms of CPU). A few
+# of them, taken in turn, because httpcore's pool rescans every connection it holds each
+# time it assigns a request, which is quadratic in a burst of calls (encode/httpcore#1035).
+CLIENTS_PER_ENDPOINT = 4
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str | None], tuple[list[ChatClient], itertools.count[int]]]
+] = weakref.WeakKeyDictionary()
 
 
 def _shared_client(endpoint: LLMEndpoint, api_key: str | None) -> ChatClient:
     clients = _clients.setdefault(asyncio.get_running_loop(), {})
     key = (endpoint.model_dump_json(), api_key)
     if key not in clients:
-        clients[key] = ChatClient(endpoint, api_key)
-    return clients[key]
+        pool = [ChatClient(endpoint, api_key) for _ in range(CLIENTS_PER_ENDPOINT)]
+        clients[key] = (pool, itertools.count())
+    pool, turn = clients[key]
+    return pool[next(turn) % len(pool)]
 
 
 # A cancelled call gives its slot back as it unwinds; a call whose host process is killed
