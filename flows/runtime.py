@@ -22,7 +22,12 @@ from typing import Any
 
 from prefect.logging import get_logger
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_SSL_CERT_FILE,
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    temporary_settings,
+)
 
 from agents.embedded import LocalModelServer, LocalNatsServer
 from agents.settings import Settings
@@ -87,7 +92,17 @@ def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[Non
         ca_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="deliberation-ca-"))
         stack.enter_context(
             temporary_settings(
-                {PREFECT_API_URL: api.api_url, PREFECT_API_SSL_CERT_FILE: untrusting_ca_file(Path(ca_dir))}
+                {
+                    PREFECT_API_URL: api.api_url,
+                    PREFECT_API_SSL_CERT_FILE: untrusting_ca_file(Path(ca_dir)),
+                    # Heartbeats feed a server's zombie-run automations; this API ends with
+                    # the process, so none would read them. And Prefect's heartbeat thread
+                    # sleeps in 1 s steps that each sync flow run waits out at its end
+                    # (about 0.5 s on average, measured in BENCHMARKS.md; the loop came
+                    # with PrefectHQ/prefect#19641). Only a setting of None turns it off,
+                    # which no environment variable can say.
+                    PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                }
             )
         )
         try:

@@ -39,9 +39,15 @@ def fake_llm() -> Iterator[FakeLLMServer]:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # As on the CLI's temporary API (flows/runtime.py): no heartbeats that nothing reads,
+    # and no wait for the heartbeat thread at the end of every flow run.
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
