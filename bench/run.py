@@ -214,12 +214,12 @@ def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callab
             from agents.models import DeliberationRequest
             from flows.deliberate import deliberate
 
-            def run(agents_per_role: int, roles: list[Role] = ROLES) -> tuple[float, Any]:
+            def run(agents_per_role: int, roles: list[Role] = ROLES, rounds: int = 0) -> tuple[float, Any]:
                 request = DeliberationRequest(
                     task="Benchmark task",
                     roles=roles,
                     agents_per_role=agents_per_role,
-                    rounds=0,
+                    rounds=rounds,
                     deadline_seconds=600,
                     deliberation_id=uuid.uuid4().hex,
                 )
@@ -259,15 +259,16 @@ def baseline(emulator: EmulatorProcess, agents: int) -> float:
 
 
 def warm_figures(
-    emulator: EmulatorProcess, run: Callable[..., Any], sizes: list[int], repeats: int
+    emulator: EmulatorProcess, run: Callable[..., Any], sizes: list[int], repeats: int, rounds: int = 0
 ) -> list[Figure]:
     figures = []
+    stages = "proposals, " + (f"{rounds} review round(s), " if rounds else "") + "ranking"
     for agents in sizes:
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             emulator.reset()
             cpu_before = sum(cpu_seconds().values())
-            wall, result = run(agents // 5)
+            wall, result = run(agents // 5, rounds=rounds)
             cpu = sum(cpu_seconds().values()) - cpu_before
             stats = emulator.stats()
             proposals = _proposal_requests(stats)
@@ -277,6 +278,7 @@ def warm_figures(
             measured = {
                 "wall": wall,
                 "overhead": wall - _critical_path(stats),
+                "critical path ratio": wall / _critical_path(stats),
                 "proposal overhead": stage - slowest,
                 "in flight": stats["max_running"],
                 "efficiency": stage / emulator.single_call,
@@ -287,8 +289,12 @@ def warm_figures(
             for name, value in measured.items():
                 samples.setdefault(name, []).append(value)
         figures += [
+            Figure(f"{agents} agents: deliberation wall time", samples["wall"], "s", f"{stages}, warm"),
             Figure(
-                f"{agents} agents: deliberation wall time", samples["wall"], "s", "proposals + ranking, warm"
+                f"{agents} agents: wall / critical path",
+                samples["critical path ratio"],
+                "x",
+                "critical path: each stage's slowest call",
             ),
             Figure(
                 f"{agents} agents: overhead (wall - critical path)",
@@ -303,7 +309,10 @@ def warm_figures(
                 "stage - slowest call",
             ),
             Figure(
-                f"{agents} agents: max in flight at the server", samples["in flight"], "calls", f"of {agents}"
+                f"{agents} agents: max in flight at the server",
+                samples["in flight"],
+                "calls",
+                f"of {agents}" if not rounds else "any stage (critiques: 2 per proposal)",
             ),
             Figure(f"{agents} agents: proposal stage / single call", samples["efficiency"], "x", "limit 1.0"),
             Figure(
@@ -414,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="council sizes of the warm figures, e.g. 5,50")
     parser.add_argument("--throughput", type=int, default=None, help="deliberations submitted at once")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start figures")
+    parser.add_argument("--rounds", type=int, default=0, help="review rounds in the warm deliberations")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     sizes = [5] if args.quick else [5, 15, 50]
@@ -429,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         with warm_pipeline(fast.url, args.ray_defaults) as run:
             if not args.quick:
                 run(1)  # warm-up: Ray workers and the API's first queries
-            figures += warm_figures(fast, run, sizes, repeats)
+            figures += warm_figures(fast, run, sizes, repeats, args.rounds)
             limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
             try:
                 os.environ["VLLM_URL"] = limited.url
