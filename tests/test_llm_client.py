@@ -1,10 +1,20 @@
 """The chat client against a real OpenAI-compatible server on 127.0.0.1."""
 
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from agents.embedded import free_port
 from agents.errors import LLMBadResponse, LLMError, LLMRejected, LLMUnavailable
 from agents.llm import ChatClient, LLMEndpoint
+from tests.certificates import make_certificates
 from tests.fake_llm import DROP, EMPTY_CHOICES, HANG, MALFORMED, Behaviour, FakeLLMServer, ok, status
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -83,3 +93,53 @@ def test_errors_survive_pickling() -> None:
 
     error = pickle.loads(pickle.dumps(LLMUnavailable("boom", retry_after=3.0)))
     assert (str(error), error.retry_after, error.retryable) == ("boom", 3.0, True)
+
+
+def test_an_https_model_server_is_verified_with_the_ca_the_environment_names(tmp_path: Path) -> None:
+    # The TLS context is built once per process (agents.llm._tls_context), so each case
+    # runs in a process of its own, as a deployment would.
+    certificates = make_certificates(tmp_path)
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"object": "list", "data": [{"id": "served-model"}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.cert, certificates.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = (
+        "import asyncio\n"
+        "from agents.llm import ChatClient, LLMEndpoint\n"
+        f"endpoint = LLMEndpoint(url='https://127.0.0.1:{server.server_address[1]}', model='',"
+        " api_key_env='NONE', api_key_secret=None, connect_timeout=5, read_timeout=5)\n"
+        "async def main():\n"
+        "    async with ChatClient(endpoint) as client:\n"
+        "        print(await client.list_models())\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSL_CERT")}
+    try:
+        trusted = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env | {"SSL_CERT_FILE": str(certificates.ca)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        untrusted = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.shutdown()
+    assert trusted.stdout.strip() == "['served-model']", trusted.stderr[-2000:]
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
