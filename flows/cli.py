@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -23,7 +24,7 @@ from agents.models import Constraints, DeliberationRequest, DeliberationResult
 from agents.report import outcome_rows, render_table
 from agents.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Flags that configure the environment rather than the request.
 ENV_FLAGS = {
@@ -141,12 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
 
     try:
-        return _run(request, settings, as_json=args.json, verbose=args.verbose)
+        code = _run(request, settings, as_json=args.json, verbose=args.verbose)
     except ConfigurationError as exc:
-        return _fail(str(exc))
+        code = _fail(str(exc))
     except KeyboardInterrupt:
+        _interrupted.set()
+        code = EXIT_INTERRUPTED
+    # The signal decides, not the exception: a KeyboardInterrupt raised inside pydantic's
+    # serializer comes out as a PydanticSerializationError, and the flow run then fails
+    # like any other error (seen with Ctrl-C just after the flow run began).
+    if _interrupted.is_set():
         print("deliberate: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    return code
 
 
 def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbose: bool) -> int:
@@ -238,7 +246,11 @@ def divert_logs(path: Path) -> Path:
     return path
 
 
+_interrupted = threading.Event()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
+    _interrupted.set()
     raise KeyboardInterrupt
 
 
