@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -184,6 +185,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
         with local_ray(settings) as start_ray, prefect_api(while_starting=start_ray):
             if uses_secret_blocks:
                 preflight()
+            invoked = datetime.now(UTC)
             live = LiveProgress(
                 plan_council(request), str(request.deliberation_id), sys.stdout.isatty() and not as_json
             )
@@ -191,7 +193,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
                 state: State[Any] = deliberate.with_options(
                     task_runner=task_runner(settings), on_running=[follow_flow_run]
                 )(request=request, return_state=True)
-                live.expected = calls_made(state.result(raise_on_failure=False))
+                live.expected = calls_made(state.result(raise_on_failure=False), since=invoked)
     if log_file is not None:
         print(f"deliberate: logs in {log_file}", file=sys.stderr)
     value = state.result(raise_on_failure=False)
@@ -215,9 +217,12 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
-def calls_made(result: object) -> int:
-    """The model calls a deliberation's result records (each was a task run)."""
+def calls_made(result: object, since: datetime) -> int:
+    """The model calls a deliberation's result records (each was a task run); none if it
+    concluded before `since`, when this run only re-announced its stored result."""
     if not isinstance(result, DeliberationResult):
+        return 0
+    if result.started_at + timedelta(milliseconds=result.duration_ms) < since:
         return 0
     calls = [*result.reviews, *result.rankings, *([result.synthesis] if result.synthesis else [])]
     return sum(1 for o in result.outcomes if o.attempts) + sum(1 for c in calls if c.attempts)

@@ -28,6 +28,8 @@ from agents.models import AgentSpec, Stage
 
 POLL_SECONDS = 0.5
 FINAL_SYNC_SECONDS = 10.0
+# The temporary API records task runs in batches flushed every 2 s (flows/temporary_api.py).
+SETTLED_SECONDS = 3.0
 PAGE = 200  # the API's default page size
 STAGES = [Stage.PROPOSAL, Stage.CRITIQUE, Stage.REVISION, Stage.RANKING]
 TESTS = "tests"  # a column of its own with --run-code: the run_tests task runs, `test-<agent id>`
@@ -155,7 +157,15 @@ class LiveProgress:
         # Interrupted or failed: one last frame as things stand.
         give_up = time.monotonic() + (FINAL_SYNC_SECONDS if exc_info[0] is None else 0.0)
         calls = self._poll()
+        unchanged_since, last = time.monotonic(), calls
         while (len(calls) < self.expected or any(not c.final for c in calls)) and time.monotonic() < give_up:
+            # A resumed run's result counts calls an earlier run made: once every call seen
+            # is final and nothing has changed for longer than the API takes to record a
+            # task run, nothing more will come.
+            if calls != last:
+                unchanged_since, last = time.monotonic(), calls
+            elif all(c.final for c in calls) and time.monotonic() - unchanged_since > SETTLED_SECONDS:
+                break
             time.sleep(POLL_SECONDS / 2)
             calls = self._poll()
         self._show(calls, final=True)

@@ -8,16 +8,20 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from agents.council import conclude
 from agents.embedded import free_port
 from agents.events import AgentResponseEvent, Event
+from agents.models import DeliberationRequest
 from agents.report import outcome_row
-from flows.cli import main
+from agents.roles import Role
+from flows.cli import calls_made, main
 from flows.result import main as result_main
-from tests.factories import failed
+from tests.factories import completed, failed
 from tests.fake_llm import FakeLLMServer, status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +172,12 @@ def test_cli_exits_1_and_prints_the_table_when_quorum_is_missed(
     assert header.split() == [column.upper() for column in outcome_row(failed())]
     assert row.split()[:4] == ["agent-dev-001", "DEV", "failed", "1"]
     assert "0 of 1 proposals (quorum 1) not met" in proc.stdout
+
+
+def test_the_live_view_waits_for_no_call_when_a_stored_result_is_only_re_announced() -> None:
+    request = DeliberationRequest(task="t", roles=["DEV", "QA"])
+    outcomes = [completed("agent-dev-001"), completed("agent-qa-001", Role.QA)]
+    started = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    result = conclude(request, "d1", outcomes, started, started + timedelta(seconds=5))
+    assert calls_made(result, since=started) == 2  # this run made them
+    assert calls_made(result, since=started + timedelta(minutes=1)) == 0  # an earlier run did
