@@ -26,7 +26,8 @@ import contextlib
 import contextvars
 import itertools
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any, Self
 from uuid import UUID, uuid4
@@ -44,7 +45,7 @@ from prefect_ray.task_runners import PrefectRayFuture
 from agents.settings import Settings
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
-MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest is dropped first
+MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
 
 
 class CallHost:
@@ -56,18 +57,22 @@ class CallHost:
         self._contexts: OrderedDict[str, asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]] = (
             OrderedDict()
         )
+        # A context's clients must outlive every call using them: calls per flow run, and
+        # the flow runs released while calls of theirs were still unwinding.
+        self._calls: Counter[str] = Counter()
+        self._released: set[str] = set()
 
     async def run(
         self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
     ) -> tuple[State[Any], int]:
         """Run one task run to its final state; returns that state and the attempts made."""
-        context, _ = await self._context(run_key, context_box[0])
-        engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
-        async with self._slots:
-            job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
-            # Cancelled by the flow: the engine has recorded the crash; report what it saw.
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        async with self._using(run_key, context_box[0]) as context:
+            engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
+            async with self._slots:
+                job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
+                # Cancelled by the flow: the engine has recorded the crash; report what it saw.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
         return engine.state, engine.task_run.run_count if engine.task_run else 0
 
     async def prepare(self, run_key: str, context_box: list[Any]) -> None:
@@ -75,19 +80,41 @@ class CallHost:
         await self._context(run_key, context_box[0])
 
     async def release(self, run_key: str) -> None:
-        """Forget a flow run's context (its clients are closed)."""
-        hydration = self._contexts.pop(run_key, None)
-        if hydration is not None:
-            await _close(hydration)
+        """Forget a flow run's context; its clients are closed once no call uses them."""
+        if self._calls[run_key]:
+            self._released.add(run_key)
+        else:
+            await self._drop(run_key)
+
+    @contextlib.asynccontextmanager
+    async def _using(self, run_key: str, context_ref: Any) -> AsyncIterator[contextvars.Context]:
+        context, _ = await self._context(run_key, context_ref)
+        self._calls[run_key] += 1
+        try:
+            yield context
+        finally:
+            self._calls[run_key] -= 1
+            if not self._calls[run_key]:
+                del self._calls[run_key]
+                if run_key in self._released:
+                    self._released.discard(run_key)
+                    await self._drop(run_key)
 
     async def _context(self, run_key: str, context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
         if run_key not in self._contexts:
             self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref))
-            while len(self._contexts) > MAX_CONTEXTS_PER_HOST:
-                _, oldest = self._contexts.popitem(last=False)
-                await _close(oldest)
+            # Over the limit: drop the oldest contexts that no call is using (if none is
+            # idle, the host keeps more for a while).
+            idle = [key for key in self._contexts if key != run_key and not self._calls[key]]
+            for key in idle[: max(0, len(self._contexts) - MAX_CONTEXTS_PER_HOST)]:
+                await self._drop(key)
         self._contexts.move_to_end(run_key)
         return await self._contexts[run_key]
+
+    async def _drop(self, run_key: str) -> None:
+        hydration = self._contexts.pop(run_key, None)
+        if hydration is not None:
+            await _close(hydration)
 
 
 async def _hydrate(context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
