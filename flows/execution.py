@@ -39,11 +39,18 @@ def check_sandbox(limits: SandboxLimits) -> None:
     """Run a known-good suite on a Ray worker; raise ConfigurationError if it does not pass
     there, before any model call is made or anything is published."""
     future = run_tests.with_options(task_run_name="sandbox-probe").submit(_PROBE, limits)
-    unfinished = collect({"probe": future}, Deadline.start(PROBE_SECONDS), lambda *_: None)
-    run = None if unfinished else settle(future, SuiteRun).value
-    if run is None or run.passed != {"probe": 1}:
-        why = "no answer" if run is None else run.detail or f"{run.outcome}, {run.failures}"
-        raise ConfigurationError(f"--run-code: the code sandbox does not work on a Ray worker: {why}")
+    if collect({"probe": future}, Deadline.start(PROBE_SECONDS), lambda *_: None):
+        why = f"no answer within {PROBE_SECONDS:g} s"
+    else:
+        settled = settle(future, SuiteRun)
+        if settled.value is not None and settled.value.passed == {"probe": 1}:
+            return
+        run = settled.value
+        if run is not None:
+            why = run.detail or f"{run.outcome}, {run.failures}"
+        else:
+            why = settled.error.message if settled.error is not None else "the probe failed"
+    raise ConfigurationError(f"--run-code: the code sandbox does not work on a Ray worker: {why}")
 
 
 def execute_proposals(
