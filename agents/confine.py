@@ -15,7 +15,8 @@ exec and binds the program and anything it loads:
   processes (threads are allowed), no ptrace or reading another process's memory or file
   descriptors, signals only to itself, no mount, namespace, module or BPF calls.
 
-It fails closed: if any layer cannot be set, it exits with CONFINE_FAILED and says why.
+It fails closed: if any layer cannot be set, it says why on the pipe `failure_fd` (closed
+on exec, so only this launcher can write to it) and exits with CONFINE_FAILED.
 x86_64 only (the syscall numbers below are x86_64's).
 """
 
@@ -278,11 +279,15 @@ def confine(config: dict) -> None:
 
 def main() -> None:
     config, program = json.loads(sys.argv[1]), sys.argv[2:]
+    # Why confinement failed goes to the parent through this pipe, which the exec closes:
+    # the program itself can neither write to it nor pass for a failed confinement.
+    failures = int(config["failure_fd"])
+    os.set_inheritable(failures, False)
     try:
         os.chdir(config["workdir"])
         confine(config)
     except (ConfineError, OSError, ValueError, KeyError) as exc:
-        print(f"sandbox: cannot confine the program: {exc}", file=sys.stderr, flush=True)
+        os.write(failures, f"cannot confine the program: {exc}".encode())
         os._exit(CONFINE_FAILED)
     os.execve(program[0], program, config["env"])
 

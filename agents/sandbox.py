@@ -117,7 +117,9 @@ def run_suite(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
         python = os.path.realpath(sys.executable) if sys.prefix == sys.base_prefix else sys.executable
         pytest = [python, "-I", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={REPORT}"]
         output_path = Path(root, "output.txt")  # outside the work directory: not the program's
-        with open(output_path, "wb") as output:
+        failures, failure_fd = os.pipe()
+        config["failure_fd"] = failure_fd
+        with open(output_path, "wb") as output, os.fdopen(failures, "rb") as confine_failure:
             child = subprocess.Popen(
                 [sys.executable, "-I", "-S", confine.__file__, json.dumps(config), *pytest],
                 cwd=workdir,
@@ -126,8 +128,10 @@ def run_suite(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
+                pass_fds=(failure_fd,),
                 start_new_session=True,
             )
+            os.close(failure_fd)
             try:
                 returncode = child.wait(timeout=limits.wall_seconds)
                 timed_out = False
@@ -135,11 +139,12 @@ def run_suite(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
                 os.killpg(child.pid, signal.SIGKILL)
                 returncode = child.wait()
                 timed_out = True
+            not_confined = confine_failure.read().decode(errors="replace")
         seconds = round(time.monotonic() - started, 3)
         tail = _tail(output_path)
         run = SuiteRun(candidate_id=suite.candidate_id, outcome="finished", seconds=seconds)
-        if returncode == confine.CONFINE_FAILED:
-            return run.model_copy(update={"outcome": "not_run", "detail": tail})
+        if not_confined:
+            return run.model_copy(update={"outcome": "not_run", "detail": not_confined})
         if timed_out:
             return run.model_copy(
                 update={

@@ -9,13 +9,18 @@ new processes with seccomp instead, which binds root too.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agents import confine
 from agents.evidence import SuiteRun, TestSuite, check_tests_pass, plan_suites
 from agents.sandbox import SandboxLimits, isolation_problem, run_suite
 
@@ -193,3 +198,25 @@ def test_refusal_says_why_when_isolation_is_unavailable(monkeypatch: pytest.Monk
     result = run("x = 1\n", "def test_x():\n    assert x == 1\n")
     assert result.outcome == "not_run" and result.detail == "no Landlock on this kernel"
     assert result.seconds == 0.0  # nothing was started
+
+
+def test_a_program_exiting_as_a_failed_confinement_would_still_fails_its_tests() -> None:
+    # 125 is the launcher's exit code when it cannot confine; only its pipe says so.
+    result = run("import os\nos._exit(125)\n", "def test_x():\n    assert True\n")
+    assert result.outcome == "killed" and "exit code 125" in result.detail
+    assert score(result) == 0.0
+
+
+def test_a_confinement_that_fails_says_why_on_its_pipe_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    read_end, write_end = os.pipe()
+    config = {"workdir": str(tmp_path / "missing"), "failure_fd": write_end}
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-S", confine.__file__, json.dumps(config), "/usr/bin/touch", str(marker)],
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    assert child.wait(timeout=30) == confine.CONFINE_FAILED
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read().decode().startswith("cannot confine the program: [Errno 2]")
+    assert not marker.exists()
