@@ -45,8 +45,9 @@ SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_TRUNCATE, FS_IOCTL_DEV = 1 << 14, 1 << 15  # ABI 3 and 5
 FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
-FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | (1 << 14) | (1 << 15)  # + TRUNCATE, IOCTL_DEV
+FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
 
@@ -191,7 +192,7 @@ def restrict_files(config: dict) -> None:
         _add_path_rule(ruleset, config["workdir"], handled)
         for path in config["read_paths"]:
             _add_path_rule(ruleset, path, handled & (FS_EXECUTE | FS_READ_FILE | FS_READ_DIR))
-        _add_path_rule(ruleset, "/dev/null", handled & (FS_READ_FILE | FS_WRITE_FILE | (1 << 14)))
+        _add_path_rule(ruleset, "/dev/null", handled & (FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE))
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "Landlock restrict_self")
     finally:
