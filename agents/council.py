@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -131,13 +132,21 @@ def agent_outcome(agent: AgentSpec, call: StageCall) -> AgentOutcome:
 
 def plan_critiques(authors: Sequence[AgentSpec], critics: int) -> list[tuple[AgentSpec, AgentSpec]]:
     """(critic, author) pairs: each author gets up to `critics` critics from the other
-    authors, of other roles first. Candidates are taken in a rotation starting after the
-    author, so the critiquing is spread evenly over the council."""
+    authors, of other roles first, and among those the ones with the fewest critiques to
+    write so far, then the nearest in a rotation starting after the author: the critiquing
+    is spread evenly over the council (with 2 agents per role and 1 critic, rotation
+    alone gave half the agents two critiques and the other half none)."""
     pairs = []
+    load: Counter[str] = Counter()
     for position, author in enumerate(authors):
         rotation = [*authors[position + 1 :], *authors[:position]]
-        others = sorted(rotation, key=lambda agent: agent.role == author.role)  # stable
-        pairs += [(critic, author) for critic in others[:critics]]
+        order = sorted(
+            range(len(rotation)),
+            key=lambda i: (rotation[i].role == author.role, load[rotation[i].agent_id], i),
+        )
+        for critic in (rotation[i] for i in order[:critics]):
+            load[critic.agent_id] += 1
+            pairs.append((critic, author))
     return pairs
 
 

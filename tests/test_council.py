@@ -1,6 +1,8 @@
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from agents.council import conclude, plan_council, plan_critiques
 from agents.models import (
     AgentOutcome,
@@ -80,6 +82,17 @@ def test_critics_come_from_other_roles_first_and_the_load_is_spread() -> None:
         assert critic.role != author.role and critic != author
     assert Counter(author.agent_id for _, author in pairs) == {a.agent_id: 2 for a in council}
     assert max(Counter(critic.agent_id for critic, _ in pairs).values()) <= 3
+
+
+@pytest.mark.parametrize(("agents_per_role", "critics"), [(2, 1), (2, 2), (3, 1), (1, 2), (1, 1)])
+def test_every_agent_writes_as_many_critiques_as_the_others_give_or_take_one(
+    agents_per_role: int, critics: int
+) -> None:
+    council = plan_council(DeliberationRequest(task="t", agents_per_role=agents_per_role))
+    written = Counter(critic.agent_id for critic, _ in plan_critiques(council, critics))
+    loads = [written[agent.agent_id] for agent in council]
+    assert sum(loads) == len(council) * critics
+    assert max(loads) - min(loads) <= 1, loads
 
 
 def test_a_single_role_council_falls_back_to_its_other_agents() -> None:
