@@ -30,6 +30,7 @@ from prefect.settings import (
 )
 
 from agents.embedded import LocalModelServer, LocalNatsServer
+from agents.errors import ConfigurationError
 from agents.settings import Settings
 from flows.hosts import HostedRayTaskRunner
 from flows.temporary_api import TemporaryPrefectAPI
@@ -154,16 +155,37 @@ def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
     import ray
 
     def start() -> None:
-        if not ray.is_initialized():
-            ray.init(
-                address=settings.ray_address, namespace="prefect", **ray_init_kwargs(settings.ray_address)
-            )
+        if ray.is_initialized():
+            return
+        for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(
+                    address=settings.ray_address, namespace="prefect", **ray_init_kwargs(settings.ray_address)
+                )
+                return
+            except (ConnectionError, RuntimeError) as exc:
+                if settings.ray_address is None:
+                    raise
+                # Ray Client's head starts a server per connection, and on a busy head that
+                # start sometimes fails ("Starting Ray client server failed", seen once in
+                # ten test runs on 2 cores); a second connection usually gets one.
+                if "client server failed" in str(exc) and attempt < RAY_CONNECT_ATTEMPTS:
+                    log.warning("Ray at %s: %s; connecting again", settings.ray_address, exc)
+                    continue
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ConfigurationError(
+                    f"cannot connect to Ray at {settings.ray_address}: {reason}; check RAY_ADDRESS "
+                    "(or --ray-address)"
+                ) from None
 
     try:
         yield start
     finally:
         if ray.is_initialized():
             ray.shutdown()
+
+
+RAY_CONNECT_ATTEMPTS = 2
 
 
 # Agent tasks request a fraction of a CPU, so a stage runs more tasks at once than Ray

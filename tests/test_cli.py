@@ -181,3 +181,18 @@ def test_the_live_view_waits_for_no_call_when_a_stored_result_is_only_re_announc
     result = conclude(request, "d1", outcomes, started, started + timedelta(seconds=5))
     assert calls_made(result, since=started) == 2  # this run made them
     assert calls_made(result, since=started + timedelta(minutes=1)) == 0  # an earlier run did
+
+
+@pytest.mark.slow
+def test_an_unreachable_ray_cluster_exits_2_with_one_line(
+    fake_llm: FakeLLMServer, nats_url: str, prefect_api: None
+) -> None:
+    address = f"ray://127.0.0.1:{free_port()}"  # nothing listens: Ray Client gives up after 30 s
+    proc = _cli(["t", "--ray-address", address], {"VLLM_URL": fake_llm.url, "NATS_URL": nats_url})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"deliberate: cannot connect to Ray at {address}: ray client connection timeout; " + (
+        "check RAY_ADDRESS (or --ray-address)"
+    )
+    assert "Traceback" not in proc.stderr
+    assert fake_llm.calls == []
