@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal
+from agents.models import AgentOutcome, AgentStatus, ErrorInfo, Proposal, Stage, StageCall
 from agents.roles import Role
 
 # What another service published on agent.response.completed (issue 14): no schema of ours.
@@ -52,4 +52,16 @@ def failed(
         status=status,
         error=error or ErrorInfo(type="LLMRejected", message="400", retryable=False),
         **({"attempts": 1, "duration_ms": 1} | fields),
+    )
+
+
+def critique(critic_id: str = "agent-qa-001", author_id: str = "agent-dev-001", **fields: Any) -> StageCall:
+    """A finished round-1 critique by `critic_id` of `author_id`'s proposal."""
+    return StageCall(
+        call_id=f"{critic_id}.critique.r1.{author_id}",
+        stage=Stage.CRITIQUE,
+        agent_id=critic_id,
+        round=1,
+        subject_id=author_id,
+        **({"status": AgentStatus.COMPLETED, "content": "Add tests."} | fields),
     )

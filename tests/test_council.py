@@ -10,12 +10,10 @@ from agents.models import (
     DeliberationRequest,
     DeliberationStatus,
     ErrorInfo,
-    Stage,
-    StageCall,
     Verdict,
 )
 from agents.roles import Role
-from tests.factories import completed, failed
+from tests.factories import completed, critique, failed
 
 
 def test_agent_ids_are_numbered_per_role() -> None:
@@ -108,21 +106,10 @@ def test_a_single_role_council_falls_back_to_its_other_agents() -> None:
 def test_usage_is_totalled_per_agent_per_stage_and_overall() -> None:
     request = DeliberationRequest(task="t", roles=["DEV", "QA"])
     now = datetime.now(UTC)
-    critique = StageCall(
-        call_id="agent-qa-001.critique.r1.agent-dev-001",
-        stage=Stage.CRITIQUE,
-        agent_id="agent-qa-001",
-        round=1,
-        subject_id="agent-dev-001",
-        status=AgentStatus.COMPLETED,
-        content="too vague",
-        prompt_tokens=7,
-        completion_tokens=3,
-        latency_ms=40,
-    )
-    lost = critique.model_copy(update={"status": AgentStatus.FAILED, "content": None, "prompt_tokens": 99})
+    review = critique(content="too vague", prompt_tokens=7, completion_tokens=3, latency_ms=40)
+    lost = review.model_copy(update={"status": AgentStatus.FAILED, "content": None, "prompt_tokens": 99})
     outcomes = [completed("agent-dev-001"), completed("agent-qa-001", Role.QA)]
-    result = conclude(request, "d1", outcomes, now, now, Verdict(reviews=[critique, lost]))
+    result = conclude(request, "d1", outcomes, now, now, Verdict(reviews=[review, lost]))
     usage = result.usage
     assert usage.total.model_dump() == {
         "calls": 3,

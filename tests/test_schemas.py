@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from agents.events import Event, agent_event, deliberation_event, ranked_event, review_event
-from agents.models import DeliberationResult, DeliberationStatus, Stage, StageCall
+from agents.models import DeliberationResult, DeliberationStatus
 from agents.schemas import SCHEMA_DIR, main
-from tests.factories import FOREIGN_PROPOSAL, completed, failed
+from tests.factories import FOREIGN_PROPOSAL, completed, critique, failed
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -25,15 +25,7 @@ def test_the_schema_files_match_the_event_models() -> None:
 
 def _events() -> dict[str, Event]:
     outcomes = [completed("agent-dev-001"), failed("agent-qa-001")]
-    critique = StageCall(
-        call_id="agent-qa-001.critique.r1.agent-dev-001",
-        stage=Stage.CRITIQUE,
-        agent_id="agent-qa-001",
-        round=1,
-        subject_id="agent-dev-001",
-        status="completed",
-        content="Add tests.",
-    )
+    review = critique(content="Add tests.")
     result = DeliberationResult(
         deliberation_id="d1",
         task_id="t1",
@@ -50,7 +42,7 @@ def _events() -> dict[str, Event]:
     )
     return {
         "agent.response": agent_event("d1", "t1", outcomes[1]),
-        "deliberation.review.completed": review_event("d1", "t1", critique),
+        "deliberation.review.completed": review_event("d1", "t1", review),
         "deliberation.ranked": ranked_event("d1", "t1", [], [], None),
         "deliberation": deliberation_event(result),
     }
