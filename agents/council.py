@@ -150,6 +150,15 @@ def plan_critiques(authors: Sequence[AgentSpec], critics: int) -> list[tuple[Age
     return pairs
 
 
+def largest_stage(request: DeliberationRequest, council_size: int) -> int:
+    """The most model calls one stage of this deliberation has in flight at once: the
+    critiques of a review round (each proposal by up to `critics` others), else one call
+    per agent."""
+    if request.rounds and council_size > 1:
+        return council_size * min(request.critics, council_size - 1)
+    return council_size
+
+
 def plan_council(request: DeliberationRequest) -> list[AgentSpec]:
     """One spec per agent, role by role. The first agent of a role is plain; the others
     run hotter and are told to take a distinctly different approach."""

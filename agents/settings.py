@@ -76,7 +76,14 @@ class Settings(BaseSettings):
         default=2,
         ge=1,
         le=64,
-        description="Ray actors that run the model calls, each many at once, spread over the nodes.",
+        description="At most this many Ray actors run a process's model calls, each many at once, "
+        "spread over the nodes.",
+    )
+    calls_per_host: int = Field(
+        default=32,
+        ge=1,
+        description="A flow run uses one call host per this many calls of its largest stage "
+        "(up to call_hosts): a small council needs one host, not all of them.",
     )
     agent_cpus: float = Field(
         default=0.05,

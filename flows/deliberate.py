@@ -36,7 +36,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
 from agents.bus import EventBus
-from agents.council import conclude, plan_council, request_digest
+from agents.council import conclude, largest_stage, plan_council, request_digest
 from agents.events import (
     Event,
     agent_event,
@@ -97,7 +97,8 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     clock = StageClock()
 
     council = plan_council(request)
-    prepare_call_hosts()  # the hosts load this run's context while the endpoints are checked
+    # The hosts load this run's context while the endpoints are checked.
+    prepare_call_hosts(largest_stage(request, len(council)))
     endpoint, bus = check_endpoints(settings, request.model)
     with bus:
 

@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import itertools
 import math
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -172,44 +173,90 @@ class HostFuture(PrefectRayFuture[Any]):
         return super().result(raise_on_failure=raise_on_failure)
 
 
-_hosts: dict[tuple[str, int, float, int], list[Any]] = {}
-
-
-def prepare_call_hosts() -> None:
-    """In a flow run on a HostedRayTaskRunner: start its call hosts on this run's context
-    while the flow does other work (see HostedRayTaskRunner.prepare)."""
+def prepare_call_hosts(calls: int | None = None) -> None:
+    """In a flow run on a HostedRayTaskRunner: choose its call hosts for stages of up to
+    `calls` calls (None: every host) and have them load this run's context while the flow
+    does other work (see HostedRayTaskRunner.prepare)."""
     context = FlowRunContext.get()
     if context is not None and isinstance(context.task_runner, HostedRayTaskRunner):
-        context.task_runner.prepare()
+        context.task_runner.prepare(calls)
 
 
-def call_hosts(count: int, cpus: float, max_calls: int) -> list[Any]:
-    """This process's call hosts in the current Ray session, started on first use, with
-    `max_calls` in flight in all. They are owned by this process, so they end with it."""
-    key = (ray.get_runtime_context().get_job_id(), count, cpus, max_calls)
-    if key not in _hosts:
-        actor = ray.remote(CallHost).options(
+def hosts_needed(calls: int, calls_per_host: int, slots_per_host: int, pool_size: int) -> int:
+    """Hosts for a flow run whose stages have up to `calls` calls: one per `calls_per_host`,
+    and enough that their slots (each host has a share of the process's calls in flight)
+    hold every call; at least one, at most the pool."""
+    wanted = max(1, math.ceil(calls / calls_per_host), math.ceil(calls / slots_per_host))
+    return min(pool_size, wanted)
+
+
+class HostPool:
+    """This process's call hosts in one Ray session: up to `size`, each started the first
+    time a flow run needs it (a host is a process of some 150 MB; a small council needs
+    one), with `max_calls` in flight in all, a share per host. Flow runs take the hosts the
+    fewest running flow runs use, started ones first, so concurrent flow runs spread over
+    the pool. The hosts are owned by this process, so they end with it."""
+
+    def __init__(self, size: int, cpus: float, max_calls: int) -> None:
+        self.size = size
+        self.slots_per_host = math.ceil(max_calls / size)
+        self._actor = ray.remote(CallHost).options(
             num_cpus=cpus,
             max_concurrency=HOST_CONCURRENCY,
             max_restarts=-1,
             max_task_retries=3,
             scheduling_strategy="SPREAD",
         )
-        _hosts[key] = [actor.remote(math.ceil(max_calls / count)) for _ in range(count)]
-    return _hosts[key]
+        self._hosts: list[Any] = []
+        self._users = [0] * size
+        self._lock = threading.Lock()  # flow runs of one process may start in threads
+
+    def take(self, count: int) -> list[int]:
+        """The indexes of `count` hosts for one flow run, started if need be; give them back
+        with `give_back` when the flow run ends."""
+        with self._lock:
+            chosen = sorted(range(self.size), key=lambda i: (self._users[i], i))[:count]
+            for index in chosen:
+                self._users[index] += 1
+            while len(self._hosts) <= max(chosen):
+                self._hosts.append(self._actor.remote(self.slots_per_host))
+            return chosen
+
+    def host(self, index: int) -> Any:
+        return self._hosts[index]
+
+    def give_back(self, indexes: list[int]) -> None:
+        with self._lock:
+            for index in indexes:
+                self._users[index] -= 1
+
+
+_pools: dict[tuple[str, int, float, int], HostPool] = {}
+_pools_lock = threading.Lock()
+
+
+def host_pool(size: int, cpus: float, max_calls: int) -> HostPool:
+    """This process's pool of call hosts in the current Ray session."""
+    key = (ray.get_runtime_context().get_job_id(), size, cpus, max_calls)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = HostPool(size, cpus, max_calls)
+        return _pools[key]
 
 
 class HostedRayTaskRunner(RayTaskRunner):
     """RayTaskRunner whose async task runs go to call hosts (see the module docstring). Their
-    number, CPUs and calls in flight come from Settings when the first call is submitted, so
-    deployments and the CLI alike follow DELIBERATION_CALL_HOSTS, _AGENT_CPUS and
-    _LLM_CONCURRENCY."""
+    number, CPUs and calls in flight come from Settings when the flow run first needs them,
+    so deployments and the CLI alike follow DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST,
+    _AGENT_CPUS and _LLM_CONCURRENCY."""
 
     def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__(address=address, init_kwargs=init_kwargs)
         self._run_key = uuid4().hex
         self._context_box: list[Any] | None = None
         self._turn = itertools.count()
+        self._pool: HostPool | None = None
+        self._taken: list[int] = []
         self._used: list[Any] = []
 
     def duplicate(self) -> Self:
@@ -233,24 +280,32 @@ class HostedRayTaskRunner(RayTaskRunner):
         ref = host.run.remote(self._run_key, context_box, task, task_run_id, parameters)
         return HostFuture(task_run_id=task_run_id, wrapped_future=ref)
 
-    def prepare(self) -> None:
-        """Have the call hosts hydrate this flow run's context now, in the background, so
-        that the first calls start at once (it takes each host some 25-70 ms)."""
-        context_box = self._ship_context()
+    def prepare(self, calls: int | None = None) -> None:
+        """Choose this flow run's hosts for stages of up to `calls` calls (None: the whole
+        pool) and have them hydrate its context now, in the background, so that the first
+        calls start at once (it takes each host some 25-70 ms)."""
+        context_box = self._ship_context(calls)
         for host in self._used:
             host.prepare.remote(self._run_key, context_box)
 
-    def _ship_context(self) -> list[Any]:
+    def _ship_context(self, calls: int | None = None) -> list[Any]:
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         if self._context_box is None:
             # Boxed, so Ray hands the host the reference and the host fetches it once.
             self._context_box = [ray.put(serialize_context())]
             settings = Settings()
-            self._used = call_hosts(settings.call_hosts, settings.agent_cpus, settings.llm_concurrency)
+            pool = host_pool(settings.call_hosts, settings.agent_cpus, settings.llm_concurrency)
+            count = pool.size
+            if calls is not None:
+                count = hosts_needed(calls, settings.calls_per_host, pool.slots_per_host, pool.size)
+            self._pool, self._taken = pool, pool.take(count)
+            self._used = [pool.host(index) for index in self._taken]
         return self._context_box
 
     def __exit__(self, *exc_info: Any) -> None:
         for host in self._used:
             host.release.remote(self._run_key)
+        if self._pool is not None:
+            self._pool.give_back(self._taken)
         super().__exit__(*exc_info)

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.council import conclude, plan_council, plan_critiques
+from agents.council import conclude, largest_stage, plan_council, plan_critiques
 from agents.models import (
     AgentOutcome,
     AgentStatus,
@@ -101,6 +101,17 @@ def test_a_single_role_council_falls_back_to_its_other_agents() -> None:
         ("agent-dev-003", "agent-dev-001"),
     ]
     assert plan_critiques(council[:1], critics=2) == []
+
+
+@pytest.mark.parametrize(
+    ("rounds", "critics", "council_size", "expected"),
+    [(0, 2, 50, 50), (1, 2, 50, 100), (1, 3, 2, 2), (1, 2, 1, 1)],
+)
+def test_the_largest_stage_is_the_critiques_of_a_round_else_one_call_per_agent(
+    rounds: int, critics: int, council_size: int, expected: int
+) -> None:
+    request = DeliberationRequest(task="t", rounds=rounds, critics=critics)
+    assert largest_stage(request, council_size) == expected
 
 
 def test_usage_is_totalled_per_agent_per_stage_and_overall() -> None:

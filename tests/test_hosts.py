@@ -53,3 +53,42 @@ def test_a_released_flow_run_keeps_its_clients_until_its_last_call_ends(closed: 
         assert closed == ["a", "b"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("calls", "per_host", "slots", "pool", "expected"),
+    [
+        (5, 32, 128, 2, 1),  # a small council: one host
+        (50, 32, 128, 2, 2),
+        (100, 32, 128, 2, 2),  # never more than the pool
+        (10, 32, 5, 2, 2),  # DELIBERATION_LLM_CONCURRENCY=10 over 2 hosts: both, or 5 would wait
+        (2, 1, 128, 2, 2),
+        (0, 32, 128, 2, 1),
+    ],
+)
+def test_a_flow_run_takes_one_host_per_calls_per_host_and_enough_slots(
+    calls: int, per_host: int, slots: int, pool: int, expected: int
+) -> None:
+    assert hosts.hosts_needed(calls, per_host, slots, pool) == expected
+
+
+def test_hosts_start_on_demand_and_concurrent_flow_runs_spread_over_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[int] = []
+
+    class Actor:  # stands in for the Ray actor class: records each host started
+        @staticmethod
+        def remote(slots: int) -> str:
+            started.append(slots)
+            return f"host-{len(started) - 1}"
+
+    pool = hosts.HostPool(size=3, cpus=0.05, max_calls=256)
+    monkeypatch.setattr(pool, "_actor", Actor)
+    first = pool.take(1)
+    assert first == [0] and started == [86]  # one host, with its share of the 256 slots
+    pool.give_back(first)
+    assert pool.take(1) == [0] and len(started) == 1  # a later flow run reuses it
+    assert pool.take(1) == [1] and len(started) == 2  # a concurrent one gets the next
+    assert pool.take(3) == [2, 0, 1] and len(started) == 3
+    assert [pool.host(i) for i in range(3)] == ["host-0", "host-1", "host-2"]

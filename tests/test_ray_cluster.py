@@ -153,6 +153,8 @@ def test_agent_tasks_run_on_both_nodes_of_a_ray_cluster(
         "NATS_URL": nats_url,
         # One whole CPU per call host on 1-CPU nodes: the two hosts cannot share a node.
         "DELIBERATION_AGENT_CPUS": "1",
+        # Two calls would need one host; one host per call puts them on both nodes.
+        "DELIBERATION_CALLS_PER_HOST": "1",
     }
     argv = [sys.executable, "-m", "flows.deliberate", "Add rate limiting to the login endpoint"]
     argv += ["--roles", "DEV,QA", "--rounds", "0", "--ray-address", two_node_ray.client_address]
