@@ -202,14 +202,16 @@ def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callab
     import ray
 
     from agents.embedded import LocalNatsServer
-    from flows.runtime import prefect_api, ray_init_kwargs
+    from flows.runtime import init_ray, prefect_api
 
     # The pipeline's own defaults otherwise (calls in flight, call hosts).
     os.environ.update({"VLLM_URL": model_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with LocalNatsServer() as nats, prefect_api():
         os.environ["NATS_URL"] = nats.url
-        options = {"log_to_driver": False, "include_dashboard": False}
-        ray.init(namespace="prefect", **(options if ray_defaults else ray_init_kwargs(None)))
+        if ray_defaults:
+            ray.init(namespace="prefect", log_to_driver=False, include_dashboard=False)
+        else:
+            init_ray(None)
         try:
             from agents.models import DeliberationRequest
             from flows.deliberate import deliberate

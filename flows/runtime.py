@@ -159,9 +159,7 @@ def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
             return
         for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
             try:
-                ray.init(
-                    address=settings.ray_address, namespace="prefect", **ray_init_kwargs(settings.ray_address)
-                )
+                init_ray(settings.ray_address)
                 return
             except (ConnectionError, RuntimeError) as exc:
                 if settings.ray_address is None:
@@ -191,8 +189,55 @@ RAY_CONNECT_ATTEMPTS = 2
 # Agent tasks request a fraction of a CPU, so a stage runs more tasks at once than Ray
 # keeps idle workers for (one per CPU by default): every stage then started new worker
 # processes, each importing Prefect again, seconds per stage (BENCHMARKS.md). Keeping
-# the workers a deliberation needs alive between stages removes that.
-RAY_SYSTEM_CONFIG = {"num_workers_soft_limit": 64, "idle_worker_killing_time_threshold_ms": 600_000}
+# the workers a deliberation needs alive between stages removes that. No worker is
+# started before a task asks for one: model calls run on call hosts (actors), and an idle
+# worker prestarted for the driver was 85 MB of a local run that never used it.
+RAY_SYSTEM_CONFIG = {
+    "num_workers_soft_limit": 64,
+    "idle_worker_killing_time_threshold_ms": 600_000,
+    "prestart_worker_first_driver": False,
+}
+
+
+def init_ray(address: str | None, **options: Any) -> None:
+    """`ray.init` for agent tasks: connect to the cluster at `address`, or start a local
+    instance without the daemons a single machine does not use (see
+    `without_cluster_daemons`). `options` go to ray.init (`num_cpus`, say)."""
+    import ray
+
+    kwargs = {"namespace": "prefect", **ray_init_kwargs(address), **options}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+        return
+    with without_cluster_daemons():
+        ray.init(**kwargs)
+
+
+@contextmanager
+def without_cluster_daemons() -> Iterator[None]:
+    """While `ray.init` starts a local instance: no autoscaler monitor and no log monitor,
+    some 175 MB of a local run's 1.2 GB (BENCHMARKS.md). One machine has nothing to
+    autoscale, and with `log_to_driver` off nothing reads what the log monitor collects.
+    `ray start` has a switch for each (--no-monitor, ray-project/ray#13505;
+    --include-log-monitor, #48891); `ray.init` has neither, so the parameters it builds
+    get those two defaults here, and only while it runs. Running `ray start --block` as a
+    managed process instead was tried: on SIGTERM it drains for 30 s before it stops, and
+    it writes an address file that any other `ray.init()` on the machine then joins."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class SingleMachineRayParams(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            kwargs.setdefault("include_log_monitor", False)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = SingleMachineRayParams  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        parameter.RayParams = original  # type: ignore[misc]
 
 
 def ray_init_kwargs(address: str | None) -> dict[str, Any]:

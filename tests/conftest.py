@@ -56,9 +56,9 @@ def ray_cluster(prefect_api: None) -> Iterator[None]:
     import ray
 
     # Started once: the flow's RayTaskRunner reuses a running Ray and leaves it up.
-    from flows.runtime import ray_init_kwargs
+    from flows.runtime import init_ray
 
-    ray.init(num_cpus=2, namespace="prefect", **ray_init_kwargs(None))
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 
