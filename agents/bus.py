@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -228,6 +228,11 @@ class JetStreamBus:
                 await asyncio.sleep(PUBLISH_BACKOFF_SECONDS * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
+    async def publish_all(self, events: Sequence[Event]) -> list[PublishReceipt]:
+        """Publish these events at once and wait for every ack (each as `publish`): events
+        that are ready together cost one round trip, not one each."""
+        return list(await asyncio.gather(*(self.publish(event) for event in events)))
+
     async def read_events(
         self, deliberation_id: str | None = None, since: datetime | None = None
     ) -> list[Event]:
@@ -333,17 +338,22 @@ class JetStreamBus:
             )
         return ledger
 
-    async def record_call(self, deliberation_id: str, call: StageCall) -> None:
-        """Record a finished call in the ledger, before anything is published about it."""
-        try:
-            bucket = await self._bucket(CALLS_BUCKET, create=True)
-            assert bucket is not None
-            await bucket.put(f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode())
-        except (NatsError, TimeoutError) as exc:
-            raise EventBusError(
-                f"recording {call.call_id} of {deliberation_id} in {CALLS_BUCKET} failed: "
-                f"{type(exc).__name__} {exc}"
-            ) from None
+    async def record_calls(self, deliberation_id: str, calls: Sequence[StageCall]) -> None:
+        """Record finished calls in the ledger, all at once, before anything is published
+        about them."""
+
+        async def record(call: StageCall) -> None:
+            try:
+                bucket = await self._bucket(CALLS_BUCKET, create=True)
+                assert bucket is not None
+                await bucket.put(f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode())
+            except (NatsError, TimeoutError) as exc:
+                raise EventBusError(
+                    f"recording {call.call_id} of {deliberation_id} in {CALLS_BUCKET} failed: "
+                    f"{type(exc).__name__} {exc}"
+                ) from None
+
+        await asyncio.gather(*(record(call) for call in calls))
 
     async def save_result(self, result: DeliberationResult) -> int:
         """Store the result under its deliberation id (a retried run overwrites it);
@@ -422,17 +432,20 @@ class EventBus:
         return self._bus
 
     def publish(self, event: Event) -> PublishReceipt:
+        return self.publish_all([event])[0]
+
+    def publish_all(self, events: Sequence[Event]) -> list[PublishReceipt]:
         attempts_time = (
             PUBLISH_ATTEMPTS * self._config.publish_timeout
             + 2 * PUBLISH_BACKOFF_SECONDS * 2**PUBLISH_ATTEMPTS
         )
-        return self._run(self._client.publish(event), attempts_time)
+        return self._run(self._client.publish_all(events), attempts_time)
 
     def open_ledger(self, deliberation_id: str, request_digest: str, started_at: datetime) -> Ledger:
         return self._run(self._client.open_ledger(deliberation_id, request_digest, started_at), 60)
 
-    def record_call(self, deliberation_id: str, call: StageCall) -> None:
-        self._run(self._client.record_call(deliberation_id, call), self._config.publish_timeout + 5)
+    def record_calls(self, deliberation_id: str, calls: Sequence[StageCall]) -> None:
+        self._run(self._client.record_calls(deliberation_id, calls), self._config.publish_timeout + 5)
 
     def read_events(self, deliberation_id: str | None = None, since: datetime | None = None) -> list[Event]:
         return self._run(self._client.read_events(deliberation_id, since), 60)

@@ -39,7 +39,8 @@ def call_run_name(parameters: dict[str, Any]) -> str:
 class CallRunner:
     """Runs a deliberation's model calls, stage by stage, within its one deadline. A call
     already in the ledger is not asked again: its record stands. Every new outcome is
-    handed to `record` (the ledger) before anyone else hears of it."""
+    handed to `record` (the ledger) before anyone else hears of it; outcomes known together
+    (calls that finished together) are handed on together."""
 
     def __init__(
         self,
@@ -48,7 +49,7 @@ class CallRunner:
         settings: Settings,
         deadline: Deadline,
         ledger: dict[str, StageCall],
-        record: Callable[[StageCall], Any],
+        record: Callable[[list[StageCall]], Any],
     ) -> None:
         self.deliberation_id = deliberation_id
         self.endpoint = endpoint
@@ -58,33 +59,34 @@ class CallRunner:
         self.record = record
 
     def run(
-        self, calls: Sequence[ModelCall], on_call: Callable[[StageCall], Any] | None = None
+        self, calls: Sequence[ModelCall], on_calls: Callable[[list[StageCall]], Any] | None = None
     ) -> list[StageCall]:
-        """Every call's record, in the order given. Each is handed to `on_call` as soon as
-        it is known (recorded ones first); calls unfinished at the deadline are cancelled
-        and timed_out."""
+        """Every call's record, in the order given. Records are handed to `on_calls` as soon
+        as they are known (recorded ones first), several at once when they are known
+        together; calls unfinished at the deadline are cancelled and timed_out."""
         records: dict[str, StageCall] = {}
 
-        def known(record: StageCall) -> None:
-            if record.call_id not in self.ledger:
-                self.ledger[record.call_id] = record
-                self.record(record)
-            records[record.call_id] = record
-            if on_call is not None:
-                on_call(record)
+        def known(batch: list[StageCall]) -> None:
+            new = [record for record in batch if record.call_id not in self.ledger]
+            if new:
+                self.record(new)
+                self.ledger.update((record.call_id, record) for record in new)
+            records.update((record.call_id, record) for record in batch)
+            if on_calls is not None:
+                on_calls(batch)
 
-        for call in calls:
-            if call.call_id in self.ledger:
-                known(self.ledger[call.call_id])
+        recorded = [self.ledger[call.call_id] for call in calls if call.call_id in self.ledger]
+        if recorded:
+            known(recorded)
         fresh = [call for call in calls if call.call_id not in records]
         if fresh:
             self._ask(fresh, known)
         return [records[call.call_id] for call in calls]
 
-    def _ask(self, calls: Sequence[ModelCall], known: Callable[[StageCall], None]) -> None:
+    def _ask(self, calls: Sequence[ModelCall], known: Callable[[list[StageCall]], None]) -> None:
         if self.deadline.expired:
-            for call in calls:
-                known(record_call(call, AgentStatus.TIMED_OUT, 0, error=self.deadline.error()))
+            timed_out = AgentStatus.TIMED_OUT
+            known([record_call(call, timed_out, 0, error=self.deadline.error()) for call in calls])
             return
         started = time.monotonic()
         ask = ask_model.with_options(
@@ -110,19 +112,36 @@ class CallRunner:
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
-        def finished(call_id: str, future: PrefectFuture[Any]) -> None:
-            settled = settle(future, ChatCompletion)
-            call = by_id[call_id]
-            known(
-                record_call(
-                    call, settled.status, settled.attempts, settled.value, settled.error, elapsed_ms()
+        def finished(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
+            records = []
+            for call_id, future in batch:
+                settled = settle(future, ChatCompletion)
+                records.append(
+                    record_call(
+                        by_id[call_id],
+                        settled.status,
+                        settled.attempts,
+                        settled.value,
+                        settled.error,
+                        elapsed_ms(),
+                    )
                 )
-            )
+            known(records)
 
-        for call_id in collect(futures, self.deadline, finished):
-            call, attempts = by_id[call_id], run_count(futures[call_id])
+        late = collect(futures, self.deadline, finished)
+        if late:
             known(
-                record_call(call, AgentStatus.TIMED_OUT, attempts, None, self.deadline.error(), elapsed_ms())
+                [
+                    record_call(
+                        by_id[call_id],
+                        AgentStatus.TIMED_OUT,
+                        run_count(futures[call_id]),
+                        None,
+                        self.deadline.error(),
+                        elapsed_ms(),
+                    )
+                    for call_id in late
+                ]
             )
 
 

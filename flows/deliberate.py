@@ -102,10 +102,11 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     endpoint, bus = check_endpoints(settings, request.model)
     with bus:
 
-        def publish(event: Event) -> None:
-            receipt = bus.publish(event)
-            if receipt.duplicate:  # published before this run: the first copy stands
-                logger.debug("%s was already in %s at seq %d", event.msg_id, receipt.stream, receipt.seq)
+        def publish(*events: Event) -> None:
+            receipts = bus.publish_all(events) if events else []
+            for event, receipt in zip(events, receipts, strict=True):
+                if receipt.duplicate:  # published before this run: the first copy stands
+                    logger.debug("%s was already in %s at seq %d", event.msg_id, receipt.stream, receipt.seq)
 
         stored = bus.load_result(deliberation_id)
         if stored is not None:
@@ -125,25 +126,26 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             settings,
             deadline,
             ledger.calls,
-            record=lambda call: bus.record_call(deliberation_id, call),
+            record=lambda calls: bus.record_calls(deliberation_id, calls),
         )
 
-        def publish_outcome(outcome: AgentOutcome) -> None:
-            logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
-            publish(agent_event(deliberation_id, task_id, outcome))
+        def publish_outcomes(outcomes: list[AgentOutcome]) -> None:
+            for outcome in outcomes:
+                logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
+            publish(*(agent_event(deliberation_id, task_id, outcome) for outcome in outcomes))
 
-        def publish_critique(critique: StageCall) -> None:
-            publish(review_event(deliberation_id, task_id, critique))
+        def publish_critiques(critiques: list[StageCall]) -> None:
+            publish(*(review_event(deliberation_id, task_id, critique) for critique in critiques))
 
         ensure_llm_limit(settings)
         with clock(Stage.PROPOSAL):
-            outcomes = propose(runner, request, council, publish_outcome)
+            outcomes = propose(runner, request, council, publish_outcomes)
 
         verdict = None
         authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
         if len(authors) >= request.required_proposals:
             with clock(Stage.CRITIQUE):
-                review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critique)
+                review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critiques)
             with clock(Stage.RANKING):
                 ranking = rank_proposals(runner, request, authors, review.latest)
             execution = None

@@ -62,15 +62,16 @@ def execute_proposals(
     runs: dict[str, SuiteRun] = {}
     execution = Execution()
 
-    def finished(agent_id: str, future: PrefectFuture[Any]) -> None:
-        settled = settle(future, SuiteRun)
-        if settled.value is not None:
-            runs[agent_id] = settled.value
-        else:
-            why = settled.error.message if settled.error else "failed"
-            runs[agent_id] = SuiteRun(
-                candidate_id=agent_id, outcome="not_run", detail=f"the run failed: {why}"
-            )
+    def finished(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
+        for agent_id, future in batch:
+            settled = settle(future, SuiteRun)
+            if settled.value is not None:
+                runs[agent_id] = settled.value
+            else:
+                why = settled.error.message if settled.error else "failed"
+                runs[agent_id] = SuiteRun(
+                    candidate_id=agent_id, outcome="not_run", detail=f"the run failed: {why}"
+                )
 
     futures = (
         {}

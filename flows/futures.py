@@ -65,10 +65,14 @@ class Deadline:
 
 
 def collect(
-    futures: dict[K, PrefectFuture[Any]], deadline: Deadline, on_done: Callable[[K, PrefectFuture[Any]], Any]
+    futures: dict[K, PrefectFuture[Any]],
+    deadline: Deadline,
+    on_done: Callable[[list[tuple[K, PrefectFuture[Any]]]], Any],
 ) -> list[K]:
-    """Hand each future to `on_done` as soon as it finishes, until the deadline. Returns the
-    keys of the futures still unfinished then, which are cancelled."""
+    """Hand finished futures to `on_done` as soon as they finish, until the deadline: every
+    future that finished while `on_done` was busy comes in the next call, in the order they
+    finished, so what follows them (records, events) can be written together. Returns the
+    keys of the futures still unfinished at the deadline, which are cancelled."""
     finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
     key_of = {future: key for key, future in futures.items()}
     for future in futures.values():
@@ -77,12 +81,13 @@ def collect(
     try:
         while len(done) < len(futures):
             try:
-                future = finished.get(timeout=deadline.remaining())
+                batch = [finished.get(timeout=deadline.remaining())]
             except queue.Empty:
                 break
-            key = key_of[future]
-            done.add(key)
-            on_done(key, future)
+            while not finished.empty():
+                batch.append(finished.get_nowait())
+            done.update(key_of[future] for future in batch)
+            on_done([(key_of[future], future) for future in batch])
     except BaseException:
         # The flow run is failing (say, an event could not be published): leave no
         # call running on behind it.

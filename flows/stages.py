@@ -70,14 +70,15 @@ def propose(
     runner: CallRunner,
     request: DeliberationRequest,
     agents: Sequence[AgentSpec],
-    on_outcome: Callable[[AgentOutcome], Any],
+    on_outcomes: Callable[[list[AgentOutcome]], Any],
 ) -> list[AgentOutcome]:
-    """Every agent's proposal at once. Each outcome is handed to `on_outcome` as soon as it
-    is known; agents unfinished at the deadline are timed_out. In council order."""
+    """Every agent's proposal at once. Outcomes are handed to `on_outcomes` as soon as they
+    are known (together when they finish together); agents unfinished at the deadline are
+    timed_out. In council order."""
     by_id = {agent.agent_id: agent for agent in agents}
     calls = runner.run(
         [proposal_call(request, agent) for agent in agents],
-        on_call=lambda call: on_outcome(agent_outcome(by_id[call.agent_id], call)),
+        on_calls=lambda calls: on_outcomes([agent_outcome(by_id[call.agent_id], call) for call in calls]),
     )
     return [agent_outcome(agent, call) for agent, call in zip(agents, calls, strict=True)]
 
@@ -104,7 +105,7 @@ def review_rounds(
     request: DeliberationRequest,
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
-    on_critique: Callable[[StageCall], Any],
+    on_critiques: Callable[[list[StageCall]], Any],
 ) -> Review:
     """Each round: critiques by other agents (of other roles first), then a revision by each
     author that received any."""
@@ -133,7 +134,7 @@ def review_rounds(
                 )
                 for critic, author in pairs
             ],
-            on_call=lambda call: on_critique(call) if call.ok else None,
+            on_calls=lambda calls: on_critiques([call for call in calls if call.ok]),
         )
         reviews += critiques
         gaps += [f"critique {c.call_id}: {_why(c)}" for c in critiques if not c.ok]

@@ -60,21 +60,40 @@ def test_deadline_counts_down_and_says_why() -> None:
     assert deadline.error().type == "DeadlineExceeded" and not deadline.error().retryable
 
 
+def keys_of(seen: list[list[str]]) -> Callable[[list[tuple[str, Any]]], None]:
+    return lambda batch: seen.append([key for key, _ in batch])
+
+
 def test_collect_hands_on_each_future_in_the_order_they_finish() -> None:
     futures = {name: ManualFuture() for name in "abc"}
-    seen: list[str] = []
+    seen: list[list[str]] = []
     for delay, name in enumerate("cab", start=1):
         threading.Timer(0.05 * delay, futures[name].finish, [Completed(data=name)]).start()
-    assert collect(futures, Deadline.start(5), lambda key, _: seen.append(key)) == []
-    assert seen == ["c", "a", "b"]
+    assert collect(futures, Deadline.start(5), keys_of(seen)) == []
+    assert seen == [["c"], ["a"], ["b"]]
+
+
+def test_futures_that_finish_while_the_last_batch_is_handled_come_together() -> None:
+    futures = {name: ManualFuture() for name in "abcd"}
+    seen: list[list[str]] = []
+    futures["a"].finish(Completed(data="a"))
+
+    def slow(batch: list[tuple[str, Any]]) -> None:
+        if not seen:  # while the first is handled, three more finish
+            for name in "dbc":
+                futures[name].finish(Completed(data=name))
+        seen.append([key for key, _ in batch])
+
+    assert collect(futures, Deadline.start(5), slow) == []
+    assert seen == [["a"], ["d", "b", "c"]]
 
 
 def test_collect_keeps_what_finished_before_the_deadline(prefect_api: None) -> None:
     futures = {"fast": ManualFuture(), "slow": ManualFuture()}
     threading.Timer(0.1, futures["fast"].finish, [Completed(data=1)]).start()
-    seen: list[str] = []
-    unfinished = collect(futures, Deadline.start(1.0), lambda key, _: seen.append(key))
-    assert seen == ["fast"] and unfinished == ["slow"]
+    seen: list[list[str]] = []
+    unfinished = collect(futures, Deadline.start(1.0), keys_of(seen))
+    assert seen == [["fast"]] and unfinished == ["slow"]
     # The straggler's task run never started, so there is no state to set; its log says why.
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[futures["slow"].task_run_id])))
@@ -87,7 +106,7 @@ def test_a_failing_callback_cancels_the_rest_and_raises(prefect_api: None) -> No
     futures = {"first": ManualFuture(), "other": ManualFuture()}
     futures["first"].finish(Completed(data=1))
 
-    def explode(key: str, future: PrefectFuture[Any]) -> None:
+    def explode(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
         raise RuntimeError("publishing failed")
 
     with pytest.raises(RuntimeError, match="publishing failed"):

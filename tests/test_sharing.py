@@ -100,11 +100,11 @@ def test_reading_the_ledger_costs_this_deliberation_only_and_skips_unreadable_re
         for _ in range(100):  # other deliberations, before and after ours
             other = uuid.uuid4().hex
             bus.open_ledger(other, "x", started)
-            for index in range(3):
-                bus.record_call(other, call.model_copy(update={"call_id": f"agent-dev-{index:03d}"}))
+            bus.record_calls(
+                other, [call.model_copy(update={"call_id": f"agent-dev-{index:03d}"}) for index in range(3)]
+            )
         assert bus.open_ledger(ours, "digest", started).calls == {}
-        bus.record_call(ours, call)
-        bus.record_call(ours, call.model_copy(update={"call_id": "agent-qa-001"}))
+        bus.record_calls(ours, [call, call.model_copy(update={"call_id": "agent-qa-001"})])
     # Someone else's write under our prefix: not a call record.
     _put_raw(nats_url, "DELIBERATION_CALLS", f"{ours}.junk", b"{}")
     with EventBus.connect(bus_config_for(nats_url)) as bus:
