@@ -146,40 +146,56 @@ def cpu_seconds() -> dict[str, float]:
     return spent
 
 
-def _tree_rss_bytes(root: int) -> int:
+def _tree_memory_bytes(root: int) -> tuple[int, int]:
+    """(RSS, PSS) summed over `root` and its descendants. RSS counts a page shared by
+    several processes (a library every Ray process maps) once per process; PSS divides it
+    among them, so the PSS sum is what the tree holds."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry, fields in proc_stats():
         rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, todo = 0, [root]
+    total_rss, total_pss, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        total_rss += rss.get(pid, 0)
+        total_pss += _pss_bytes(pid)
         todo += children.get(pid, [])
-    return total
+    return total_rss, total_pss
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass  # exited meanwhile
+    return 0
 
 
 # -- figures ---------------------------------------------------------------------------------
-def cold_start(emulator: EmulatorProcess, repeats: int) -> list[Figure]:
+def cold_start(emulator: EmulatorProcess, repeats: int, agents: int = 5) -> list[Figure]:
     """`python -m flows.deliberate` as a user runs it: embedded NATS, temporary Prefect API,
-    local Ray; the model server is the emulator."""
-    to_first, to_result, peak = [], [], []
+    local Ray; the model server is the emulator. `agents`: 5 roles x agents // 5."""
+    to_first, to_result, peak, peak_pss = [], [], [], []
     env = {k: v for k, v in os.environ.items() if k not in {"NATS_URL", "PREFECT_API_URL", "RAY_ADDRESS"}}
     env |= {"VLLM_URL": emulator.url, "DELIBERATION_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-")}
     for _ in range(repeats):
         emulator.reset()
         launched = time.time()
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.deliberate", "Benchmark task", "--rounds", "0", "--json"],
+            [sys.executable, "-m", "flows.deliberate", "Benchmark task", "--rounds", "0", "--json"]
+            + ["--agents-per-role", str(agents // 5)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        highest = 0
+        highest = highest_pss = 0
         while process.poll() is None:
-            highest = max(highest, _tree_rss_bytes(process.pid))
+            rss, pss = _tree_memory_bytes(process.pid)
+            highest, highest_pss = max(highest, rss), max(highest_pss, pss)
             time.sleep(0.2)
         finished = time.time()
         if process.returncode != 0:
@@ -188,10 +204,18 @@ def cold_start(emulator: EmulatorProcess, repeats: int) -> list[Figure]:
         to_first.append(min(arrivals) - launched)
         to_result.append(finished - launched)
         peak.append(highest / 2**20)
+        peak_pss.append(highest_pss / 2**20)
+    size = "" if agents == 5 else f" ({agents} agents)"
     return [
-        Figure("cold start: launch to first LLM request", to_first, "s", "5 agents, local defaults"),
-        Figure("cold start: launch to result (exit)", to_result, "s", "incl. ranking stage, shutdown"),
-        Figure("peak memory of the local run", peak, "MiB", "RSS of the CLI's process tree"),
+        Figure(
+            f"cold start{size}: launch to first LLM request",
+            to_first,
+            "s",
+            f"{agents} agents, local defaults",
+        ),
+        Figure(f"cold start{size}: launch to result (exit)", to_result, "s", "incl. ranking stage, shutdown"),
+        Figure(f"peak memory of the local run{size}", peak, "MiB", "RSS of the CLI's process tree"),
+        Figure(f"peak memory of the local run{size}, PSS", peak_pss, "MiB", "shared pages counted once"),
     ]
 
 
@@ -269,9 +293,11 @@ def warm_figures(
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             emulator.reset()
-            cpu_before = sum(cpu_seconds().values())
+            cpu_before = cpu_seconds()
             wall, result = run(agents // 5, rounds=rounds)
-            cpu = sum(cpu_seconds().values()) - cpu_before
+            cpu_after = cpu_seconds()
+            cpu_by_kind = {kind: spent - cpu_before.get(kind, 0.0) for kind, spent in cpu_after.items()}
+            cpu = sum(cpu_by_kind.values())
             stats = emulator.stats()
             proposals = _proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
@@ -285,6 +311,10 @@ def warm_figures(
                 "in flight": stats["max_running"],
                 "efficiency": stage / emulator.single_call,
                 "cpu per call": cpu / len(stats["requests"]) * 1000,
+                **{
+                    f"cpu per call: {kind}": spent / len(stats["requests"]) * 1000
+                    for kind, spent in cpu_by_kind.items()
+                },
                 "gathered": gathered,
                 "ratio": stage / gathered,
             }
@@ -322,6 +352,11 @@ def warm_figures(
                 samples["cpu per call"],
                 "ms",
                 "flow + Ray + Prefect API, all stages",
+            ),
+            *(
+                Figure(f"{agents} agents:   of which {name.split(': ')[1]}", values, "ms", "per model call")
+                for name, values in samples.items()
+                if name.startswith("cpu per call: ")
             ),
             Figure(
                 f"{agents} agents: asyncio.gather baseline",
@@ -425,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="council sizes of the warm figures, e.g. 5,50")
     parser.add_argument("--throughput", type=int, default=None, help="deliberations submitted at once")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start figures")
+    parser.add_argument("--cold-sizes", default="5", help="council sizes of the cold starts, e.g. 5,50")
     parser.add_argument("--rounds", type=int, default=0, help="review rounds in the warm deliberations")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
@@ -437,10 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     fast = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
         if not args.no_cold_start:
-            figures += cold_start(fast, repeats)
+            for agents in (int(size) for size in args.cold_sizes.split(",")):
+                figures += cold_start(fast, repeats, agents)
         with warm_pipeline(fast.url, args.ray_defaults) as run:
             if not args.quick:
-                run(1)  # warm-up: Ray workers and the API's first queries
+                # Warm-up: the API's first queries, and every call host the largest council uses.
+                run(max(sizes) // 5)
             figures += warm_figures(fast, run, sizes, repeats, args.rounds)
             limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
             try:

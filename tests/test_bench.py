@@ -60,7 +60,11 @@ def test_benchmark_runs_in_quick_mode() -> None:
     for figure in (
         "cold start: launch to first LLM request",
         "peak memory of the local run",
+        "peak memory of the local run, PSS",
         "5 agents: overhead (wall - critical path)",
+        "5 agents: orchestration CPU per model call",
+        "5 agents:   of which prefect api",
+        "5 agents: max in flight at the server",
         "5 agents: proposal stage / asyncio.gather",
         "throughput: deliberations per minute",
         "NATS publish with ack: p99",
