@@ -236,13 +236,35 @@ def test_an_existing_limit_keeps_its_size_unless_the_setting_is_given(
     state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
     assert state.is_completed()
     assert pipeline.max_in_flight == 3  # the setting took effect
-    APILogWorker.drain_all(timeout=10)  # logs are sent in batches, after the run returns
+    assert f"concurrency limit '{limit}' resized from 2 to 3 slots" in flow_run_messages(state)
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit).limit == 3
+
+
+def flow_run_messages(state: State[Any]) -> list[str]:
+    APILogWorker.drain_all(timeout=10)  # logs are sent in batches, after the run returns
+    with get_client(sync_client=True) as client:
         logs = client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
-    assert f"concurrency limit '{limit}' resized from 2 to 3 slots" in [log.message for log in logs]
+    return [log.message for log in logs]
+
+
+def test_a_small_council_runs_on_one_call_host_unless_the_calls_in_flight_need_more(
+    pipeline: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.default = barrier(3)  # answers early only if all three are in flight at once
+    pipeline.barrier_timeout = 3.0
+    state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
+    assert state.is_completed() and pipeline.max_in_flight == 3
+    assert "model calls on 1 of up to 2 call hosts (stages of up to 3 calls)" in flow_run_messages(state)
+
+    # One slot per host: three calls need both hosts, and two are in flight at most.
+    monkeypatch.setenv("DELIBERATION_LLM_CONCURRENCY", "2")
+    pipeline.max_in_flight = 0
+    state, _ = run(task="t", roles=["DEV", "QA", "DATA"], rounds=0)
+    assert state.is_completed() and pipeline.max_in_flight == 2
+    assert "model calls on 2 of up to 2 call hosts (stages of up to 3 calls)" in flow_run_messages(state)
 
 
 def test_api_key_from_a_secret_block_is_sent_and_appears_nowhere_else(
