@@ -85,8 +85,8 @@ class CallRunner:
 
     def _ask(self, calls: Sequence[ModelCall], known: Callable[[list[StageCall]], None]) -> None:
         if self.deadline.expired:
-            timed_out = AgentStatus.TIMED_OUT
-            known([record_call(call, timed_out, 0, error=self.deadline.error()) for call in calls])
+            error = self.deadline.error()
+            known([record_call(call, AgentStatus.TIMED_OUT, 0, error=error) for call in calls])
             return
         started = time.monotonic()
         ask = ask_model.with_options(
