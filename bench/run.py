@@ -146,22 +146,29 @@ def cpu_seconds() -> dict[str, float]:
     return spent
 
 
+def process_tree(root: int) -> dict[int, list[str]]:
+    """The stat fields (as `proc_stats` gives them) of `root` and its descendants, by PID."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry, fields in proc_stats():
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            tree[pid] = stats[pid]
+        todo += children.get(pid, [])
+    return tree
+
+
 def _tree_memory_bytes(root: int) -> tuple[int, int]:
     """(RSS, PSS) summed over `root` and its descendants. RSS counts a page shared by
     several processes (a library every Ray process maps) once per process; PSS divides it
     among them, so the PSS sum is what the tree holds."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry, fields in proc_stats():
-        rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total_rss, total_pss, todo = 0, 0, [root]
-    while todo:
-        pid = todo.pop()
-        total_rss += rss.get(pid, 0)
-        total_pss += _pss_bytes(pid)
-        todo += children.get(pid, [])
-    return total_rss, total_pss
+    tree = process_tree(root)
+    rss = sum(int(fields[21]) for fields in tree.values()) * os.sysconf("SC_PAGE_SIZE")
+    return rss, sum(_pss_bytes(pid) for pid in tree)
 
 
 def _pss_bytes(pid: int) -> int:

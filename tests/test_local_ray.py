@@ -6,24 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.run import process_tree
+
 
 def descendant_command_lines(root: int) -> list[str]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
+    found = []
+    for pid in process_tree(root).keys() - {root}:
         try:
             found.append((Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode())
         except OSError:
-            continue
-        todo += children.get(pid, [])
+            continue  # exited meanwhile
     return found
 
 
