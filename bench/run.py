@@ -33,6 +33,8 @@ from agents.roles import Role
 ROLES = list(Role)
 
 ROOT = Path(__file__).resolve().parents[1]
+TTFT = 0.2  # the emulator's time to the first token, s
+OUTPUT_TOKENS = 100
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def process_kind(cmdline: str) -> str | None:
         return "ray workers"
     if "prefect.server" in cmdline or "flows.temporary_api" in cmdline:
         return "prefect api"
-    if "raylet" in cmdline or "gcs_server" in cmdline:
+    # The dashboard's head runs (minimal) even with include_dashboard=False.
+    if "raylet" in cmdline or "gcs_server" in cmdline or "ray/dashboard/dashboard.py" in cmdline:
         return "ray system"
     return None
 
@@ -291,10 +294,40 @@ def baseline(emulator: EmulatorProcess, agents: int) -> float:
     return time.monotonic() - started
 
 
+IDLE_SECONDS = 10.0
+
+
+def idle_figure(seconds: float) -> Figure:
+    """CPU the orchestration processes spend while no deliberation runs (Ray's daemons and
+    actors, the API's services), which every deliberation pays for as long as it lasts."""
+    before = cpu_seconds()
+    time.sleep(seconds)
+    spent = sum(cpu_seconds().values()) - sum(before.values())
+    return Figure(
+        "orchestration CPU while idle", [spent / seconds * 1000], "ms/s", f"over {seconds:g} s, warm"
+    )
+
+
+def cpu_split(samples: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """(fixed per deliberation, per model call) from (model calls, CPU) of deliberations of
+    different sizes: the least-squares line through them. None if every size is the same.
+    A flow run costs something whatever its size (its states, logs, artifacts, the hosts'
+    copy of its context); a figure per call that divides it by few calls hides that."""
+    if len({calls for calls, _ in samples}) < 2:
+        return None
+    mean_calls = statistics.fmean(calls for calls, _ in samples)
+    mean_cpu = statistics.fmean(cpu for _, cpu in samples)
+    slope = sum((calls - mean_calls) * (cpu - mean_cpu) for calls, cpu in samples) / sum(
+        (calls - mean_calls) ** 2 for calls, _ in samples
+    )
+    return mean_cpu - slope * mean_calls, slope
+
+
 def warm_figures(
     emulator: EmulatorProcess, run: Callable[..., Any], sizes: list[int], repeats: int, rounds: int = 0
 ) -> list[Figure]:
-    figures = []
+    figures = [idle_figure(IDLE_SECONDS)]
+    totals: list[tuple[int, float]] = []  # (model calls, CPU ms) per deliberation
     stages = "proposals, " + (f"{rounds} review round(s), " if rounds else "") + "ranking"
     for agents in sizes:
         samples: dict[str, list[float]] = {}
@@ -306,6 +339,7 @@ def warm_figures(
             cpu_by_kind = {kind: spent - cpu_before.get(kind, 0.0) for kind, spent in cpu_after.items()}
             cpu = sum(cpu_by_kind.values())
             stats = emulator.stats()
+            totals.append((len(stats["requests"]), cpu * 1000))
             proposals = _proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
             stage = result.usage.stage_ms["proposal"] / 1000
@@ -374,6 +408,13 @@ def warm_figures(
             Figure(
                 f"{agents} agents: proposal stage / asyncio.gather", samples["ratio"], "x", "baseline ratio"
             ),
+        ]
+    split = cpu_split(totals)
+    if split is not None:
+        sizes_note = "/".join(str(size) for size in sizes) + " agents"
+        figures += [
+            Figure("orchestration CPU per deliberation, fixed", [split[0]], "ms", f"fit over {sizes_note}"),
+            Figure("orchestration CPU per model call, marginal", [split[1]], "ms", "the fit's slope"),
         ]
     return figures
 
@@ -469,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start figures")
     parser.add_argument("--cold-sizes", default="5", help="council sizes of the cold starts, e.g. 5,50")
     parser.add_argument("--rounds", type=int, default=0, help="review rounds in the warm deliberations")
+    parser.add_argument(
+        "--call-seconds",
+        type=float,
+        default=1.0,
+        help="server time of one call in the cold-start and warm figures (issue 13 measured ~2.2)",
+    )
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     sizes = [5] if args.quick else [5, 15, 50]
@@ -476,8 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(size) for size in args.sizes.split(",")]
     concurrent = args.throughput if args.throughput is not None else 2 if args.quick else 20
     figures: list[Figure] = []
-    # 1 s per call: long enough to tell overhead from model time, short enough to repeat.
-    fast = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
+    # 1 s per call by default: long enough to tell overhead from model time, short enough
+    # to repeat. Overhead is a ratio to it, so a longer call gives a smaller ratio.
+    if args.call_seconds <= TTFT:
+        parser.error(f"--call-seconds must be more than the time to the first token, {TTFT} s")
+    per_token = (args.call_seconds - TTFT) / OUTPUT_TOKENS
+    fast = EmulatorProcess(max_num_seqs=256, ttft=TTFT, per_token=per_token, output_tokens=OUTPUT_TOKENS)
     try:
         if not args.no_cold_start:
             for agents in (int(size) for size in args.cold_sizes.split(",")):
@@ -487,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                 # Warm-up: the API's first queries, and every call host the largest council uses.
                 run(max(sizes) // 5)
             figures += warm_figures(fast, run, sizes, repeats, args.rounds)
-            limited = EmulatorProcess(max_num_seqs=16, ttft=0.2, per_token=0.008, output_tokens=100)
+            limited = EmulatorProcess(
+                max_num_seqs=16, ttft=TTFT, per_token=0.008, output_tokens=OUTPUT_TOKENS
+            )
             try:
                 os.environ["VLLM_URL"] = limited.url
                 figures += throughput(limited, run, concurrent)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.run import EmulatorProcess
+from bench.run import EmulatorProcess, cpu_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,15 @@ def test_emulator_queues_beyond_max_num_seqs_and_reports_usage() -> None:
     assert admitted[2] >= finished[0] and admitted[3] >= finished[1]
 
 
+def test_cpu_split_separates_a_deliberations_fixed_cost_from_its_cost_per_call() -> None:
+    # 400 ms per deliberation and 20 ms per call, measured at 10 and 100 calls with noise.
+    samples = [(10, 590.0), (10, 610.0), (100, 2390.0), (100, 2410.0)]
+    fixed, per_call = cpu_split(samples) or (0.0, 0.0)
+    assert fixed == pytest.approx(400.0)
+    assert per_call == pytest.approx(20.0)
+    assert cpu_split([(10, 600.0), (10, 650.0)]) is None  # one size: nothing to tell apart
+
+
 @pytest.mark.slow
 def test_benchmark_runs_in_quick_mode() -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"VLLM_URL", "NATS_URL", "PREFECT_API_URL"}}
@@ -62,6 +71,7 @@ def test_benchmark_runs_in_quick_mode() -> None:
         "peak memory of the local run",
         "peak memory of the local run, PSS",
         "5 agents: overhead (wall - critical path)",
+        "orchestration CPU while idle",
         "5 agents: orchestration CPU per model call",
         "5 agents:   of which prefect api",
         "5 agents: max in flight at the server",
