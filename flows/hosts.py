@@ -9,7 +9,9 @@ proposal to cache the rebuilt context (PrefectHQ/prefect PR #20853) was closed; 
 
 - The flow's context is serialized once per flow run and put in Ray's object store; each
   host hydrates it once (settings, clients, the flow run context) and runs every call in a
-  copy of it, so a task run costs what Prefect's engine costs in-process.
+  copy of it, so a task run costs what Prefect's engine costs in-process. Prefect's
+  settings, nearly all of a hydration's cost, are built once per host for every flow run
+  that sends the same ones.
 - Each call sends only its task, its task-run id and its parameters.
 - Hosts are actors with `max_concurrency` 1000 and a fraction of a CPU, spread over the
   cluster's nodes; a host that dies is restarted and its calls retried by Ray.
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import json
 import math
 import threading
 from collections import Counter, OrderedDict
@@ -36,7 +39,13 @@ from uuid import UUID, uuid4
 import ray
 from prefect import Task
 from prefect.client.schemas.objects import State
-from prefect.context import AsyncClientContext, FlowRunContext, hydrated_context, serialize_context
+from prefect.context import (
+    AsyncClientContext,
+    FlowRunContext,
+    SettingsContext,
+    hydrated_context,
+    serialize_context,
+)
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import Crashed
@@ -48,6 +57,35 @@ from agents.settings import Settings
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
+MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
+
+
+class BuiltSettings:
+    """Prefect's settings as a flow run's serialized context carries them, built once per
+    distinct value. Building them re-reads every settings source (environment, profiles,
+    .env, toml) for some 50 nested models: ~28 ms of CPU per flow run and host, nearly all
+    of a hydration (BENCHMARKS.md). The flow runs of one process send the same settings;
+    a built one is only read, as Prefect reads the one of its own process. (Prefect PR
+    #20853 proposed caching this in Prefect itself; it was closed.)"""
+
+    def __init__(self, size: int = MAX_SETTINGS_PER_HOST) -> None:
+        self._size = size
+        self._built: OrderedDict[str, Any] = OrderedDict()
+
+    def apply(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        """`serialized` with its settings built (a copy; the original is left as it was)."""
+        context = serialized.get("settings_context")
+        if not context or not isinstance(context.get("settings"), dict):
+            return serialized
+        key = json.dumps(context, sort_keys=True, default=str)
+        built = self._built.pop(key, None)
+        if built is None:
+            # Validated as Prefect's hydration validates it, so the result is the same.
+            built = SettingsContext(**context).settings
+        self._built[key] = built
+        while len(self._built) > self._size:
+            self._built.popitem(last=False)
+        return serialized | {"settings_context": context | {"settings": built}}
 
 
 class CallHost:
@@ -63,6 +101,7 @@ class CallHost:
         # the flow runs released while calls of theirs were still unwinding.
         self._calls: Counter[str] = Counter()
         self._released: set[str] = set()
+        self._settings = BuiltSettings()
 
     async def run(
         self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
@@ -104,7 +143,7 @@ class CallHost:
 
     async def _context(self, run_key: str, context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
         if run_key not in self._contexts:
-            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref))
+            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref, self._settings))
             # Over the limit: drop the oldest contexts that no call is using (if none is
             # idle, the host keeps more for a while).
             idle = [key for key in self._contexts if key != run_key and not self._calls[key]]
@@ -119,10 +158,10 @@ class CallHost:
             await _close(hydration)
 
 
-async def _hydrate(context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
+async def _hydrate(context_ref: Any, settings: BuiltSettings) -> tuple[contextvars.Context, AsyncExitStack]:
     """Prefect's context of a flow run, entered once in a context of its own: settings,
     the flow run context and one async client that every call on this host shares."""
-    serialized = await context_ref
+    serialized = settings.apply(await context_ref)
     context = contextvars.copy_context()
     stack = AsyncExitStack()
     context.run(stack.enter_context, hydrated_context(serialized))

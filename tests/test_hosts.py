@@ -10,6 +10,8 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
+from prefect.context import SettingsContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import hosts
 
@@ -18,7 +20,9 @@ from flows import hosts
 def closed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     closed: list[str] = []
 
-    async def hydrate(context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
+    async def hydrate(
+        context_ref: Any, settings: hosts.BuiltSettings
+    ) -> tuple[contextvars.Context, AsyncExitStack]:
         stack = AsyncExitStack()
         stack.callback(closed.append, context_ref)
         return contextvars.copy_context(), stack
@@ -53,6 +57,40 @@ def test_a_released_flow_run_keeps_its_clients_until_its_last_call_ends(closed: 
         assert closed == ["a", "b"]
 
     asyncio.run(scenario())
+
+
+def serialized_settings(api_url: str) -> dict[str, Any]:
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        context = SettingsContext.get()
+        assert context is not None
+        return {"settings_context": context.serialize(), "flow_run_context": {}}
+
+
+def test_flow_runs_that_send_the_same_settings_share_one_built_copy() -> None:
+    built = hosts.BuiltSettings(size=2)
+    first = built.apply(serialized_settings("http://one:4200/api"))
+    again = built.apply(serialized_settings("http://one:4200/api"))
+    other = built.apply(serialized_settings("http://two:4200/api"))
+
+    settings = first["settings_context"]["settings"]
+    assert again["settings_context"]["settings"] is settings
+    assert str(settings.api.url) == "http://one:4200/api"
+    assert str(other["settings_context"]["settings"].api.url) == "http://two:4200/api"
+    # What hydration builds from it is what it would build from the serialized form.
+    assert SettingsContext(**first["settings_context"]).settings is settings
+    assert (
+        SettingsContext(**serialized_settings("http://one:4200/api")["settings_context"]).settings == settings
+    )
+
+
+def test_built_settings_keep_the_latest_few_and_pass_other_contexts_through() -> None:
+    built = hosts.BuiltSettings(size=2)
+    one = built.apply(serialized_settings("http://one:4200/api"))["settings_context"]["settings"]
+    built.apply(serialized_settings("http://two:4200/api"))
+    built.apply(serialized_settings("http://three:4200/api"))  # one is the oldest: dropped
+    rebuilt = built.apply(serialized_settings("http://one:4200/api"))["settings_context"]["settings"]
+    assert rebuilt is not one and rebuilt == one
+    assert built.apply({"flow_run_context": {}}) == {"flow_run_context": {}}
 
 
 @pytest.mark.parametrize(
