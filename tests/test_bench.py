@@ -84,6 +84,29 @@ def test_benchmark_runs_in_quick_mode() -> None:
 
 
 @pytest.mark.slow
+def test_hydration_figures_are_printed() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.hydration", "--runs", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = [line for line in proc.stdout.splitlines() if line.startswith(("flow:", "host:"))]
+    assert [line.split("  ")[0] for line in figures] == [
+        "flow: serialize_context",
+        "host: hydrate, first flow run",
+        "host: hydrate, later flow runs",
+        "host: release, median",
+    ]
+    for line in figures:
+        assert float(line.split("ms CPU")[0].split()[-1]) >= 0
+
+
+@pytest.mark.slow
 def test_winner_evaluation_runs_in_quick_mode() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.winners", "--quick"],
