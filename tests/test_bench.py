@@ -17,6 +17,17 @@ from bench.run import EmulatorProcess, cpu_split
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_module(*argv: str, timeout: float) -> str:
+    """`python -m ARGV` as a user runs it, on its embedded defaults (none of the servers
+    this test session set up); its standard output, once it has exited 0."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VLLM_URL", "NATS_URL", "PREFECT_API_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_emulator_queues_beyond_max_num_seqs_and_reports_usage() -> None:
     emulator = EmulatorProcess(max_num_seqs=2, ttft=0.3, per_token=0.001, output_tokens=20)
     try:
@@ -52,18 +63,8 @@ def test_cpu_split_separates_a_deliberations_fixed_cost_from_its_cost_per_call()
 
 @pytest.mark.slow
 def test_benchmark_runs_in_quick_mode() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"VLLM_URL", "NATS_URL", "PREFECT_API_URL"}}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     # Ray's raylet may print warnings on stdout too; the table starts at its title.
-    lines = proc.stdout.splitlines()
+    lines = run_module("bench.run", "--quick", timeout=900).splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith("# deliberation benchmark")) :]
     assert lines[0] == f"# deliberation benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     for figure in (
@@ -85,17 +86,8 @@ def test_benchmark_runs_in_quick_mode() -> None:
 
 @pytest.mark.slow
 def test_hydration_figures_are_printed() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.hydration", "--runs", "2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    figures = [line for line in proc.stdout.splitlines() if line.startswith(("flow:", "host:"))]
+    printed = run_module("bench.hydration", "--runs", "2", timeout=300)
+    figures = [line for line in printed.splitlines() if line.startswith(("flow:", "host:"))]
     assert [line.split("  ")[0] for line in figures] == [
         "flow: serialize_context",
         "host: hydrate, first flow run",
@@ -108,16 +100,8 @@ def test_hydration_figures_are_printed() -> None:
 
 @pytest.mark.slow
 def test_winner_evaluation_runs_in_quick_mode() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.winners", "--quick"],
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k not in {"NATS_URL", "PREFECT_API_URL", "VLLM_URL"}},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {tuple(line.split()[:2]): line.split()[2:5] for line in proc.stdout.splitlines()[2:]}
+    printed = run_module("bench.winners", "--quick", timeout=600)
+    rows = {tuple(line.split()[:2]): line.split()[2:5] for line in printed.splitlines()[2:]}
     assert set(rows) == {(b, r) for b in ("abstaining", "random", "informative") for r in ("no", "yes")}
     for winner, first, chance in rows.values():
         assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0
