@@ -135,17 +135,32 @@ def process_kind(cmdline: str) -> str | None:
     return None
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far, by kind of orchestration process; this process is the flow's."""
-    spent: dict[str, float] = {}
-    for entry, fields in proc_stats():
+CpuSnapshot = dict[int, tuple[str, float]]
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    """CPU seconds so far of each orchestration process, by PID, with its kind: this process
+    (the flow's) and its descendants only. Ray's daemons, its workers and the temporary API
+    all descend from it; on a shared machine (or beside another pytest-xdist worker) other
+    runs' Ray and Prefect processes are not ours."""
+    snapshot: CpuSnapshot = {}
+    for pid, fields in process_tree(os.getpid()).items():
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # exited meanwhile
-        kind = "flow (this process)" if int(entry.name) == os.getpid() else process_kind(cmdline)
+        kind = "flow (this process)" if pid == os.getpid() else process_kind(cmdline)
         if kind:
-            spent[kind] = spent.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+            snapshot[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)  # utime + stime
+    return snapshot
+
+
+def cpu_since(before: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds spent since `before`, by kind of process. Counted per process, so one that
+    exits meanwhile takes nothing away: what it spent since `before` is lost, not subtracted."""
+    spent: dict[str, float] = {}
+    for pid, (kind, seconds) in cpu_snapshot().items():
+        spent[kind] = spent.get(kind, 0.0) + seconds - before.get(pid, (kind, 0.0))[1]
     return spent
 
 
@@ -300,9 +315,9 @@ IDLE_SECONDS = 10.0
 def idle_figure(seconds: float) -> Figure:
     """CPU the orchestration processes spend while no deliberation runs (Ray's daemons and
     actors, the API's services), which every deliberation pays for as long as it lasts."""
-    before = cpu_seconds()
+    before = cpu_snapshot()
     time.sleep(seconds)
-    spent = sum(cpu_seconds().values()) - sum(before.values())
+    spent = sum(cpu_since(before).values())
     return Figure(
         "orchestration CPU while idle", [spent / seconds * 1000], "ms/s", f"over {seconds:g} s, warm"
     )
@@ -333,10 +348,9 @@ def warm_figures(
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             emulator.reset()
-            cpu_before = cpu_seconds()
+            cpu_before = cpu_snapshot()
             wall, result = run(agents // 5, rounds=rounds)
-            cpu_after = cpu_seconds()
-            cpu_by_kind = {kind: spent - cpu_before.get(kind, 0.0) for kind, spent in cpu_after.items()}
+            cpu_by_kind = cpu_since(cpu_before)
             cpu = sum(cpu_by_kind.values())
             stats = emulator.stats()
             totals.append((len(stats["requests"]), cpu * 1000))

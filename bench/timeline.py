@@ -16,7 +16,7 @@ import os
 import statistics
 from typing import Any
 
-from bench.run import EmulatorProcess, cpu_seconds, warm_pipeline
+from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, warm_pipeline
 from flows import runtime, temporary_api
 
 
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             waits: dict[str, list[float]] = {"pending": [], "to request": []}
             for number in range(1, args.deliberations + 1):
                 emulator.reset()
-                before = cpu_seconds()
+                before = cpu_snapshot()
                 wall, result = run(1)
-                spent = {kind: seconds - before.get(kind, 0.0) for kind, seconds in cpu_seconds().items()}
+                spent = cpu_since(before)
                 requests = {r["user"]: r for r in emulator.stats()["requests"] if r["user"]}
                 if isinstance(result, BaseException):
                     print(f"\n# deliberation {number}: failed after {wall:.2f} s: {result!r}")

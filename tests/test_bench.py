@@ -7,12 +7,13 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.run import EmulatorProcess, cpu_split
+from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, cpu_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,16 @@ def test_cpu_split_separates_a_deliberations_fixed_cost_from_its_cost_per_call()
     assert fixed == pytest.approx(400.0)
     assert per_call == pytest.approx(20.0)
     assert cpu_split([(10, 600.0), (10, 650.0)]) is None  # one size: nothing to tell apart
+
+
+def test_cpu_since_counts_this_process_and_takes_nothing_for_one_that_exited() -> None:
+    before = cpu_snapshot() | {2**40: ("ray workers", 5.0)}  # a worker gone since: no such PID
+    busy_until = time.process_time() + 0.2
+    while time.process_time() < busy_until:
+        pass
+    spent = cpu_since(before)
+    assert spent["flow (this process)"] >= 0.15
+    assert all(seconds >= 0 for seconds in spent.values())
 
 
 @pytest.mark.slow
