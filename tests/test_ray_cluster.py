@@ -128,6 +128,10 @@ def two_node_ray() -> Iterator[TwoNodeRay]:
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     # Token auth with one shared token, as deploy/ wires it from a Secret into every pod.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # Ray Client starts a server process per client and waits 30 s for its channel; with both
+    # cores busy with another test worker's cold starts that ran out once in CI ("Initialization
+    # failure from server" after 33 s). The nodes themselves get 120 s here too.
+    env["RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S"] = "120"
     cluster = TwoNodeRay(temp_dir, env)
     try:
         cluster.start()
