@@ -342,16 +342,22 @@ class JetStreamBus:
         """Record finished calls in the ledger, all at once, before anything is published
         about them."""
 
+        def failed(what: str, exc: Exception) -> EventBusError:
+            return EventBusError(
+                f"recording {what} of {deliberation_id} in {CALLS_BUCKET} failed: {type(exc).__name__} {exc}"
+            )
+
+        try:  # once per batch, not once per call of it
+            bucket = await self._bucket(CALLS_BUCKET, create=True)
+        except (NatsError, TimeoutError) as exc:
+            raise failed(", ".join(call.call_id for call in calls), exc) from None
+        assert bucket is not None
+
         async def record(call: StageCall) -> None:
             try:
-                bucket = await self._bucket(CALLS_BUCKET, create=True)
-                assert bucket is not None
                 await bucket.put(f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode())
             except (NatsError, TimeoutError) as exc:
-                raise EventBusError(
-                    f"recording {call.call_id} of {deliberation_id} in {CALLS_BUCKET} failed: "
-                    f"{type(exc).__name__} {exc}"
-                ) from None
+                raise failed(call.call_id, exc) from None
 
         await asyncio.gather(*(record(call) for call in calls))
 
