@@ -53,21 +53,9 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
     return [(match.group(1).lower(), match.group(2)) for match in _FENCE.finditer(text)]
 
 
-# What makes a task a code task: it names a code artifact or a programming language.
-_CODE_TASK = re.compile(
-    r"\b(functions?|class(es)?|methods?|scripts?|programs?|code|snippets?|implement(ation)?|"
-    r"decorators?|modules?|regex(es)?|unit tests?|python|java|javascript|typescript|go|golang|"
-    r"rust|c\+\+|c#|ruby|php|kotlin|swift|bash|shell|sql)\b",
-    re.IGNORECASE,
-)
 _UNFENCED_CODE = re.compile(
     r"^\s*(def|class|async def|function|fn|func|public|import|from \S+ import)\b", re.M
 )
-
-
-def asks_for_code(task: str) -> bool:
-    """Whether a task asks for code, judged from its text (the request's `expects: auto`)."""
-    return bool(_CODE_TASK.search(task))
 
 
 def check_has_code(content: str, code_expected: bool) -> CheckResult:

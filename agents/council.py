@@ -7,11 +7,11 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
-from agents.llm import ChatCompletion
 from agents.models import (
     AgentOutcome,
     AgentSpec,
     AgentStatus,
+    ChatCompletion,
     DeliberationRequest,
     DeliberationResult,
     DeliberationStatus,

@@ -5,7 +5,7 @@ Each proposal's Python code is split into its solution (everything but tests) an
 proposal is then tested only with the tests the *other* members wrote: its own tests would
 let it mark its own work. The pass and fail counts become the `tests_pass` check.
 
-No I/O here: agents/sandbox.py runs a TestSuite, tasks/run_tests.py does so on a Ray worker.
+No I/O here: agents/adapters/sandbox.py runs a TestSuite, tasks/run_tests.py does so on a Ray worker.
 """
 
 from __future__ import annotations

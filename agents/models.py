@@ -30,6 +30,20 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+# What makes a task a code task: it names a code artifact or a programming language.
+_CODE_TASK = re.compile(
+    r"\b(functions?|class(es)?|methods?|scripts?|programs?|code|snippets?|implement(ation)?|"
+    r"decorators?|modules?|regex(es)?|unit tests?|python|java|javascript|typescript|go|golang|"
+    r"rust|c\+\+|c#|ruby|php|kotlin|swift|bash|shell|sql)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_code(task: str) -> bool:
+    """Whether a task asks for code, judged from its text (the request's `expects: auto`)."""
+    return bool(_CODE_TASK.search(task))
+
+
 def _printable(text: str, what: str) -> str:
     if _CONTROL_CHARS.search(text):
         raise ValueError(f"{what} contains control characters; use plain text")
@@ -151,8 +165,6 @@ class DeliberationRequest(BaseModel):
 
     @property
     def code_expected(self) -> bool:
-        from agents.checks import asks_for_code
-
         return self.expects == "code" or (self.expects == "auto" and asks_for_code(self.task))
 
     @field_validator("task")
@@ -300,6 +312,17 @@ class StageCall(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status is AgentStatus.COMPLETED and self.content is not None
+
+
+class ChatCompletion(BaseModel):
+    """What a model answered to one call."""
+
+    content: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str
+    latency_ms: int
 
 
 class Ballot(BaseModel):

@@ -12,9 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.bus import BusConfig
-from agents.llm import LLMEndpoint
-from agents.sandbox import SandboxLimits
+from agents.config import BusConfig, LLMEndpoint, SandboxLimits
 
 
 def _env(name: str) -> AliasChoices:

@@ -4,7 +4,7 @@ this process, for several flow runs in a row as a host sees them.
 
     .venv/bin/python -m bench.hydration [--runs 8]
 
-The host's code is the one Ray runs (flows.hosts.CallHost), called on an event loop of
+The host's code is the one Ray runs (flows.runtime.hosts.CallHost), called on an event loop of
 its own, without Ray, against a temporary Prefect API; no model server is needed.
 """
 
@@ -24,7 +24,7 @@ def measure(runs: int) -> tuple[float, list[float], list[float]]:
     from prefect import flow
     from prefect.context import serialize_context
 
-    from flows.hosts import CallHost
+    from flows.runtime.hosts import CallHost
 
     @flow(name="bench-hydration")
     def one_flow_run() -> tuple[float, list[float], list[float]]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=8, help="flow runs a host takes on in a row")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows.runtime import prefect_api
+    from flows.runtime.prefect_api import prefect_api
 
     with prefect_api():
         serializing, hydrating, releasing = measure(args.runs)

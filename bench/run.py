@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from agents.embedded import free_port
 from agents.roles import Role
+from flows.runtime.embedded import free_port
 
 ROLES = list(Role)
 
@@ -127,7 +127,7 @@ def process_kind(cmdline: str) -> str | None:
     (the model server, nats-server, other programs on the machine)."""
     if cmdline.startswith("ray::"):  # Ray renames its worker and actor processes
         return "ray workers"
-    if "prefect.server" in cmdline or "flows.temporary_api" in cmdline:
+    if "prefect.server" in cmdline or "flows.runtime.temporary_api" in cmdline:
         return "prefect api"
     # The dashboard's head runs (minimal) even with include_dashboard=False.
     if "raylet" in cmdline or "gcs_server" in cmdline or "ray/dashboard/dashboard.py" in cmdline:
@@ -250,8 +250,9 @@ def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callab
     the model server at `model_url`."""
     import ray
 
-    from agents.embedded import LocalNatsServer
-    from flows.runtime import init_ray, prefect_api
+    from flows.runtime.embedded import LocalNatsServer
+    from flows.runtime.prefect_api import prefect_api
+    from flows.runtime.ray_setup import init_ray
 
     # The pipeline's own defaults otherwise (calls in flight, call hosts).
     os.environ.update({"VLLM_URL": model_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
@@ -475,11 +476,11 @@ def _why(result: Any) -> str:
 
 
 def nats_figures(count: int) -> list[Figure]:
-    from agents.bus import EventBus
-    from agents.embedded import LocalNatsServer
+    from agents.adapters.nats import EventBus
     from agents.events import agent_event
     from agents.models import AgentOutcome, AgentStatus, ErrorInfo
     from agents.settings import bus_config_for
+    from flows.runtime.embedded import LocalNatsServer
 
     outcome = AgentOutcome(
         agent_id="agent-dev-001",

@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, warm_pipeline
-from flows import runtime, temporary_api
+from flows.runtime import prefect_api, temporary_api
 
 
 def agent_rows(
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.prefect_app:
-        runtime.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
+        prefect_api.TemporaryPrefectAPI = PrefectsOwnApp  # type: ignore[misc]
     emulator = EmulatorProcess(max_num_seqs=256, ttft=0.2, per_token=0.008, output_tokens=100)
     try:
         with warm_pipeline(emulator.url) as run:

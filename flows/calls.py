@@ -15,9 +15,9 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
+from agents.config import LLMEndpoint
 from agents.council import record_call
-from agents.llm import ChatCompletion, LLMEndpoint
-from agents.models import AgentStatus, ModelCall, Stage, StageCall
+from agents.models import AgentStatus, ChatCompletion, ModelCall, Stage, StageCall
 from agents.settings import Settings
 from flows.futures import Deadline, collect, run_count, settle
 from tasks.ask import ask_model

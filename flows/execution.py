@@ -1,6 +1,5 @@
 """Evidence by execution (`--run-code`): each proposal's code run against the other members'
-tests, as `run_tests` task runs on Ray workers, all at once until the deadline; and the
-probe that refuses the option where a worker cannot confine code."""
+tests, as `run_tests` task runs on Ray workers, all at once until the deadline."""
 
 from __future__ import annotations
 
@@ -10,21 +9,12 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from agents.errors import ConfigurationError
-from agents.evidence import SuiteRun, TestSuite, check_tests_pass, plan_suites
+from agents.config import SandboxLimits
+from agents.evidence import SuiteRun, check_tests_pass, plan_suites
 from agents.models import CheckResult
 from agents.ranking import Candidate
-from agents.sandbox import SandboxLimits
 from flows.futures import Deadline, collect, settle
 from tasks.run_tests import run_tests
-
-PROBE_SECONDS = 120.0
-_PROBE = TestSuite(
-    candidate_id="sandbox-probe",
-    solution="def answer():\n    return 42\n",
-    tests={"probe": "from solution import *\n\n\ndef test_answer():\n    assert answer() == 42\n"},
-    expected={"probe": 1},
-)
 
 
 @dataclass
@@ -33,24 +23,6 @@ class Execution:
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
-
-
-def check_sandbox(limits: SandboxLimits) -> None:
-    """Run a known-good suite on a Ray worker; raise ConfigurationError if it does not pass
-    there, before any model call is made or anything is published."""
-    future = run_tests.with_options(task_run_name="sandbox-probe").submit(_PROBE, limits)
-    if collect({"probe": future}, Deadline.start(PROBE_SECONDS), lambda *_: None):
-        why = f"no answer within {PROBE_SECONDS:g} s"
-    else:
-        settled = settle(future, SuiteRun)
-        if settled.value is not None and settled.value.passed == {"probe": 1}:
-            return
-        run = settled.value
-        if run is not None:
-            why = run.detail or f"{run.outcome}, {run.failures}"
-        else:
-            why = settled.error.message if settled.error is not None else "the probe failed"
-    raise ConfigurationError(f"--run-code: the code sandbox does not work on a Ray worker: {why}")
 
 
 def execute_proposals(

@@ -24,7 +24,7 @@ from prefect_ray.task_runners import PrefectRayFuture
 
 from agents.errors import LLMError
 from agents.models import AgentStatus, ErrorInfo
-from flows.hosts import HostFuture
+from flows.runtime.hosts import HostFuture
 
 K = TypeVar("K")
 T = TypeVar("T")

@@ -11,12 +11,12 @@ import sys
 
 from pydantic import ValidationError
 
-from agents.bus import CALLS_BUCKET, RESULTS_BUCKET
+from agents.adapters.llm import redact_url
+from agents.adapters.nats import CALLS_BUCKET, RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.events import STREAM_SUBJECTS
-from agents.llm import redact_url
-from agents.preflight import connect_event_bus
 from agents.settings import Settings
+from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -26,10 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flows.provision (NATS_URL and its credentials configure it)", file=sys.stderr)
         return EXIT_ERROR
     try:
-        from tasks.credentials import nats_token
-
         settings = Settings()
-        with connect_event_bus(settings, nats_token(settings)) as bus:  # creates the streams
+        with connect_event_bus(settings) as bus:  # creates the streams
             bus.ensure_results_bucket()
     except ConfigurationError as exc:
         print(f"provision: {exc}", file=sys.stderr)

@@ -16,11 +16,11 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from agents.bus import RESULTS_BUCKET
+from agents.adapters.nats import RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.models import ID_PATTERN, DeliberationResult
-from agents.preflight import connect_event_bus
 from agents.settings import Settings
+from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 2
 
@@ -32,12 +32,10 @@ class ResultNotFound(LookupError):
 def load_result(deliberation_id: str, settings: Settings | None = None) -> DeliberationResult:
     """The stored result of `deliberation_id`. Raises ResultNotFound, or ConfigurationError
     if NATS cannot be reached. NATS_URL (or `settings.nats_url`) must be set."""
-    from tasks.credentials import nats_token
-
     settings = settings or Settings()
     if not re.fullmatch(ID_PATTERN.strip("^$"), deliberation_id):
         raise ResultNotFound(f"{deliberation_id!r} is not a deliberation id (letters, digits, - and _)")
-    with connect_event_bus(settings, nats_token(settings)) as bus:
+    with connect_event_bus(settings) as bus:
         result = bus.load_result(deliberation_id)
     if result is None:
         raise ResultNotFound(f"no result for deliberation {deliberation_id} in {RESULTS_BUCKET}")
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NATS_URL"] = args.nats_url
     try:
         settings = Settings()
-        from flows.runtime import local_nats
+        from flows.runtime.embedded import local_nats
 
         with local_nats(settings) as started:
             if started is not None:

@@ -19,10 +19,11 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
+from agents.adapters.llm import ChatClient
+from agents.adapters.secrets import model_api_key
+from agents.config import LLMEndpoint
 from agents.errors import LLMError, LLMUnavailable
-from agents.llm import ChatClient, ChatCompletion, LLMEndpoint
-from agents.models import ModelCall
-from tasks.credentials import model_api_key
+from agents.models import ChatCompletion, ModelCall
 
 MAX_RETRY_AFTER_SECONDS = 60.0
 

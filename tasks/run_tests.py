@@ -11,8 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from agents.adapters.sandbox import run_suite
+from agents.config import SandboxLimits
 from agents.evidence import SuiteRun, TestSuite
-from agents.sandbox import SandboxLimits, run_suite
 
 
 @task(name="run_tests", cache_policy=NO_CACHE, persist_result=False, retries=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.bus import EventBus
+from agents.adapters.nats import EventBus
 from agents.events import (
     AgentResponseEvent,
     DeliberationEvent,

@@ -17,10 +17,10 @@ for variable in ("PREFECT_API_URL", "VLLM_URL", "VLLM_MODEL", "NATS_URL", "RAY_A
 
 import pytest  # noqa: E402
 
-from agents.bus import EventBus  # noqa: E402
-from agents.embedded import LocalNatsServer  # noqa: E402
+from agents.adapters.nats import EventBus  # noqa: E402
 from agents.events import Event  # noqa: E402
 from agents.settings import bus_config_for  # noqa: E402
+from flows.runtime.embedded import LocalNatsServer  # noqa: E402
 from tests.fake_llm import FakeLLMServer  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def prefect_api() -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    # As on the CLI's temporary API (flows/runtime.py): no heartbeats that nothing reads,
+    # As on the CLI's temporary API (flows/runtime/prefect_api.py): no heartbeats that nothing reads,
     # and no wait for the heartbeat thread at the end of every flow run.
     with (
         prefect_test_harness(server_startup_timeout=120),
@@ -56,7 +56,7 @@ def ray_cluster(prefect_api: None) -> Iterator[None]:
     import ray
 
     # Started once: the flow's RayTaskRunner reuses a running Ray and leaves it up.
-    from flows.runtime import init_ray
+    from flows.runtime.ray_setup import init_ray
 
     init_ray(None, num_cpus=2)
     yield

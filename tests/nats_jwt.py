@@ -14,7 +14,7 @@ from typing import Any
 
 import nkeys
 
-from agents.embedded import LocalNatsServer
+from flows.runtime.embedded import LocalNatsServer
 
 
 def _b64(data: bytes) -> str:

@@ -1,0 +1,182 @@
+"""The one client for OpenAI-compatible chat servers (vLLM, llama.cpp server, ...).
+
+Every httpx failure is mapped here to LLMUnavailable (retryable) or LLMRejected /
+LLMBadResponse (permanent), so callers never see transport details.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import time
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agents.config import LLMEndpoint
+from agents.errors import LLMBadResponse, LLMRejected, LLMUnavailable
+from agents.models import ChatCompletion
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Lenient(BaseModel):
+    # Servers differ in optional fields (llama.cpp has no `created` in /v1/models).
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Message(_Lenient):
+    content: str | None = None
+
+
+class _Choice(_Lenient):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Usage(_Lenient):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _ChatResponse(_Lenient):
+    model: str | None = None
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _ModelCard(_Lenient):
+    id: str
+
+
+class _ModelList(_Lenient):
+    data: list[_ModelCard]
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, for messages (credentials may be embedded in it)."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """What httpx builds for every client by default (its CA bundle, or SSL_CERT_FILE and
+    SSL_CERT_DIR), built once per process: it costs about 18 ms of CPU, and a call host
+    holds several clients per event loop."""
+    return httpx.create_ssl_context()
+
+
+class ChatClient:
+    """An async client for one endpoint; use it as `async with ChatClient(...) as client`."""
+
+    def __init__(self, endpoint: LLMEndpoint, api_key: str | None = None) -> None:
+        self.endpoint = endpoint
+        self._where = redact_url(endpoint.url)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=endpoint.url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(endpoint.read_timeout, connect=endpoint.connect_timeout),
+            # How many calls run at once is the caller's limit, not the connection pool's.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            verify=_tls_context(),
+        )
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        user: str | None = None,
+    ) -> ChatCompletion:
+        """One chat completion. Raises LLMUnavailable, LLMRejected or LLMBadResponse."""
+        body: dict[str, Any] = {
+            "model": self.endpoint.model,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if user:
+            body["user"] = user
+        started = time.monotonic()
+        response = await self._request("POST", "/v1/chat/completions", json=body)
+        reply = self._parse(response, _ChatResponse)
+        if not reply.choices:
+            raise LLMBadResponse(f"{self._where} answered with no choices")
+        choice = reply.choices[0]
+        if choice.message.content is None:
+            raise LLMBadResponse(f"{self._where} answered with no message content")
+        usage = reply.usage or _Usage()
+        return ChatCompletion(
+            content=choice.message.content,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            model=reply.model or self.endpoint.model,
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def list_models(self) -> list[str]:
+        response = await self._request("GET", "/v1/models")
+        return [card.id for card in self._parse(response, _ModelList).data]
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise LLMUnavailable(f"{self._where} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise LLMUnavailable(
+                f"cannot reach {self._where}: {type(exc).__name__}: {exc or 'connection lost'}"
+            ) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise LLMUnavailable(
+                f"{self._where} answered {response.status_code}",
+                retry_after=_retry_after_seconds(response),
+            )
+        if response.status_code >= 400:
+            raise LLMRejected(
+                f"{self._where} rejected the request: {response.status_code} {response.text[:300]}"
+            )
+        return response
+
+    def _parse(self, response: httpx.Response, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise LLMBadResponse(
+                f"{self._where} sent a malformed {model.__name__.strip('_')}: {exc.errors()[0]['msg']}"
+            ) from None

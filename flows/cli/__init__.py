@@ -1,0 +1,1 @@
+"""The command line of `python -m flows.deliberate`: arguments, the live view, the result."""

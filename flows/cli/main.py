@@ -1,0 +1,268 @@
+"""The command line: `python -m flows.deliberate "TASK" [options]`.
+
+Exit codes: 0 quorum met, 1 deliberation failed, 2 bad input or configuration.
+Flags win over environment variables; stdout holds only the table (or JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from agents.errors import ConfigurationError
+from agents.models import Constraints, DeliberationRequest, DeliberationResult
+from agents.report import outcome_rows, render_table
+from agents.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Flags that configure the environment rather than the request.
+ENV_FLAGS = {
+    "vllm_url": "VLLM_URL",
+    "nats_url": "NATS_URL",
+    "api_key_env": "DELIBERATION_VLLM_API_KEY_ENV",
+    "ray_address": "RAY_ADDRESS",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deliberate: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m flows.deliberate",
+        description="Run a council of role agents on a software-engineering task.",
+    )
+    parser.add_argument("task", help="the task, e.g. 'Add rate limiting to the login endpoint'")
+    parser.add_argument("--roles", default="DEV,QA,ARCHITECT,DEVOPS,DATA", help="comma-separated roles")
+    parser.add_argument("--agents-per-role", type=int, default=1)
+    parser.add_argument("--rubric", default="")
+    parser.add_argument("--requirement", action="append", default=[], help="repeat for several")
+    parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--timeout", type=float, default=120.0, help="deliberation deadline, seconds")
+    parser.add_argument("--quorum", type=int, default=None, help="proposals needed (default: all)")
+    parser.add_argument("--model", default=None, help="served model name (default: VLLM_MODEL or first)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=1, help="peer-review rounds (0: none)")
+    parser.add_argument("--critics", type=int, default=2, help="critics per proposal and round")
+    parser.add_argument("--synthesize", action="store_true", help="merge the best proposals at the end")
+    parser.add_argument(
+        "--expects",
+        choices=["auto", "code", "any"],
+        default="auto",
+        help="code: a proposal without code cannot win; auto (default): code when the task names code",
+    )
+    parser.add_argument(
+        "--run-code",
+        action="store_true",
+        help="run each proposal's Python code against the other members' tests, in a sandbox "
+        "(off by default; see the README for what runs, where, and the risk)",
+    )
+    parser.add_argument("--task-id", default=None)
+    parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
+    parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
+    parser.add_argument("--nats-url", default=None, help="NATS server (env NATS_URL)")
+    parser.add_argument("--api-key-env", default=None, help="env variable holding the model API key")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (env RAY_ADDRESS)")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Prefect's and Ray's log lines on stderr (default: a log file)"
+    )
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
+    metadata = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"--metadata {item!r} is not KEY=VALUE")
+        metadata[key] = value
+    fields = {
+        "task": args.task,
+        "roles": args.roles,
+        "agents_per_role": args.agents_per_role,
+        "constraints": Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
+        "model": args.model,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "deadline_seconds": args.timeout,
+        "quorum": args.quorum,
+        "rounds": args.rounds,
+        "critics": args.critics,
+        "synthesize": args.synthesize,
+        "expects": args.expects,
+        "run_code": args.run_code,
+        # Fixed here so that a retried flow run reuses proposals and event ids.
+        "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
+    }
+    if args.task_id:
+        fields["task_id"] = args.task_id
+    return DeliberationRequest(**fields)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "input"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"invalid {where}: {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this process started are stopped. SIGINT
+    # gets the same explicit handler: with Python's default one, asyncio.run turns Ctrl-C
+    # into a task cancellation, which library code on the way may swallow (seen: a run
+    # that went on to complete after Ctrl-C).
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        request = request_from_args(args)
+        for flag, variable in ENV_FLAGS.items():
+            value = getattr(args, flag, None)
+            if value:
+                os.environ[variable] = value
+        settings = Settings()
+    except ValidationError as exc:
+        return _fail(describe_validation_error(exc))
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+
+    try:
+        code = _run(request, settings, as_json=args.json, verbose=args.verbose)
+    except ConfigurationError as exc:
+        code = _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted.set()
+        code = EXIT_INTERRUPTED
+    # The signal decides, not the exception: a KeyboardInterrupt raised inside pydantic's
+    # serializer comes out as a PydanticSerializationError, and the flow run then fails
+    # like any other error (seen with Ctrl-C just after the flow run began).
+    if _interrupted.is_set():
+        print("deliberate: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbose: bool) -> int:
+    # Imported here so that bad input is refused without loading Prefect and Ray.
+    from prefect.states import State
+
+    from agents.council import plan_council
+    from flows.cli.live import LiveProgress, follow_flow_run
+    from flows.deliberate import deliberate
+    from flows.runtime.embedded import embedded_servers
+    from flows.runtime.hosts import task_runner
+    from flows.runtime.prefect_api import prefect_api
+    from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+    from flows.runtime.ray_setup import local_ray
+
+    log_file = (
+        None if verbose else divert_logs(settings.state_dir / "logs" / f"{request.deliberation_id}.log")
+    )
+
+    with embedded_servers(settings) as settings:
+        # Check before starting anything heavy: an unreachable server is a configuration
+        # error. Secret blocks can only be read once there is a Prefect API.
+        def preflight() -> None:
+            resolve_model_endpoint(settings, request.model)
+            connect_event_bus(settings).close()
+
+        uses_secret_blocks = bool(settings.vllm_api_key_secret or settings.nats_token_secret)
+        if not uses_secret_blocks:
+            preflight()
+        # Ray starts while the Prefect API does: the two largest fixed costs, independent.
+        with local_ray(settings) as start_ray, prefect_api(while_starting=start_ray):
+            if uses_secret_blocks:
+                preflight()
+            invoked = datetime.now(UTC)
+            live = LiveProgress(
+                plan_council(request), str(request.deliberation_id), sys.stdout.isatty() and not as_json
+            )
+            with live:
+                state: State[Any] = deliberate.with_options(
+                    task_runner=task_runner(settings), on_running=[follow_flow_run]
+                )(request=request, return_state=True)
+                live.expected = calls_made(state.result(raise_on_failure=False), since=invoked)
+    if log_file is not None:
+        print(f"deliberate: logs in {log_file}", file=sys.stderr)
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, ConfigurationError):
+        return _fail(str(value))
+    if not isinstance(value, DeliberationResult):
+        return _fail(f"deliberation crashed: {state.message or value}", EXIT_FAILED)
+    if as_json:
+        print(value.model_dump_json(indent=2))
+    else:
+        print(render_table(outcome_rows(value)))
+        print(f"\n{value.deliberation_id}: {value.status} — {value.summary}")
+        if value.winner is not None:
+            tie = f" Tie-break: {value.winner.tie_break}." if value.winner.tie_break else ""
+            print(f"\n{value.winner.reason}.{tie}\n\n{value.winner.content.strip()}")
+        if value.synthesis is not None and value.synthesis.content:
+            print(f"\nSynthesis:\n\n{value.synthesis.content.strip()}")
+        for gap in value.incomplete:
+            print(f"missing: {gap}")
+        print(f"\nfull result: python -m flows.result {value.deliberation_id}")
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def calls_made(result: object, since: datetime) -> int:
+    """The model calls a deliberation's result records (each was a task run); none if it
+    concluded before `since`, when this run only re-announced its stored result."""
+    if not isinstance(result, DeliberationResult):
+        return 0
+    if result.started_at + timedelta(milliseconds=result.duration_ms) < since:
+        return 0
+    calls = [*result.reviews, *result.rankings, *([result.synthesis] if result.synthesis else [])]
+    return sum(1 for o in result.outcomes if o.attempts) + sum(1 for c in calls if c.attempts)
+
+
+def divert_logs(path: Path) -> Path:
+    """Send the log lines Prefect and Ray print to the console into `path` instead: the
+    terminal is for the progress and the result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+    for logger in [
+        logging.getLogger(),
+        *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
+    ]:
+        # Prefect's console handler is a StreamHandler; a FileHandler is one too, and stays.
+        consoles = [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
+        for console in consoles:
+            logger.removeHandler(console)
+        if consoles:
+            logger.addHandler(handler)
+    return path
+
+
+_interrupted = threading.Event()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> NoReturn:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"deliberate: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,199 @@
+"""The deliberate flow.
+
+    plan the council
+    check the model server and NATS          (bad configuration publishes nothing)
+    a stored result stands                   (a rerun of a concluded deliberation)
+    with --run-code: check the code sandbox  (refused where a worker cannot isolate code)
+    open the call ledger                     (a rerun reuses every call recorded)
+    propose: every agent at once, on Ray     (retries and per-attempt timeouts per call)
+    gather until the deadline                (each outcome recorded, then published)
+    if the quorum is met:
+        review rounds: critique, revise      (each critique published)
+        rank: anonymized peer ballots        (read as written; unreadable ones abstain)
+        with --run-code: run each proposal's code against the others' tests, sandboxed
+        judge: ballots + deterministic checks, winner with an explicit tie-break
+        synthesize (optional)
+    conclude, store the result (key-value), publish it last, show it as artifacts
+
+One deadline, from the deliberation's first start, covers every stage: what it cuts
+short is recorded as missing.
+
+`python -m flows.deliberate "TASK" ...` runs it from the command line (flows/deliberate/__main__.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel
+
+from agents.council import conclude, largest_stage, plan_council, request_digest
+from agents.events import (
+    Event,
+    agent_event,
+    deliberation_event,
+    ranked_event,
+    review_event,
+)
+from agents.models import (
+    MAX_DEADLINE_SECONDS,
+    AgentOutcome,
+    AgentStatus,
+    DeliberationRequest,
+    DeliberationResult,
+    DeliberationStatus,
+    Stage,
+    StageCall,
+)
+from agents.report import artifact_key, markdown_report, outcome_rows
+from agents.settings import Settings
+from flows.calls import CallRunner, ensure_llm_limit
+from flows.execution import execute_proposals
+from flows.futures import Deadline
+from flows.runtime.hosts import HostedRayTaskRunner, prepare_call_hosts
+from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+from flows.runtime.sandbox_probe import check_sandbox
+from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
+
+
+def deliberation_run_name() -> str:
+    """`<task_id>-dev-qa-x2` (task id, roles, agents per role), to tell runs apart in the UI.
+    Built from the raw parameters, before validation, so it never fails."""
+    raw = flow_run.parameters.get("request")
+    fields = raw.model_dump() if isinstance(raw, BaseModel) else raw if isinstance(raw, dict) else {}
+    roles = fields.get("roles") or "all"
+    if isinstance(roles, list):
+        roles = "-".join(str(role) for role in roles)
+    name = f"{roles}-x{fields.get('agents_per_role', 1)}".lower().replace(",", "-")
+    return f"{fields['task_id']}-{name}" if fields.get("task_id") else name
+
+
+@flow(
+    name="deliberate",
+    task_runner=HostedRayTaskRunner(),
+    # A backstop only: it does not fire while the flow waits on Ray, so the deadline
+    # is enforced by the CallRunner.
+    timeout_seconds=MAX_DEADLINE_SECONDS + 600,
+    # No retries: every finished call is in the ledger, so a retry would decide nothing
+    # anew; a crashed run is resumed by running it again with its deliberation id.
+    flow_run_name=deliberation_run_name,
+)
+def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
+    """Run a council of role agents on `request.task` and publish every outcome."""
+    logger = get_run_logger()
+    settings = Settings()
+    deliberation_id = request.deliberation_id or str(flow_run.get_id())
+    task_id = request.task_id or deliberation_id
+    clock = StageClock()
+
+    council = plan_council(request)
+    # The hosts load this run's context while the endpoints are checked.
+    prepare_call_hosts(largest_stage(request, len(council)))
+    endpoint = resolve_model_endpoint(settings, request.model)
+    with connect_event_bus(settings) as bus:
+
+        def publish(*events: Event) -> None:
+            receipts = bus.publish_all(events) if events else []
+            for event, receipt in zip(events, receipts, strict=True):
+                if receipt.duplicate:  # published before this run: the first copy stands
+                    logger.debug("%s was already in %s at seq %d", event.msg_id, receipt.stream, receipt.seq)
+
+        stored = bus.load_result(deliberation_id)
+        if stored is not None:
+            logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
+            publish(deliberation_event(stored))  # in case the run that stored it died before this
+            return report(stored, request, endpoint.model)
+        if request.run_code:
+            check_sandbox(settings.sandbox_limits())
+
+        ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
+        if ledger.calls:
+            logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
+        deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at)
+        runner = CallRunner(
+            deliberation_id,
+            endpoint,
+            settings,
+            deadline,
+            ledger.calls,
+            record=lambda calls: bus.record_calls(deliberation_id, calls),
+        )
+
+        def publish_outcomes(outcomes: list[AgentOutcome]) -> None:
+            for outcome in outcomes:
+                logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
+            publish(*(agent_event(deliberation_id, task_id, outcome) for outcome in outcomes))
+
+        def publish_critiques(critiques: list[StageCall]) -> None:
+            publish(*(review_event(deliberation_id, task_id, critique) for critique in critiques))
+
+        ensure_llm_limit(settings)
+        with clock(Stage.PROPOSAL):
+            outcomes = propose(runner, request, council, publish_outcomes)
+
+        verdict = None
+        authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
+        if len(authors) >= request.required_proposals:
+            with clock(Stage.CRITIQUE):
+                review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critiques)
+            with clock(Stage.RANKING):
+                ranking = rank_proposals(runner, request, authors, review.latest)
+            execution = None
+            if request.run_code:
+                with clock("tests"):
+                    execution = execute_proposals(
+                        review.latest, deadline, settings.sandbox_limits(), request.code_expected
+                    )
+            verdict = judge(request, review, ranking, execution)
+            publish(ranked_event(deliberation_id, task_id, verdict.scores, verdict.ballots, verdict.winner))
+            if request.synthesize:
+                with clock(Stage.SYNTHESIS):
+                    verdict = synthesize(runner, request, verdict, review.latest)
+        result = conclude(
+            request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
+        )
+        # Stored before it is announced: whoever reacts to the event can read it.
+        bus.save_result(result)
+        publish(deliberation_event(result))
+    return report(result, request, endpoint.model)
+
+
+def report(result: DeliberationResult, request: DeliberationRequest, model: str) -> State[DeliberationResult]:
+    """The artifacts of a deliberation, keyed by its task so that the UI's Artifacts page
+    shows each task's deliberations over time, and the flow run's final state, whose
+    message is the deliberation's summary."""
+    key = artifact_key(result.task_id)
+    create_table_artifact(key=f"{key}-agents", table=outcome_rows(result), description=result.summary)
+    create_markdown_artifact(
+        key=key,
+        markdown=markdown_report(result, request, model),
+        description=f"Deliberation {result.deliberation_id}: {result.summary}",
+    )
+    get_run_logger().info("deliberation %s %s: %s", result.deliberation_id, result.status, result.summary)
+    if result.status is DeliberationStatus.FAILED:
+        return Failed(message=result.summary, data=result)
+    return Completed(message=result.summary, data=result)
+
+
+class StageClock:
+    """Wall time per stage, in milliseconds; a critique stage covers its revisions, and
+    "tests" is the run of the proposals' code."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, int] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.ms[str(stage)] = self.ms.get(str(stage), 0) + int((time.monotonic() - started) * 1000)

@@ -1,0 +1,362 @@
+"""A Ray task runner that keeps a whole council in flight: async task runs go to a few
+long-lived async Ray actors (call hosts), each running many task runs on one event loop.
+
+prefect-ray's RayTaskRunner makes every task run a plain Ray task: a worker process per call
+in flight, `asyncio.run` per call, Prefect's context rebuilt per call, and a fresh
+`ray.remote` function per submit. That costs about 0.3 s of CPU per call and kept 24 of 50
+calls in flight (BENCHMARKS.md). prefect-ray has no worker-reusing mode, and Prefect's
+proposal to cache the rebuilt context (PrefectHQ/prefect PR #20853) was closed; so here:
+
+- The flow's context is serialized once per flow run and put in Ray's object store; each
+  host hydrates it once (settings, clients, the flow run context) and runs every call in a
+  copy of it, so a task run costs what Prefect's engine costs in-process. Prefect's
+  settings, nearly all of a hydration's cost, are built once per host for every flow run
+  that sends the same ones.
+- Each call sends only its task, its task-run id and its parameters.
+- Hosts are actors with `max_concurrency` 1000 and a fraction of a CPU, spread over the
+  cluster's nodes; a host that dies is restarted and its calls retried by Ray.
+- A call is cancelled on its host's event loop (`ray.cancel` of an async actor task), so its
+  HTTP request is dropped and its concurrency slot given back at once.
+
+Sync tasks, and tasks that wait on other futures, still go to RayTaskRunner.submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import json
+import math
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any, Self
+from uuid import UUID, uuid4
+
+import ray
+from prefect import Task
+from prefect.client.schemas.objects import State
+from prefect.context import (
+    AsyncClientContext,
+    FlowRunContext,
+    SettingsContext,
+    hydrated_context,
+    serialize_context,
+)
+from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
+from prefect.states import Crashed
+from prefect.task_engine import AsyncTaskRunEngine
+from prefect_ray import RayTaskRunner
+from prefect_ray.task_runners import PrefectRayFuture
+
+from agents.settings import Settings
+from flows.runtime.ray_setup import ray_init_kwargs
+
+HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
+MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
+MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
+
+
+class BuiltSettings:
+    """Prefect's settings as a flow run's serialized context carries them, built once per
+    distinct value. Building them re-reads every settings source (environment, profiles,
+    .env, toml) for some 50 nested models: ~28 ms of CPU per flow run and host, nearly all
+    of a hydration (BENCHMARKS.md). The flow runs of one process send the same settings;
+    a built one is only read, as Prefect reads the one of its own process. (Prefect PR
+    #20853 proposed caching this in Prefect itself; it was closed.)"""
+
+    def __init__(self, size: int = MAX_SETTINGS_PER_HOST) -> None:
+        self._size = size
+        self._built: OrderedDict[str, Any] = OrderedDict()
+
+    def apply(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        """`serialized` with its settings built (a copy; the original is left as it was)."""
+        context = serialized.get("settings_context")
+        if not context or not isinstance(context.get("settings"), dict):
+            return serialized
+        key = json.dumps(context, sort_keys=True, default=str)
+        built = self._built.pop(key, None)
+        if built is None:
+            # Validated as Prefect's hydration validates it, so the result is the same.
+            built = SettingsContext(**context).settings
+        self._built[key] = built
+        while len(self._built) > self._size:
+            self._built.popitem(last=False)
+        return serialized | {"settings_context": context | {"settings": built}}
+
+
+class CallHost:
+    """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
+    at once; the rest wait for a slot before their task run starts."""
+
+    def __init__(self, max_calls: int) -> None:
+        self._slots = asyncio.Semaphore(max_calls)
+        self._contexts: OrderedDict[str, asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]] = (
+            OrderedDict()
+        )
+        # A context's clients must outlive every call using them: calls per flow run, and
+        # the flow runs released while calls of theirs were still unwinding.
+        self._calls: Counter[str] = Counter()
+        self._released: set[str] = set()
+        self._settings = BuiltSettings()
+
+    async def run(
+        self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
+    ) -> tuple[State[Any], int]:
+        """Run one task run to its final state; returns that state and the attempts made."""
+        async with self._using(run_key, context_box[0]) as context:
+            engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
+            async with self._slots:
+                job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
+                # Cancelled by the flow: the engine has recorded the crash; report what it saw.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        return engine.state, engine.task_run.run_count if engine.task_run else 0
+
+    async def prepare(self, run_key: str, context_box: list[Any]) -> None:
+        """Hydrate a flow run's context ahead of its first call."""
+        await self._context(run_key, context_box[0])
+
+    async def release(self, run_key: str) -> None:
+        """Forget a flow run's context; its clients are closed once no call uses them."""
+        if self._calls[run_key]:
+            self._released.add(run_key)
+        else:
+            await self._drop(run_key)
+
+    @contextlib.asynccontextmanager
+    async def _using(self, run_key: str, context_ref: Any) -> AsyncIterator[contextvars.Context]:
+        context, _ = await self._context(run_key, context_ref)
+        self._calls[run_key] += 1
+        try:
+            yield context
+        finally:
+            self._calls[run_key] -= 1
+            if not self._calls[run_key]:
+                del self._calls[run_key]
+                if run_key in self._released:
+                    self._released.discard(run_key)
+                    await self._drop(run_key)
+
+    async def _context(self, run_key: str, context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
+        if run_key not in self._contexts:
+            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref, self._settings))
+            # Over the limit: drop the oldest contexts that no call is using (if none is
+            # idle, the host keeps more for a while).
+            idle = [key for key in self._contexts if key != run_key and not self._calls[key]]
+            for key in idle[: max(0, len(self._contexts) - MAX_CONTEXTS_PER_HOST)]:
+                await self._drop(key)
+        self._contexts.move_to_end(run_key)
+        return await self._contexts[run_key]
+
+    async def _drop(self, run_key: str) -> None:
+        hydration = self._contexts.pop(run_key, None)
+        if hydration is not None:
+            await _close(hydration)
+
+
+async def _hydrate(context_ref: Any, settings: BuiltSettings) -> tuple[contextvars.Context, AsyncExitStack]:
+    """Prefect's context of a flow run, entered once in a context of its own: settings,
+    the flow run context and one async client that every call on this host shares."""
+    serialized = settings.apply(await context_ref)
+    context = contextvars.copy_context()
+    stack = AsyncExitStack()
+    context.run(stack.enter_context, hydrated_context(serialized))
+    # A task with `context=` runs in that very context, so what it sets stays set there.
+    await asyncio.create_task(stack.enter_async_context(AsyncClientContext.get_or_create()), context=context)
+    return context, stack
+
+
+async def _close(hydration: asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]) -> None:
+    context, stack = await hydration
+    await asyncio.create_task(stack.aclose(), context=context)
+
+
+async def _drive(engine: AsyncTaskRunEngine[Any, Any], task_run_id: UUID) -> None:
+    # prefect.task_engine.run_task_async, keeping the engine to read the run count.
+    async with engine.start(task_run_id=task_run_id):
+        while engine.is_running():
+            await engine.wait_until_ready()
+            async with engine.asset_context(), engine.run_context(), engine.transaction_context() as txn:
+                await engine.call_task_fn(txn)
+
+
+class HostFuture(PrefectRayFuture[Any]):
+    """A task run on a call host; its object resolves to (final state, attempts)."""
+
+    _attempts = 0
+    _final_state: State[Any] | None
+
+    @property
+    def attempts(self) -> int:
+        self.wait()
+        return self._attempts
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._final_state is not None:
+            return
+        try:
+            state, self._attempts = ray.get(self.wrapped_future, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            return
+        except ray.exceptions.RayError as exc:  # cancelled, or the host died for good
+            state = Crashed(message=f"the call host did not finish it: {type(exc).__name__}")
+        self._final_state = state
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        self.wait(timeout)
+        if self._final_state is None:
+            raise TimeoutError(f"Task run {self.task_run_id} did not complete within {timeout} seconds")
+        return super().result(raise_on_failure=raise_on_failure)
+
+
+def prepare_call_hosts(calls: int | None = None) -> None:
+    """In a flow run on a HostedRayTaskRunner: choose its call hosts for stages of up to
+    `calls` calls (None: every host) and have them load this run's context while the flow
+    does other work (see HostedRayTaskRunner.prepare)."""
+    context = FlowRunContext.get()
+    if context is not None and isinstance(context.task_runner, HostedRayTaskRunner):
+        used, pool_size = context.task_runner.prepare(calls)
+        stage = f"stages of up to {calls} calls" if calls is not None else "every host"
+        get_run_logger().info("model calls on %d of up to %d call hosts (%s)", used, pool_size, stage)
+
+
+def hosts_needed(calls: int, calls_per_host: int, slots_per_host: int, pool_size: int) -> int:
+    """Hosts for a flow run whose stages have up to `calls` calls: one per `calls_per_host`,
+    and enough that their slots (each host has a share of the process's calls in flight)
+    hold every call; at least one, at most the pool."""
+    wanted = max(1, math.ceil(calls / calls_per_host), math.ceil(calls / slots_per_host))
+    return min(pool_size, wanted)
+
+
+class HostPool:
+    """This process's call hosts in one Ray session: up to `size`, each started the first
+    time a flow run needs it (a host is a process of some 150 MB; a small council needs
+    one), with `max_calls` in flight in all, a share per host. Flow runs take the hosts the
+    fewest running flow runs use, started ones first, so concurrent flow runs spread over
+    the pool. The hosts are owned by this process, so they end with it."""
+
+    def __init__(self, size: int, cpus: float, max_calls: int) -> None:
+        self.size = size
+        self.slots_per_host = math.ceil(max_calls / size)
+        self._actor = ray.remote(CallHost).options(
+            num_cpus=cpus,
+            max_concurrency=HOST_CONCURRENCY,
+            max_restarts=-1,
+            max_task_retries=3,
+            scheduling_strategy="SPREAD",
+        )
+        self._hosts: list[Any] = []
+        self._users = [0] * size
+        self._lock = threading.Lock()  # flow runs of one process may start in threads
+
+    def take(self, count: int) -> list[int]:
+        """The indexes of `count` hosts for one flow run, started if need be; give them back
+        with `give_back` when the flow run ends."""
+        with self._lock:
+            chosen = sorted(range(self.size), key=lambda i: (self._users[i], i))[:count]
+            for index in chosen:
+                self._users[index] += 1
+            while len(self._hosts) <= max(chosen):
+                self._hosts.append(self._actor.remote(self.slots_per_host))
+            return chosen
+
+    def host(self, index: int) -> Any:
+        return self._hosts[index]
+
+    def give_back(self, indexes: list[int]) -> None:
+        with self._lock:
+            for index in indexes:
+                self._users[index] -= 1
+
+
+_pools: dict[tuple[str, int, float, int], HostPool] = {}
+_pools_lock = threading.Lock()
+
+
+def host_pool(size: int, cpus: float, max_calls: int) -> HostPool:
+    """This process's pool of call hosts in the current Ray session."""
+    key = (ray.get_runtime_context().get_job_id(), size, cpus, max_calls)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = HostPool(size, cpus, max_calls)
+        return _pools[key]
+
+
+class HostedRayTaskRunner(RayTaskRunner):
+    """RayTaskRunner whose async task runs go to call hosts (see the module docstring). Their
+    number, CPUs and calls in flight come from Settings when the flow run first needs them,
+    so deployments and the CLI alike follow DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST,
+    _AGENT_CPUS and _LLM_CONCURRENCY."""
+
+    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(address=address, init_kwargs=init_kwargs)
+        self._run_key = uuid4().hex
+        self._context_box: list[Any] | None = None
+        self._turn = itertools.count()
+        self._pool: HostPool | None = None
+        self._taken: list[int] = []
+        self._used: list[Any] = []
+
+    def duplicate(self) -> Self:
+        return type(self)(self.address, self.init_kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other) and isinstance(other, HostedRayTaskRunner)
+
+    def submit(  # type: ignore[override]
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Any = None,
+        dependencies: Any = None,
+    ) -> PrefectRayFuture[Any]:
+        if not task.isasync or wait_for or any(isinstance(v, PrefectFuture) for v in parameters.values()):
+            return super().submit(task, parameters, wait_for, dependencies)
+        context_box = self._ship_context()
+        host = self._used[next(self._turn) % len(self._used)]
+        task_run_id = uuid4()
+        ref = host.run.remote(self._run_key, context_box, task, task_run_id, parameters)
+        return HostFuture(task_run_id=task_run_id, wrapped_future=ref)
+
+    def prepare(self, calls: int | None = None) -> tuple[int, int]:
+        """Choose this flow run's hosts for stages of up to `calls` calls (None: the whole
+        pool) and have them hydrate its context now, in the background, so that the first
+        calls start at once (it takes each host some 25-70 ms). Returns the hosts it uses
+        and the pool's size."""
+        context_box = self._ship_context(calls)
+        for host in self._used:
+            host.prepare.remote(self._run_key, context_box)
+        return len(self._used), self._pool.size if self._pool is not None else 0
+
+    def _ship_context(self, calls: int | None = None) -> list[Any]:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        if self._context_box is None:
+            # Boxed, so Ray hands the host the reference and the host fetches it once.
+            self._context_box = [ray.put(serialize_context())]
+            settings = Settings()
+            pool = host_pool(settings.call_hosts, settings.agent_cpus, settings.llm_concurrency)
+            count = pool.size
+            if calls is not None:
+                count = hosts_needed(calls, settings.calls_per_host, pool.slots_per_host, pool.size)
+            self._pool, self._taken = pool, pool.take(count)
+            self._used = [pool.host(index) for index in self._taken]
+        return self._context_box
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for host in self._used:
+            host.release.remote(self._run_key)
+        if self._pool is not None:
+            self._pool.give_back(self._taken)
+        super().__exit__(*exc_info)
+
+
+def task_runner(settings: Settings) -> HostedRayTaskRunner:
+    return HostedRayTaskRunner(
+        address=settings.ray_address, init_kwargs=ray_init_kwargs(settings.ray_address)
+    )

@@ -1,0 +1,137 @@
+"""Ray for agent tasks: a local instance without the daemons one machine does not use, or
+a connection to the cluster at RAY_ADDRESS with this checkout's code shipped to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect.logging import get_logger
+
+from agents.errors import ConfigurationError
+from agents.settings import Settings
+
+log = get_logger("deliberation")
+
+
+@contextmanager
+def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
+    """Yields a function that starts Ray (or connects to RAY_ADDRESS) once; Ray is shut
+    down on exit. Started here rather than by the task runner, it is started once per
+    process, not once per flow-run attempt, and can start while the Prefect API does."""
+    import ray
+
+    def start() -> None:
+        if ray.is_initialized():
+            return
+        for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
+            try:
+                init_ray(settings.ray_address)
+                return
+            except (ConnectionError, RuntimeError) as exc:
+                if settings.ray_address is None:
+                    raise
+                # Ray Client's head starts a server per connection, and on a busy head that
+                # start sometimes fails ("Starting Ray client server failed", seen once in
+                # ten test runs on 2 cores); a second connection usually gets one.
+                if "client server failed" in str(exc) and attempt < RAY_CONNECT_ATTEMPTS:
+                    log.warning("Ray at %s: %s; connecting again", settings.ray_address, exc)
+                    continue
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ConfigurationError(
+                    f"cannot connect to Ray at {settings.ray_address}: {reason}; check RAY_ADDRESS "
+                    "(or --ray-address)"
+                ) from None
+
+    try:
+        yield start
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+RAY_CONNECT_ATTEMPTS = 2
+
+
+# Agent tasks request a fraction of a CPU, so a stage runs more tasks at once than Ray
+# keeps idle workers for (one per CPU by default): every stage then started new worker
+# processes, each importing Prefect again, seconds per stage (BENCHMARKS.md). Keeping
+# the workers a deliberation needs alive between stages removes that. No worker is
+# started before a task asks for one: model calls run on call hosts (actors), and an idle
+# worker prestarted for the driver was 85 MB of a local run that never used it.
+RAY_SYSTEM_CONFIG = {
+    "num_workers_soft_limit": 64,
+    "idle_worker_killing_time_threshold_ms": 600_000,
+    "prestart_worker_first_driver": False,
+}
+
+
+def init_ray(address: str | None, **options: Any) -> None:
+    """`ray.init` for agent tasks: connect to the cluster at `address`, or start a local
+    instance without the daemons a single machine does not use (see
+    `without_cluster_daemons`). `options` go to ray.init (`num_cpus`, say)."""
+    import ray
+
+    kwargs = {"namespace": "prefect", **ray_init_kwargs(address), **options}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+        return
+    with without_cluster_daemons():
+        ray.init(**kwargs)
+
+
+@contextmanager
+def without_cluster_daemons() -> Iterator[None]:
+    """While `ray.init` starts a local instance: no autoscaler monitor and no log monitor,
+    some 175 MB of a local run's 1.2 GB (BENCHMARKS.md). One machine has nothing to
+    autoscale, and with `log_to_driver` off nothing reads what the log monitor collects.
+    `ray start` has a switch for each (--no-monitor, ray-project/ray#13505;
+    --include-log-monitor, #48891); `ray.init` has neither, so the parameters it builds
+    get those two defaults here, and only while it runs. Running `ray start --block` as a
+    managed process instead was tried: on SIGTERM it drains for 30 s before it stops, and
+    it writes an address file that any other `ray.init()` on the machine then joins."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class SingleMachineRayParams(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            kwargs.setdefault("include_log_monitor", False)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = SingleMachineRayParams  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        parameter.RayParams = original  # type: ignore[misc]
+
+
+def ray_init_kwargs(address: str | None) -> dict[str, Any]:
+    """What `ray.init` needs for agent tasks. A cluster's own settings stand when
+    connecting to one (Ray refuses a system config then; deploy/ sets them on the
+    cluster), and the cluster gets this checkout's code."""
+    kwargs: dict[str, Any] = {"log_to_driver": False}  # worker output stays off our stdout
+    if address is None:
+        kwargs["_system_config"] = RAY_SYSTEM_CONFIG
+        # The dashboard's head and its modules were over 1 GB of a local run's 2.2 GB
+        # (BENCHMARKS.md); a cluster started with `ray start` keeps its own.
+        kwargs["include_dashboard"] = False
+    else:
+        kwargs["runtime_env"] = shipped_code()
+    return kwargs
+
+
+def shipped_code() -> dict[str, Any]:
+    """A Ray runtime env that uploads our packages to the cluster, where they shadow the
+    image's copy: a change to the flow needs no new image. Third-party packages come
+    from the image, so a dependency change does."""
+    import agents
+    import flows
+    import tasks
+
+    # Paths, not module objects: Ray Client pickles the runtime env, and modules do not pickle.
+    packages = [str(Path(package.__file__).parent) for package in (agents, tasks, flows) if package.__file__]
+    return {"py_modules": packages, "excludes": ["__pycache__", "*.pyc"]}

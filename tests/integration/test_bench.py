@@ -1,0 +1,118 @@
+"""The benchmark's emulated server behaves like vLLM's scheduler, and the benchmark runs
+(quick mode: figures are printed, never asserted against a clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, cpu_split
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_module(*argv: str, timeout: float) -> str:
+    """`python -m ARGV` as a user runs it, on its embedded defaults (none of the servers
+    this test session set up); its standard output, once it has exited 0."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VLLM_URL", "NATS_URL", "PREFECT_API_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_emulator_queues_beyond_max_num_seqs_and_reports_usage() -> None:
+    emulator = EmulatorProcess(max_num_seqs=2, ttft=0.3, per_token=0.001, output_tokens=20)
+    try:
+
+        async def four() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=emulator.url, timeout=30) as client:
+                body = {"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 5}
+                return await asyncio.gather(
+                    *(client.post("/v1/chat/completions", json=body | {"user": f"u{i}"}) for i in range(4))
+                )
+
+        replies = asyncio.run(four())
+        stats = emulator.stats()
+    finally:
+        emulator.stop()
+    assert [r.json()["usage"]["completion_tokens"] for r in replies] == [5] * 4
+    assert {r.json()["choices"][0]["finish_reason"] for r in replies} == {"length"}
+    assert (stats["max_running"], stats["max_waiting"]) == (2, 2)
+    admitted = sorted(r["admitted"] for r in stats["requests"])
+    finished = sorted(r["finished"] for r in stats["requests"])
+    # The last two were admitted only when the first two had finished.
+    assert admitted[2] >= finished[0] and admitted[3] >= finished[1]
+
+
+def test_cpu_split_separates_a_deliberations_fixed_cost_from_its_cost_per_call() -> None:
+    # 400 ms per deliberation and 20 ms per call, measured at 10 and 100 calls with noise.
+    samples = [(10, 590.0), (10, 610.0), (100, 2390.0), (100, 2410.0)]
+    fixed, per_call = cpu_split(samples) or (0.0, 0.0)
+    assert fixed == pytest.approx(400.0)
+    assert per_call == pytest.approx(20.0)
+    assert cpu_split([(10, 600.0), (10, 650.0)]) is None  # one size: nothing to tell apart
+
+
+def test_cpu_since_counts_this_process_and_takes_nothing_for_one_that_exited() -> None:
+    before = cpu_snapshot() | {2**40: ("ray workers", 5.0)}  # a worker gone since: no such PID
+    busy_until = time.process_time() + 0.2
+    while time.process_time() < busy_until:
+        pass
+    spent = cpu_since(before)
+    assert spent["flow (this process)"] >= 0.15
+    assert all(seconds >= 0 for seconds in spent.values())
+
+
+@pytest.mark.slow
+def test_benchmark_runs_in_quick_mode() -> None:
+    # Ray's raylet may print warnings on stdout too; the table starts at its title.
+    lines = run_module("bench.run", "--quick", timeout=900).splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("# deliberation benchmark")) :]
+    assert lines[0] == f"# deliberation benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    for figure in (
+        "cold start: launch to first LLM request",
+        "peak memory of the local run",
+        "peak memory of the local run, PSS",
+        "5 agents: overhead (wall - critical path)",
+        "orchestration CPU while idle",
+        "5 agents: orchestration CPU per model call",
+        "5 agents:   of which prefect api",
+        "5 agents: max in flight at the server",
+        "5 agents: proposal stage / asyncio.gather",
+        "throughput: deliberations per minute",
+        "NATS publish with ack: p99",
+    ):
+        row = next(line for line in lines if line.startswith(figure))
+        assert float(row[len(figure) :].split()[0]) >= 0
+
+
+@pytest.mark.slow
+def test_hydration_figures_are_printed() -> None:
+    printed = run_module("bench.hydration", "--runs", "2", timeout=300)
+    figures = [line for line in printed.splitlines() if line.startswith(("flow:", "host:"))]
+    assert [line.split("  ")[0] for line in figures] == [
+        "flow: serialize_context",
+        "host: hydrate, first flow run",
+        "host: hydrate, later flow runs",
+        "host: release, median",
+    ]
+    for line in figures:
+        assert float(line.split("ms CPU")[0].split()[-1]) >= 0
+
+
+@pytest.mark.slow
+def test_winner_evaluation_runs_in_quick_mode() -> None:
+    printed = run_module("bench.winners", "--quick", timeout=600)
+    rows = {tuple(line.split()[:2]): line.split()[2:5] for line in printed.splitlines()[2:]}
+    assert set(rows) == {(b, r) for b in ("abstaining", "random", "informative") for r in ("no", "yes")}
+    for winner, first, chance in rows.values():
+        assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0

@@ -1,0 +1,119 @@
+"""The embedded defaults: with no VLLM_URL the CLI serves the bundled SmolLM2 model itself
+(and, with no PREFECT_API_URL, runs its own temporary Prefect API); both end with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agents.events import AgentResponseEvent, Event
+from flows.runtime.embedded import LOCAL_MODEL_ALIAS, LocalModelServer
+
+pytest.importorskip("llama_cpp", reason="the local extra is not installed (./dev installs it)")
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_SERVER_STARTED = r"started the local model server at http://127.0.0.1:(\d+)"
+PREFECT_API_STARTED = r"started a temporary Prefect API at http://127.0.0.1:(\d+)"
+
+
+def test_local_model_server_answers_and_stops() -> None:
+    import httpx
+
+    with LocalModelServer() as server:
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]] == [LOCAL_MODEL_ALIAS]
+        port = server.port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+@pytest.mark.slow
+def test_cli_deliberates_on_the_bundled_model(
+    nats_url: str, read_events: Callable[[str], list[Event]]
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
+    env["NATS_URL"] = nats_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.deliberate", "Write a Python function that adds two numbers"]
+        # --verbose: the servers' "started ... at" lines, which name their ports, on stderr.
+        + [
+            "--roles",
+            "DEV,QA",
+            "--max-tokens",
+            "48",
+            "--deliberation-id",
+            deliberation_id,
+            "--json",
+            "--verbose",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "completed"
+    for outcome in result["outcomes"]:
+        proposal = outcome["proposal"]
+        assert proposal["content"].strip()
+        assert proposal["model"] == LOCAL_MODEL_ALIAS
+        assert proposal["prompt_tokens"] > 0 and 0 < proposal["completion_tokens"] <= 48
+    events = read_events(deliberation_id)
+    assert sorted(e.agent_id for e in events if isinstance(e, AgentResponseEvent)) == [
+        "agent-dev-001",
+        "agent-qa-001",
+    ]
+    # The model server and the Prefect API the CLI started are gone with it.
+    for started in (MODEL_SERVER_STARTED, PREFECT_API_STARTED):
+        port = re.search(started, proc.stderr)
+        assert port, proc.stderr[-2000:]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(port.group(1))), timeout=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_leaves_no_model_server_or_prefect_api_behind(
+    nats_url: str, stop_signal: int
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
+    env["NATS_URL"] = nats_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.deliberate", "Write a long essay", "--roles", "DEV", "--verbose"]
+        + ["--max-tokens", "2000", "--timeout", "600"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    ports = []
+    for line in proc.stderr:
+        for started in (MODEL_SERVER_STARTED, PREFECT_API_STARTED):
+            if port := re.search(started, line):
+                ports.append(int(port.group(1)))
+        if "Beginning flow run" in line:
+            break
+    assert len(ports) == 2
+    proc.send_signal(stop_signal)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    if stop_signal == signal.SIGINT:
+        assert proc.returncode == 130
+    for port in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)
