@@ -12,14 +12,16 @@ class ConfigurationError(Exception):
 
 
 class LLMError(Exception):
-    """A chat completion that did not produce a usable answer."""
+    """A chat completion that did not produce a usable answer; `status` is the HTTP status
+    the server answered with, if it answered."""
 
     retryable: bool = False
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message, retry_after)
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message, retry_after, status)
         self.message = message
         self.retry_after = retry_after
+        self.status = status
 
     def __str__(self) -> str:
         return self.message

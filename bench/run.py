@@ -245,7 +245,7 @@ def cold_start(emulator: EmulatorProcess, repeats: int, agents: int = 5) -> list
 
 
 @contextmanager
-def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callable[..., Any]]:
+def warm_pipeline(model_url: str) -> Iterator[Callable[..., Any]]:
     """One Prefect API, one Ray, one nats-server for many deliberations, as a worker has, on
     the model server at `model_url`."""
     import ray
@@ -258,10 +258,7 @@ def warm_pipeline(model_url: str, ray_defaults: bool = False) -> Iterator[Callab
     os.environ.update({"VLLM_URL": model_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     with LocalNatsServer() as nats, prefect_api():
         os.environ["NATS_URL"] = nats.url
-        if ray_defaults:
-            ray.init(namespace="prefect", log_to_driver=False, include_dashboard=False)
-        else:
-            init_ray(None)
+        init_ray(None)
         try:
             from agents.models import DeliberationRequest
             from flows.deliberate import deliberate
@@ -517,9 +514,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every figure once, small, no warm-up")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--ray-defaults", action="store_true", help="Ray's default worker pool (the 'before' figures)"
-    )
     parser.add_argument("--sizes", default=None, help="council sizes of the warm figures, e.g. 5,50")
     parser.add_argument("--throughput", type=int, default=None, help="deliberations submitted at once")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start figures")
@@ -548,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_cold_start:
             for agents in (int(size) for size in args.cold_sizes.split(",")):
                 figures += cold_start(fast, repeats, agents)
-        with warm_pipeline(fast.url, args.ray_defaults) as run:
+        with warm_pipeline(fast.url) as run:
             if not args.quick:
                 # Warm-up: the API's first queries, and every call host the largest council uses.
                 run(max(sizes) // 5)

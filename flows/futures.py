@@ -11,26 +11,32 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-import ray
 from prefect import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
-from prefect_ray.task_runners import PrefectRayFuture
 
 from agents.errors import LLMError
 from agents.models import AgentStatus, ErrorInfo
-from flows.runtime.hosts import HostFuture
 
 K = TypeVar("K")
 T = TypeVar("T")
 RUN_COUNT_SYNC_SECONDS = 10.0
-# How long a cancelled call may take to stop on its host before its state is recorded.
+# How long a cancelled task run may take to stop before its state is recorded.
 CANCEL_GRACE_SECONDS = 5.0
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A future whose task run can be stopped: the task runner's futures know how (a call
+    on a call host is cancelled on its event loop; a plain Ray task has its worker killed)."""
+
+    def cancel(self) -> None:
+        """Ask the task run to stop; returns at once."""
 
 
 @dataclass(frozen=True)
@@ -158,17 +164,17 @@ def run_count(future: PrefectFuture[Any], until: State[Any] | None = None) -> in
 
 def cancel(futures: Sequence[PrefectFuture[Any]], reason: str) -> None:
     """Stop these task runs and record why, in their state and in their logs (the Prefect UI
-    shows no message for a Cancelled state). A call on a host is cancelled on its event
-    loop, which drops its HTTP request and gives its concurrency slot back; any other Ray
-    task has its worker killed."""
+    shows no message for a Cancelled state). Each is stopped as its future knows how (see
+    Cancellable), and given CANCEL_GRACE_SECONDS in all to unwind (a model call drops its
+    HTTP request and gives its concurrency slot back) before its state is recorded."""
     if not futures:
         return
     for future in futures:
-        if isinstance(future, PrefectRayFuture):
-            ray.cancel(future.wrapped_future, force=not isinstance(future, HostFuture))
-    hosted = [f.wrapped_future for f in futures if isinstance(f, HostFuture)]
-    if hosted:
-        ray.wait(hosted, num_returns=len(hosted), timeout=CANCEL_GRACE_SECONDS)
+        if isinstance(future, Cancellable):
+            future.cancel()
+    give_up = time.monotonic() + CANCEL_GRACE_SECONDS
+    for future in futures:
+        future.wait(timeout=max(0.0, give_up - time.monotonic()))
     context = FlowRunContext.get()
     flow_run_id = context.flow_run.id if context is not None and context.flow_run is not None else None
     with get_client(sync_client=True) as client:

@@ -8,8 +8,6 @@ Retry-After, and reads the API key in the process that calls (never a parameter)
 from __future__ import annotations
 
 import asyncio
-import itertools
-import weakref
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
@@ -19,7 +17,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
 
-from agents.adapters.llm import ChatClient
+from agents.adapters.llm import chat_client
 from agents.adapters.secrets import model_api_key
 from agents.config import LLMEndpoint
 from agents.errors import LLMError, LLMUnavailable
@@ -45,26 +43,6 @@ async def _honour_retry_after(exc: LLMUnavailable) -> None:
         await asyncio.sleep(min(exc.retry_after, MAX_RETRY_AFTER_SECONDS))
 
 
-# Clients per endpoint and event loop, kept for the life of the loop: a call host runs many
-# calls on one loop, and a new httpx client costs an SSL context (tens of ms of CPU). A few
-# of them, taken in turn, because httpcore's pool rescans every connection it holds each
-# time it assigns a request, which is quadratic in a burst of calls (encode/httpcore#1035).
-CLIENTS_PER_ENDPOINT = 4
-_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, str | None], tuple[list[ChatClient], itertools.count[int]]]
-] = weakref.WeakKeyDictionary()
-
-
-def _shared_client(endpoint: LLMEndpoint, api_key: str | None) -> ChatClient:
-    clients = _clients.setdefault(asyncio.get_running_loop(), {})
-    key = (endpoint.model_dump_json(), api_key)
-    if key not in clients:
-        pool = [ChatClient(endpoint, api_key) for _ in range(CLIENTS_PER_ENDPOINT)]
-        clients[key] = (pool, itertools.count())
-    pool, turn = clients[key]
-    return pool[next(turn) % len(pool)]
-
-
 # A cancelled call gives its slot back as it unwinds; a call whose host process is killed
 # cannot, so its lease is kept to the shortest Prefect's API accepts (it is renewed while
 # the call runs): the slot comes back within about a minute instead of Prefect's 300 s.
@@ -78,18 +56,16 @@ def _llm_slot(limit: str | None) -> AbstractAsyncContextManager[None]:
     return concurrency(limit, occupy=1, strict=True, lease_duration=SLOT_LEASE_SECONDS)
 
 
-# Retried only when it helps, cut per attempt. Not cached or persisted by Prefect: the flow
-# records every outcome in the call ledger (NATS), which a rerun reads on any machine.
-# The flow sets timeout and retries per call.
+# Retried only when it helps. How often, and each attempt's timeout, the flow sets per call
+# (CallRunner: from Settings and the deliberation's deadline). Not cached or persisted by
+# Prefect: the flow records every outcome in the call ledger (NATS), which a rerun reads on
+# any machine.
 @task(
     name="ask_model",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=3,
-    retry_delay_seconds=1,
     retry_jitter_factor=0.5,
     retry_condition_fn=is_transient,
-    timeout_seconds=60,
 )
 async def ask_model(
     deliberation_id: str, call: ModelCall, endpoint: LLMEndpoint, llm_limit: str | None = None
@@ -99,8 +75,8 @@ async def ask_model(
     # In a thread, because Secret.load is the blocking kind outside an event loop.
     api_key = await asyncio.to_thread(model_api_key, endpoint.api_key_secret, endpoint.api_key_env)
     try:
-        async with _llm_slot(llm_limit):
-            return await _shared_client(endpoint, api_key).complete(
+        async with _llm_slot(llm_limit), chat_client(endpoint, api_key) as client:
+            return await client.complete(
                 call.messages, temperature=call.temperature, max_tokens=call.max_tokens, user=call.call_id
             )
     except LLMUnavailable as exc:

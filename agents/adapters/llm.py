@@ -7,8 +7,12 @@ LLMBadResponse (permanent), so callers never see transport details.
 from __future__ import annotations
 
 import functools
+import itertools
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -79,8 +83,8 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """What httpx builds for every client by default (its CA bundle, or SSL_CERT_FILE and
-    SSL_CERT_DIR), built once per process: it costs about 18 ms of CPU, and a call host
-    holds several clients per event loop."""
+    SSL_CERT_DIR), built once per process: loading the CA bundle is the costly part of a
+    new client (BENCHMARKS.md), and a call host holds several clients."""
     return httpx.create_ssl_context()
 
 
@@ -162,14 +166,14 @@ class ChatClient:
             raise LLMUnavailable(
                 f"cannot reach {self._where}: {type(exc).__name__}: {exc or 'connection lost'}"
             ) from None
-        if response.status_code == 429 or response.status_code >= 500:
+        code = response.status_code
+        if code == 429 or code >= 500:
             raise LLMUnavailable(
-                f"{self._where} answered {response.status_code}",
-                retry_after=_retry_after_seconds(response),
+                f"{self._where} answered {code}", retry_after=_retry_after_seconds(response), status=code
             )
-        if response.status_code >= 400:
+        if code >= 400:
             raise LLMRejected(
-                f"{self._where} rejected the request: {response.status_code} {response.text[:300]}"
+                f"{self._where} rejected the request: {code} {response.text[:300]}", status=code
             )
         return response
 
@@ -180,3 +184,47 @@ class ChatClient:
             raise LLMBadResponse(
                 f"{self._where} sent a malformed {model.__name__.strip('_')}: {exc.errors()[0]['msg']}"
             ) from None
+
+
+# A few clients per endpoint, taken in turn, because httpcore's pool rescans every
+# connection it holds each time it assigns a request, which is quadratic in a burst of
+# calls (encode/httpcore#1035).
+CLIENTS_PER_ENDPOINT = 4
+
+
+class ChatClientPool:
+    """Long-lived clients shared by many calls on one event loop, a few per endpoint and
+    key; `aclose` closes them all. A call host holds one per flow run it serves."""
+
+    def __init__(self, per_endpoint: int = CLIENTS_PER_ENDPOINT) -> None:
+        self._per_endpoint = per_endpoint
+        self._clients: dict[tuple[str, str | None], tuple[list[ChatClient], itertools.count[int]]] = {}
+
+    def client(self, endpoint: LLMEndpoint, api_key: str | None) -> ChatClient:
+        key = (endpoint.model_dump_json(), api_key)
+        if key not in self._clients:
+            clients = [ChatClient(endpoint, api_key) for _ in range(self._per_endpoint)]
+            self._clients[key] = (clients, itertools.count())
+        clients, turn = self._clients[key]
+        return clients[next(turn) % len(clients)]
+
+    async def aclose(self) -> None:
+        clients = [client for pool, _ in self._clients.values() for client in pool]
+        self._clients.clear()
+        for client in clients:
+            await client.aclose()
+
+
+shared_clients: ContextVar[ChatClientPool | None] = ContextVar("shared_clients", default=None)
+
+
+@asynccontextmanager
+async def chat_client(endpoint: LLMEndpoint, api_key: str | None) -> AsyncIterator[ChatClient]:
+    """A client for one call: from the pool of the caller's context (`shared_clients`, set
+    by a call host), else one of its own, closed after the call."""
+    pool = shared_clients.get()
+    if pool is not None:
+        yield pool.client(endpoint, api_key)
+        return
+    async with ChatClient(endpoint, api_key) as client:
+        yield client

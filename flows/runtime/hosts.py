@@ -3,9 +3,10 @@ long-lived async Ray actors (call hosts), each running many task runs on one eve
 
 prefect-ray's RayTaskRunner makes every task run a plain Ray task: a worker process per call
 in flight, `asyncio.run` per call, Prefect's context rebuilt per call, and a fresh
-`ray.remote` function per submit. That costs about 0.3 s of CPU per call and kept 24 of 50
-calls in flight (BENCHMARKS.md). prefect-ray has no worker-reusing mode, and Prefect's
-proposal to cache the rebuilt context (PrefectHQ/prefect PR #20853) was closed; so here:
+`ray.remote` function per submit: several times our CPU per call, and half a large council
+out of flight (BENCHMARKS.md has the figures). prefect-ray has no worker-reusing mode, and
+Prefect's proposal to cache the rebuilt context (PrefectHQ/prefect PR #20853) was closed;
+so here:
 
 - The flow's context is serialized once per flow run and put in Ray's object store; each
   host hydrates it once (settings, clients, the flow run context) and runs every call in a
@@ -53,8 +54,9 @@ from prefect.task_engine import AsyncTaskRunEngine
 from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
+from agents.adapters.llm import ChatClientPool, shared_clients
 from agents.settings import Settings
-from flows.runtime.ray_setup import ray_init_kwargs
+from flows.runtime.ray_setup import init_ray
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
@@ -64,10 +66,10 @@ MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
 class BuiltSettings:
     """Prefect's settings as a flow run's serialized context carries them, built once per
     distinct value. Building them re-reads every settings source (environment, profiles,
-    .env, toml) for some 50 nested models: ~28 ms of CPU per flow run and host, nearly all
-    of a hydration (BENCHMARKS.md). The flow runs of one process send the same settings;
-    a built one is only read, as Prefect reads the one of its own process. (Prefect PR
-    #20853 proposed caching this in Prefect itself; it was closed.)"""
+    .env, toml) for some 50 nested models, nearly all of a hydration's CPU (BENCHMARKS.md).
+    The flow runs of one process send the same settings; a built one is only read, as
+    Prefect reads the one of its own process. (Prefect PR #20853 proposed caching this in
+    Prefect itself; it was closed.)"""
 
     def __init__(self, size: int = MAX_SETTINGS_PER_HOST) -> None:
         self._size = size
@@ -161,13 +163,17 @@ class CallHost:
 
 async def _hydrate(context_ref: Any, settings: BuiltSettings) -> tuple[contextvars.Context, AsyncExitStack]:
     """Prefect's context of a flow run, entered once in a context of its own: settings,
-    the flow run context and one async client that every call on this host shares."""
+    the flow run context, one Prefect client and one pool of model-server clients that
+    every call of the flow run on this host shares; closed with it."""
     serialized = settings.apply(await context_ref)
     context = contextvars.copy_context()
     stack = AsyncExitStack()
     context.run(stack.enter_context, hydrated_context(serialized))
     # A task with `context=` runs in that very context, so what it sets stays set there.
     await asyncio.create_task(stack.enter_async_context(AsyncClientContext.get_or_create()), context=context)
+    clients = ChatClientPool()
+    context.run(shared_clients.set, clients)
+    stack.push_async_callback(clients.aclose)
     return context, stack
 
 
@@ -213,6 +219,19 @@ class HostFuture(PrefectRayFuture[Any]):
             raise TimeoutError(f"Task run {self.task_run_id} did not complete within {timeout} seconds")
         return super().result(raise_on_failure=raise_on_failure)
 
+    def cancel(self) -> None:
+        """Cancel the call on its host's event loop: its HTTP request is dropped and its
+        concurrency slot given back, and the host goes on serving the other calls."""
+        ray.cancel(self.wrapped_future)
+
+
+class RayTaskFuture(PrefectRayFuture[Any]):
+    """A task run as a plain Ray task (sync tasks: run_tests)."""
+
+    def cancel(self) -> None:
+        """Kill the worker process running it: a sync task cannot be interrupted otherwise."""
+        ray.cancel(self.wrapped_future, force=True)
+
 
 def prepare_call_hosts(calls: int | None = None) -> None:
     """In a flow run on a HostedRayTaskRunner: choose its call hosts for stages of up to
@@ -235,7 +254,7 @@ def hosts_needed(calls: int, calls_per_host: int, slots_per_host: int, pool_size
 
 class HostPool:
     """This process's call hosts in one Ray session: up to `size`, each started the first
-    time a flow run needs it (a host is a process of some 150 MB; a small council needs
+    time a flow run needs it (a host is a process of its own; a small council needs
     one), with `max_calls` in flight in all, a share per host. Flow runs take the hosts the
     fewest running flow runs use, started ones first, so concurrent flow runs spread over
     the pool. The hosts are owned by this process, so they end with it."""
@@ -288,10 +307,15 @@ def host_pool(size: int, cpus: float, max_calls: int) -> HostPool:
 
 
 class HostedRayTaskRunner(RayTaskRunner):
-    """RayTaskRunner whose async task runs go to call hosts (see the module docstring). Their
-    number, CPUs and calls in flight come from Settings when the flow run first needs them,
-    so deployments and the CLI alike follow DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST,
-    _AGENT_CPUS and _LLM_CONCURRENCY."""
+    """RayTaskRunner whose async task runs go to call hosts (see the module docstring).
+
+    The one task runner of the `deliberate` flow, whoever runs it (the CLI, a deployment's
+    worker, the service): unless Ray is already up in the process, it starts Ray as
+    `init_ray` does, at RAY_ADDRESS (this checkout's code shipped to the cluster) or locally
+    without the daemons one machine does not use, and leaves it up for the process's next
+    flow runs. The hosts' number, CPUs and calls in flight come from Settings when the flow
+    run first needs them (DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST, _AGENT_CPUS and
+    _LLM_CONCURRENCY)."""
 
     def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__(address=address, init_kwargs=init_kwargs)
@@ -305,6 +329,11 @@ class HostedRayTaskRunner(RayTaskRunner):
     def duplicate(self) -> Self:
         return type(self)(self.address, self.init_kwargs)
 
+    def __enter__(self) -> Self:
+        if not ray.is_initialized():
+            init_ray(self.address or Settings().ray_address, **self.init_kwargs)
+        return super().__enter__()
+
     def __eq__(self, other: object) -> bool:
         return super().__eq__(other) and isinstance(other, HostedRayTaskRunner)
 
@@ -316,7 +345,8 @@ class HostedRayTaskRunner(RayTaskRunner):
         dependencies: Any = None,
     ) -> PrefectRayFuture[Any]:
         if not task.isasync or wait_for or any(isinstance(v, PrefectFuture) for v in parameters.values()):
-            return super().submit(task, parameters, wait_for, dependencies)
+            future = super().submit(task, parameters, wait_for, dependencies)
+            return RayTaskFuture(task_run_id=future.task_run_id, wrapped_future=future.wrapped_future)
         context_box = self._ship_context()
         host = self._used[next(self._turn) % len(self._used)]
         task_run_id = uuid4()
@@ -326,7 +356,7 @@ class HostedRayTaskRunner(RayTaskRunner):
     def prepare(self, calls: int | None = None) -> tuple[int, int]:
         """Choose this flow run's hosts for stages of up to `calls` calls (None: the whole
         pool) and have them hydrate its context now, in the background, so that the first
-        calls start at once (it takes each host some 25-70 ms). Returns the hosts it uses
+        calls start at once. Returns the hosts it uses
         and the pool's size."""
         context_box = self._ship_context(calls)
         for host in self._used:
@@ -354,9 +384,3 @@ class HostedRayTaskRunner(RayTaskRunner):
         if self._pool is not None:
             self._pool.give_back(self._taken)
         super().__exit__(*exc_info)
-
-
-def task_runner(settings: Settings) -> HostedRayTaskRunner:
-    return HostedRayTaskRunner(
-        address=settings.ray_address, init_kwargs=ray_init_kwargs(settings.ray_address)
-    )

@@ -19,31 +19,13 @@ log = get_logger("deliberation")
 @contextmanager
 def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
     """Yields a function that starts Ray (or connects to RAY_ADDRESS) once; Ray is shut
-    down on exit. Started here rather than by the task runner, it is started once per
-    process, not once per flow-run attempt, and can start while the Prefect API does."""
+    down on exit. The task runner would start the same Ray itself; started here, it can
+    start while the Prefect API does."""
     import ray
 
     def start() -> None:
-        if ray.is_initialized():
-            return
-        for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
-            try:
-                init_ray(settings.ray_address)
-                return
-            except (ConnectionError, RuntimeError) as exc:
-                if settings.ray_address is None:
-                    raise
-                # Ray Client's head starts a server per connection, and on a busy head that
-                # start sometimes fails ("Starting Ray client server failed", seen once in
-                # ten test runs on 2 cores); a second connection usually gets one.
-                if "client server failed" in str(exc) and attempt < RAY_CONNECT_ATTEMPTS:
-                    log.warning("Ray at %s: %s; connecting again", settings.ray_address, exc)
-                    continue
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ConfigurationError(
-                    f"cannot connect to Ray at {settings.ray_address}: {reason}; check RAY_ADDRESS "
-                    "(or --ray-address)"
-                ) from None
+        if not ray.is_initialized():
+            init_ray(settings.ray_address)
 
     try:
         yield start
@@ -53,33 +35,38 @@ def local_ray(settings: Settings) -> Iterator[Callable[[], None]]:
 
 
 RAY_CONNECT_ATTEMPTS = 2
-
-
-# Agent tasks request a fraction of a CPU, so a stage runs more tasks at once than Ray
-# keeps idle workers for (one per CPU by default): every stage then started new worker
-# processes, each importing Prefect again, seconds per stage (BENCHMARKS.md). Keeping
-# the workers a deliberation needs alive between stages removes that. No worker is
-# started before a task asks for one: model calls run on call hosts (actors), and an idle
-# worker prestarted for the driver was 85 MB of a local run that never used it.
-RAY_SYSTEM_CONFIG = {
-    "num_workers_soft_limit": 64,
-    "idle_worker_killing_time_threshold_ms": 600_000,
-    "prestart_worker_first_driver": False,
-}
+# No worker is started before a task asks for one: model calls run on call hosts (actors),
+# and an idle worker prestarted for the driver was memory a local run never used.
+RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 
 
 def init_ray(address: str | None, **options: Any) -> None:
-    """`ray.init` for agent tasks: connect to the cluster at `address`, or start a local
-    instance without the daemons a single machine does not use (see
-    `without_cluster_daemons`). `options` go to ray.init (`num_cpus`, say)."""
+    """`ray.init` for agent tasks: connect to the cluster at `address` (an unreachable one
+    is a ConfigurationError), or start a local instance without the daemons a single
+    machine does not use (see `without_cluster_daemons`). `options` go to ray.init
+    (`num_cpus`, say)."""
     import ray
 
     kwargs = {"namespace": "prefect", **ray_init_kwargs(address), **options}
-    if address is not None:
-        ray.init(address=address, **kwargs)
+    if address is None:
+        with without_cluster_daemons():
+            ray.init(**kwargs)
         return
-    with without_cluster_daemons():
-        ray.init(**kwargs)
+    for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            # Ray Client's head starts a server per connection, and on a busy head that
+            # start sometimes fails ("Starting Ray client server failed"); a second
+            # connection usually gets one.
+            if "client server failed" in str(exc) and attempt < RAY_CONNECT_ATTEMPTS:
+                log.warning("Ray at %s: %s; connecting again", address, exc)
+                continue
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(
+                f"cannot connect to Ray at {address}: {reason}; check RAY_ADDRESS (or --ray-address)"
+            ) from None
 
 
 @contextmanager

@@ -49,26 +49,26 @@ async def test_reads_content_finish_reason_and_usage(fake_llm: FakeLLMServer) ->
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "error", "retryable"),
+    ("behaviour", "error", "retryable", "code"),
     [
-        (status(503), LLMUnavailable, True),
-        (status(500), LLMUnavailable, True),
-        (status(429, retry_after="7"), LLMUnavailable, True),
-        (status(400), LLMRejected, False),
-        (status(404), LLMRejected, False),
-        (MALFORMED, LLMBadResponse, False),
-        (EMPTY_CHOICES, LLMBadResponse, False),
-        (Behaviour("no_content"), LLMBadResponse, False),
-        (DROP, LLMUnavailable, True),
-        (HANG, LLMUnavailable, True),
+        (status(503), LLMUnavailable, True, 503),
+        (status(500), LLMUnavailable, True, 500),
+        (status(429, retry_after="7"), LLMUnavailable, True, 429),
+        (status(400), LLMRejected, False, 400),
+        (status(404), LLMRejected, False, 404),
+        (MALFORMED, LLMBadResponse, False, None),
+        (EMPTY_CHOICES, LLMBadResponse, False, None),
+        (Behaviour("no_content"), LLMBadResponse, False, None),
+        (DROP, LLMUnavailable, True, None),
+        (HANG, LLMUnavailable, True, None),
     ],
 )
 async def test_errors_are_classified(
-    fake_llm: FakeLLMServer, behaviour: Behaviour, error: type[LLMError], retryable: bool
+    fake_llm: FakeLLMServer, behaviour: Behaviour, error: type[LLMError], retryable: bool, code: int | None
 ) -> None:
     with pytest.raises(error) as caught:
         await complete(fake_llm, behaviour, read_timeout=1.0)
-    assert caught.value.retryable is retryable
+    assert (caught.value.retryable, caught.value.status) == (retryable, code)
     assert "k-123" not in str(caught.value)
 
 
@@ -92,8 +92,8 @@ async def test_lists_models_without_optional_fields(fake_llm: FakeLLMServer) -> 
 def test_errors_survive_pickling() -> None:
     import pickle
 
-    error = pickle.loads(pickle.dumps(LLMUnavailable("boom", retry_after=3.0)))
-    assert (str(error), error.retry_after, error.retryable) == ("boom", 3.0, True)
+    error = pickle.loads(pickle.dumps(LLMUnavailable("boom", retry_after=3.0, status=503)))
+    assert (str(error), error.retry_after, error.retryable, error.status) == ("boom", 3.0, True, 503)
 
 
 def test_an_https_model_server_is_verified_with_the_ca_the_environment_names(tmp_path: Path) -> None:
