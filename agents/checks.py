@@ -79,11 +79,19 @@ def check_has_code(content: str, code_expected: bool) -> CheckResult:
     )
 
 
-def check_complete(content: str, finish_reason: str | None) -> CheckResult:
+def incomplete_answer(content: str, finish_reason: str | None) -> str | None:
+    """What makes an answer incomplete (empty, or cut at the token limit), or None."""
     if not content.strip():
-        return CheckResult(name="complete", applicable=True, score=0.0, detail="empty answer")
+        return "empty answer"
     if finish_reason == "length":
-        return CheckResult(name="complete", applicable=True, score=0.0, detail="truncated at the token limit")
+        return "truncated at the token limit"
+    return None
+
+
+def check_complete(content: str, finish_reason: str | None) -> CheckResult:
+    problem = incomplete_answer(content, finish_reason)
+    if problem is not None:
+        return CheckResult(name="complete", applicable=True, score=0.0, detail=problem)
     return CheckResult(name="complete", applicable=True, score=1.0, detail="answer is whole")
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
+from agents.checks import incomplete_answer
 from agents.models import (
     AgentOutcome,
     AgentSpec,
@@ -27,6 +28,8 @@ from agents.models import (
 from agents.prompts import proposal_messages
 
 CHAIR_ID = "chair"
+# What a call's record keeps of the model's answer, and a proposal carries on.
+COMPLETION_FIELDS = {"content", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms"}
 
 DIVERSITY_TEMPERATURE_FACTOR = 1.3
 MAX_TEMPERATURE = 2.0
@@ -36,19 +39,48 @@ def agent_id_for(role: str, index: int) -> str:
     return f"agent-{role.lower()}-{index:03d}"
 
 
-def critique_id(critic_id: str, round_: int, author_id: str) -> str:
-    return f"{critic_id}.critique.r{round_}.{author_id}"
+def call_id_for(stage: Stage, agent_id: str, round_: int = 0, subject_id: str | None = None) -> str:
+    """A call's id within its deliberation, which keys it in the call ledger: the bare agent
+    id for a proposal, else who speaks, the stage, the round and whom it is about, as in
+    `agent-qa-001.critique.r1.agent-dev-001`, `agent-dev-001.revision.r1`,
+    `agent-qa-001.ranking`, `chair.synthesis`."""
+    if stage is Stage.PROPOSAL:
+        return agent_id
+    parts = [agent_id, str(stage)]
+    if round_:
+        parts.append(f"r{round_}")
+    if subject_id is not None and subject_id != agent_id:
+        parts.append(subject_id)
+    return ".".join(parts)
 
 
-def revision_id(author_id: str, round_: int) -> str:
-    return f"{author_id}.revision.r{round_}"
+def run_name(call: ModelCall) -> str:
+    """The call's task run name in the Prefect UI and the live view, one scheme for every
+    stage: `<agent id>.<stage>[.r<round>][.<subject>]` (a proposal's call id is the bare
+    agent id, so its name adds `.proposal`)."""
+    return f"{call.agent_id}.{call.stage}" if call.stage is Stage.PROPOSAL else call.call_id
 
 
-def ranking_id(reviewer_id: str) -> str:
-    return f"{reviewer_id}.ranking"
-
-
-SYNTHESIS_ID = f"{CHAIR_ID}.synthesis"
+def plan_call(
+    request: DeliberationRequest,
+    stage: Stage,
+    agent_id: str,
+    messages: list[dict[str, str]],
+    temperature: float,
+    round_: int = 0,
+    subject_id: str | None = None,
+) -> ModelCall:
+    """One model call of the deliberation, whatever its stage."""
+    return ModelCall(
+        call_id=call_id_for(stage, agent_id, round_, subject_id),
+        stage=stage,
+        agent_id=agent_id,
+        messages=messages,
+        temperature=temperature,
+        max_tokens=request.max_tokens,
+        round=round_,
+        subject_id=subject_id,
+    )
 
 
 def request_digest(request: DeliberationRequest) -> str:
@@ -59,18 +91,13 @@ def request_digest(request: DeliberationRequest) -> str:
 
 
 def proposal_call(request: DeliberationRequest, agent: AgentSpec) -> ModelCall:
-    """An agent's proposal; its call id is the bare agent id."""
-    return ModelCall(
-        call_id=agent.agent_id,
-        stage=Stage.PROPOSAL,
-        agent_id=agent.agent_id,
-        messages=proposal_messages(request, agent),
-        temperature=agent.temperature,
-        max_tokens=request.max_tokens,
+    """An agent's proposal."""
+    return plan_call(
+        request, Stage.PROPOSAL, agent.agent_id, proposal_messages(request, agent), agent.temperature
     )
 
 
-def record_call(
+def finished_call(
     call: ModelCall,
     status: AgentStatus,
     attempts: int,
@@ -79,7 +106,13 @@ def record_call(
     duration_ms: int = 0,
 ) -> StageCall:
     """What came of a call: its reply, or the error that ended it."""
-    recorded = StageCall(
+    answered = {}
+    if reply is not None:
+        answered = reply.model_dump(include=COMPLETION_FIELDS | {"model"})
+        answered.update(
+            prompt_tokens=reply.prompt_tokens or 0, completion_tokens=reply.completion_tokens or 0
+        )
+    return StageCall(
         call_id=call.call_id,
         stage=call.stage,
         agent_id=call.agent_id,
@@ -89,18 +122,7 @@ def record_call(
         attempts=attempts,
         error=error,
         duration_ms=duration_ms,
-    )
-    if reply is None:
-        return recorded
-    return recorded.model_copy(
-        update={
-            "content": reply.content,
-            "finish_reason": reply.finish_reason,
-            "model": reply.model,
-            "prompt_tokens": reply.prompt_tokens or 0,
-            "completion_tokens": reply.completion_tokens or 0,
-            "latency_ms": reply.latency_ms,
-        }
+        **answered,
     )
 
 
@@ -109,15 +131,11 @@ def agent_outcome(agent: AgentSpec, call: StageCall) -> AgentOutcome:
     proposal = None
     if call.status is AgentStatus.COMPLETED and call.content is not None:
         proposal = Proposal(
-            content=call.content,
+            **call.model_dump(include=COMPLETION_FIELDS),
+            model=call.model or "",
             author_id=agent.agent_id,
             author_role=agent.role,
-            model=call.model or "",
             temperature=agent.temperature,
-            prompt_tokens=call.prompt_tokens,
-            completion_tokens=call.completion_tokens,
-            latency_ms=call.latency_ms,
-            finish_reason=call.finish_reason,
         )
     return AgentOutcome(
         agent_id=agent.agent_id,
@@ -150,7 +168,7 @@ def plan_critiques(authors: Sequence[AgentSpec], critics: int) -> list[tuple[Age
     return pairs
 
 
-def largest_stage(request: DeliberationRequest, council_size: int) -> int:
+def largest_stage_calls(request: DeliberationRequest, council_size: int) -> int:
     """The most model calls one stage of this deliberation has in flight at once: the
     critiques of a review round (each proposal by up to `critics` others), else one call
     per agent."""
@@ -200,14 +218,23 @@ def tally_usage(outcomes: Sequence[AgentOutcome], calls: Sequence[StageCall]) ->
     return report
 
 
-def why_missing(outcome: AgentOutcome) -> str:
-    """Why an agent has no proposal, in a few words."""
-    if outcome.error is None:
-        return str(outcome.status)
-    if outcome.error.type == "DeadlineExceeded":
+def why_no_answer(
+    status: AgentStatus,
+    error: ErrorInfo | None,
+    content: str | None = None,
+    finish_reason: str | None = None,
+    brief: bool = False,
+) -> str:
+    """Why a call gave no usable answer: the error that ended it (`brief`: its type only,
+    for a summary), else what is wrong with the answer."""
+    if error is None:
+        return incomplete_answer(content or "", finish_reason) or str(status)
+    if not brief:
+        return f"{status} ({error.type}: {error.message})"
+    if error.type == "DeadlineExceeded":
         return "timed out at the deadline"
-    verb = "timed out" if outcome.status is AgentStatus.TIMED_OUT else "failed"
-    return f"{verb}: {outcome.error.type}"
+    verb = "timed out" if status is AgentStatus.TIMED_OUT else "failed"
+    return f"{verb}: {error.type}"
 
 
 def conclude(
@@ -232,7 +259,9 @@ def conclude(
         "met" if met else "not met"
     )
     if missing:
-        summary += "; missing: " + ", ".join(f"{o.agent_id} ({why_missing(o)})" for o in missing)
+        summary += "; missing: " + ", ".join(
+            f"{o.agent_id} ({why_no_answer(o.status, o.error, brief=True)})" for o in missing
+        )
     if winner is not None:
         summary += f"; winner {winner.agent_id} (score {winner.score:.2f})"
     calls = [*verdict.reviews, *verdict.rankings, *([synthesis] if synthesis else [])]

@@ -291,7 +291,9 @@ class ModelCall(BaseModel):
 
 
 class StageCall(BaseModel):
-    """One model call after the proposals: a critique, a revision, a ranking or the synthesis."""
+    """What came of one model call of any stage (a proposal, a critique, a revision, a
+    ranking, the synthesis): its answer, or the error that ended it. The call ledger keeps
+    one per call; the ModelCall it answers is the request."""
 
     call_id: str = Field(description="Unique within the deliberation; also the OpenAI `user` field.")
     stage: Stage

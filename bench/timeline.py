@@ -33,9 +33,9 @@ def agent_rows(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
         for task_run in sorted(task_runs, key=lambda t: t.created or 0):
-            # Proposals are named propose-<role>-<n> and sent as agent-<role>-<n>; other
+            # Proposals are named <agent id>.proposal and sent as the bare agent id; other
             # stages are named after the call id they send.
-            user = task_run.name.replace("propose-", "agent-", 1)
+            user = task_run.name.removesuffix(".proposal")
             request = requests.get(user)
             if request is None:
                 continue

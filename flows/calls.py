@@ -16,31 +16,24 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
 from agents.config import LLMEndpoint
-from agents.council import record_call
-from agents.models import AgentStatus, ChatCompletion, ModelCall, Stage, StageCall
+from agents.council import finished_call, run_name
+from agents.models import AgentStatus, ChatCompletion, ModelCall, StageCall
 from agents.settings import Settings
 from flows.futures import Deadline, collect, run_count, settle
 from tasks.ask import ask_model
 
 
-def run_name(call: ModelCall) -> str:
-    """The task run's name in the UI: `propose-dev-001`, `agent-qa-001.critique.r1.…`."""
-    if call.stage is Stage.PROPOSAL:
-        return call.agent_id.replace("agent-", "propose-", 1)
-    return call.call_id
-
-
 def call_run_name(parameters: dict[str, Any]) -> str:
-    """`ask_model`'s task run name, from its parameters where it runs: one task object then
-    serves a whole stage (a copy per call cost 0.3 ms each in the flow)."""
+    """`ask_model`'s task run name, from its parameters where it runs (agents.council.run_name):
+    one task object then serves a whole stage."""
     return run_name(parameters["call"])
 
 
 class CallRunner:
     """Runs a deliberation's model calls, stage by stage, within its one deadline. A call
     already in the ledger is not asked again: its record stands. Every new outcome is
-    handed to `record` (the ledger) before anyone else hears of it; outcomes known together
-    (calls that finished together) are handed on together."""
+    written to the ledger (`write_ledger`) before anyone else hears of it; outcomes known
+    together (calls that finished together) are handed on together."""
 
     def __init__(
         self,
@@ -49,14 +42,14 @@ class CallRunner:
         settings: Settings,
         deadline: Deadline,
         ledger: dict[str, StageCall],
-        record: Callable[[list[StageCall]], Any],
+        write_ledger: Callable[[list[StageCall]], Any],
     ) -> None:
         self.deliberation_id = deliberation_id
         self.endpoint = endpoint
         self.settings = settings
         self.deadline = deadline
         self.ledger = ledger
-        self.record = record
+        self.write_ledger = write_ledger
 
     def run(
         self, calls: Sequence[ModelCall], on_calls: Callable[[list[StageCall]], Any] | None = None
@@ -69,7 +62,7 @@ class CallRunner:
         def known(batch: list[StageCall]) -> None:
             new = [record for record in batch if record.call_id not in self.ledger]
             if new:
-                self.record(new)
+                self.write_ledger(new)
                 self.ledger.update((record.call_id, record) for record in new)
             records.update((record.call_id, record) for record in batch)
             if on_calls is not None:
@@ -79,25 +72,20 @@ class CallRunner:
         if recorded:
             known(recorded)
         fresh = [call for call in calls if call.call_id not in records]
-        if fresh:
+        if fresh and self.deadline.expired:
+            known(
+                [finished_call(call, AgentStatus.TIMED_OUT, 0, error=self.deadline.error()) for call in fresh]
+            )
+        elif fresh:
             self._ask(fresh, known)
         return [records[call.call_id] for call in calls]
 
     def _ask(self, calls: Sequence[ModelCall], known: Callable[[list[StageCall]], None]) -> None:
-        if self.deadline.expired:
-            error = self.deadline.error()
-            known([record_call(call, AgentStatus.TIMED_OUT, 0, error=error) for call in calls])
-            return
+        """Submit every call at once; hand each batch of finished ones on as it finishes, and
+        the calls still out at the deadline as timed_out."""
         started = time.monotonic()
-        ask = ask_model.with_options(
-            timeout_seconds=max(1.0, min(self.settings.attempt_timeout_seconds, self.deadline.remaining())),
-            retries=self.settings.max_retries,
-            # One number, with the task's jitter: the UI cannot show a list of delays.
-            retry_delay_seconds=self.settings.retry_backoff_seconds,
-            # Prefect calls it with `parameters=` (it reads the signature); its type stub
-            # describes that as a protocol no plain function satisfies.
-            task_run_name=call_run_name,  # type: ignore[arg-type]
-        )
+        by_id = {call.call_id: call for call in calls}
+        ask = self._ask_model()
         futures = {
             call.call_id: ask.submit(
                 deliberation_id=self.deliberation_id,
@@ -107,42 +95,47 @@ class CallRunner:
             )
             for call in calls
         }
-        by_id = {call.call_id: call for call in calls}
-
-        def elapsed_ms() -> int:
-            return int((time.monotonic() - started) * 1000)
 
         def finished(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
-            records = []
-            for call_id, future in batch:
-                settled = settle(future, ChatCompletion)
-                records.append(
-                    record_call(
-                        by_id[call_id],
-                        settled.status,
-                        settled.attempts,
-                        settled.value,
-                        settled.error,
-                        elapsed_ms(),
-                    )
-                )
-            known(records)
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            settled = [(call_id, settle(future, ChatCompletion)) for call_id, future in batch]
+            known(
+                [
+                    finished_call(by_id[call_id], s.status, s.attempts, s.value, s.error, elapsed_ms)
+                    for call_id, s in settled
+                ]
+            )
 
         late = collect(futures, self.deadline, finished)
         if late:
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            error = self.deadline.error()
             known(
                 [
-                    record_call(
+                    finished_call(
                         by_id[call_id],
                         AgentStatus.TIMED_OUT,
                         run_count(futures[call_id]),
                         None,
-                        self.deadline.error(),
-                        elapsed_ms(),
+                        error,
+                        elapsed_ms,
                     )
                     for call_id in late
                 ]
             )
+
+    def _ask_model(self) -> Any:
+        """`ask_model` with this deliberation's retries, and each attempt cut at the attempt
+        timeout or the deadline, whichever comes first."""
+        return ask_model.with_options(
+            timeout_seconds=max(1.0, min(self.settings.attempt_timeout_seconds, self.deadline.remaining())),
+            retries=self.settings.max_retries,
+            # One number, with the task's jitter: the UI cannot show a list of delays.
+            retry_delay_seconds=self.settings.retry_backoff_seconds,
+            # Prefect calls it with `parameters=` (it reads the signature); its type stub
+            # describes that as a protocol no plain function satisfies.
+            task_run_name=call_run_name,  # type: ignore[arg-type]
+        )
 
 
 def ensure_llm_limit(settings: Settings) -> None:

@@ -49,7 +49,7 @@ def execute_proposals(
         {}
         if deadline.expired
         else {
-            agent_id: run_tests.with_options(task_run_name=f"test-{agent_id}").submit(suite, limits)
+            agent_id: run_tests.with_options(task_run_name=f"{agent_id}.tests").submit(suite, limits)
             for agent_id, suite in runnable.items()
         }
     )

@@ -11,20 +11,17 @@ from typing import Any
 
 from agents.council import (
     CHAIR_ID,
-    SYNTHESIS_ID,
     agent_outcome,
-    critique_id,
+    plan_call,
     plan_critiques,
     proposal_call,
-    ranking_id,
-    revision_id,
+    why_no_answer,
 )
 from agents.models import (
     AgentOutcome,
     AgentSpec,
     Ballot,
     DeliberationRequest,
-    ModelCall,
     Stage,
     StageCall,
     Verdict,
@@ -93,11 +90,7 @@ def candidates_of(outcomes: Sequence[AgentOutcome]) -> dict[str, Candidate]:
 
 
 def _why(call: StageCall) -> str:
-    if call.error is not None:
-        return f"{call.status} ({call.error.type}: {call.error.message})"
-    if call.finish_reason == "length":
-        return "truncated at the token limit"
-    return "empty answer"
+    return why_no_answer(call.status, call.error, call.content, call.finish_reason)
 
 
 def review_rounds(
@@ -110,63 +103,62 @@ def review_rounds(
     """Each round: critiques by other agents (of other roles first), then a revision by each
     author that received any."""
     review = Review(latest=dict(candidates))
-    reviews, gaps, latest = review.calls, review.gaps, review.latest
     pairs = plan_critiques(authors, request.critics)
     if request.rounds and not pairs:
-        gaps.append("no peer review: it needs at least 2 proposals")
+        review.gaps.append("no peer review: it needs at least 2 proposals")
         return review
     by_id = {agent.agent_id: agent for agent in authors}
     for round_ in range(1, request.rounds + 1):
         if runner.deadline.expired:
-            gaps.append(f"review rounds {round_}-{request.rounds} not run: {runner.deadline.reason()}")
+            review.gaps.append(f"review rounds {round_}-{request.rounds} not run: {runner.deadline.reason()}")
             break
         critiques = runner.run(
             [
-                ModelCall(
-                    call_id=critique_id(critic.agent_id, round_, author.agent_id),
-                    stage=Stage.CRITIQUE,
-                    agent_id=critic.agent_id,
-                    messages=critique_messages(request, critic, latest[author.agent_id].content),
-                    temperature=request.temperature,
-                    max_tokens=request.max_tokens,
-                    round=round_,
+                plan_call(
+                    request,
+                    Stage.CRITIQUE,
+                    critic.agent_id,
+                    critique_messages(request, critic, review.latest[author.agent_id].content),
+                    request.temperature,
+                    round_,
                     subject_id=author.agent_id,
                 )
                 for critic, author in pairs
             ],
             on_calls=lambda calls: on_critiques([call for call in calls if call.ok]),
         )
-        reviews += critiques
-        gaps += [f"critique {c.call_id}: {_why(c)}" for c in critiques if not c.ok]
+        review.calls.extend(critiques)
+        review.gaps.extend(f"critique {c.call_id}: {_why(c)}" for c in critiques if not c.ok)
         received: dict[str, list[str]] = {}
         for critique in critiques:
             if critique.ok and critique.subject_id is not None and critique.content:
                 received.setdefault(critique.subject_id, []).append(critique.content)
         revisions = runner.run(
             [
-                ModelCall(
-                    call_id=revision_id(author_id, round_),
-                    stage=Stage.REVISION,
-                    agent_id=author_id,
-                    messages=revision_messages(request, by_id[author_id], latest[author_id].content, texts),
-                    temperature=by_id[author_id].temperature,
-                    max_tokens=request.max_tokens,
-                    round=round_,
+                plan_call(
+                    request,
+                    Stage.REVISION,
+                    author_id,
+                    revision_messages(request, by_id[author_id], review.latest[author_id].content, texts),
+                    by_id[author_id].temperature,
+                    round_,
                     subject_id=author_id,
                 )
                 for author_id, texts in received.items()
             ]
         )
-        reviews += revisions
+        review.calls.extend(revisions)
         for revision in revisions:
             text = (revision.content or "") if revision.ok else ""
             if text.strip() and revision.finish_reason != "length":
-                before = latest[revision.agent_id]
-                latest[revision.agent_id] = Candidate(
+                before = review.latest[revision.agent_id]
+                review.latest[revision.agent_id] = Candidate(
                     before.agent_id, before.role, round_, text, revision.finish_reason
                 )
             else:
-                gaps.append(f"revision {revision.call_id}: {_why(revision)}; the previous version stands")
+                review.gaps.append(
+                    f"revision {revision.call_id}: {_why(revision)}; the previous version stands"
+                )
     return review
 
 
@@ -189,13 +181,12 @@ def rank_proposals(
 
     calls = runner.run(
         [
-            ModelCall(
-                call_id=ranking_id(reviewer.agent_id),
-                stage=Stage.RANKING,
-                agent_id=reviewer.agent_id,
-                messages=ranking_messages(request, reviewer, shown_to(reviewer)),
-                temperature=RANKING_TEMPERATURE,
-                max_tokens=request.max_tokens,
+            plan_call(
+                request,
+                Stage.RANKING,
+                reviewer.agent_id,
+                ranking_messages(request, reviewer, shown_to(reviewer)),
+                RANKING_TEMPERATURE,
             )
             for reviewer in authors
         ]
@@ -248,13 +239,8 @@ def synthesize(
     best = [candidates[score.agent_id].content for score in verdict.scores[:SYNTHESIS_INPUTS]]
     [call] = runner.run(
         [
-            ModelCall(
-                call_id=SYNTHESIS_ID,
-                stage=Stage.SYNTHESIS,
-                agent_id=CHAIR_ID,
-                messages=synthesis_messages(request, best),
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
+            plan_call(
+                request, Stage.SYNTHESIS, CHAIR_ID, synthesis_messages(request, best), request.temperature
             )
         ]
     )

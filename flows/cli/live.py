@@ -32,7 +32,7 @@ FINAL_SYNC_SECONDS = 10.0
 SETTLED_SECONDS = 3.0
 PAGE = 200  # the API's default page size
 STAGES = [Stage.PROPOSAL, Stage.CRITIQUE, Stage.REVISION, Stage.RANKING]
-TESTS = "tests"  # a column of its own with --run-code: the run_tests task runs, `test-<agent id>`
+TESTS = "tests"  # a column of its own with --run-code: the run_tests task runs, `<agent id>.tests`
 
 
 @dataclass(frozen=True)
@@ -52,26 +52,14 @@ class CallProgress:
 def call_of(
     name: str, state: str, final: bool, ok: bool, attempts: int, seconds: float
 ) -> CallProgress | None:
-    """A model call (see flows.calls.run_name) or a run of an agent's code against the
-    others' tests, from its task run's name; None otherwise."""
-    if name.startswith("propose-"):
-        return CallProgress(
-            name,
-            "agent-" + name.removeprefix("propose-"),
-            Stage.PROPOSAL,
-            state,
-            final,
-            ok,
-            attempts,
-            seconds,
-        )
-    if name.startswith("test-agent-"):
-        return CallProgress(name, name.removeprefix("test-"), TESTS, state, final, ok, attempts, seconds)
+    """A model call or a run of an agent's code against the others' tests, from its task
+    run's name, `<agent id>.<stage>...` (agents.council.run_name); None otherwise."""
     agent_id, _, rest = name.partition(".")
-    for stage in (Stage.CRITIQUE, Stage.REVISION, Stage.RANKING, Stage.SYNTHESIS):
-        if rest.startswith(str(stage)):
-            return CallProgress(name, agent_id, stage, state, final, ok, attempts, seconds)
-    return None
+    stage = rest.partition(".")[0]
+    if stage != TESTS and stage not in set(Stage):
+        return None
+    kind = TESTS if stage == TESTS else Stage(stage)
+    return CallProgress(name, agent_id, kind, state, final, ok, attempts, seconds)
 
 
 def cell(calls: Sequence[CallProgress]) -> str:

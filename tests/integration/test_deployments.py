@@ -118,12 +118,12 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     task_runs = api(
         prefect_env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
     )
-    proposals = {t["name"]: t for t in task_runs if t["name"].startswith("propose-")}
-    assert sorted(proposals) == ["propose-dev-001", "propose-qa-001"]
-    assert proposals["propose-dev-001"]["run_count"] == 2  # 503, then success
-    assert proposals["propose-qa-001"]["run_count"] == 1
+    proposals = {t["name"]: t for t in task_runs if t["name"].endswith(".proposal")}
+    assert sorted(proposals) == ["agent-dev-001.proposal", "agent-qa-001.proposal"]
+    assert proposals["agent-dev-001.proposal"]["run_count"] == 2  # 503, then success
+    assert proposals["agent-qa-001.proposal"]["run_count"] == 1
     # Untagged on purpose: every tagged task run asks the API for tag concurrency slots.
-    assert proposals["propose-qa-001"]["tags"] == []
+    assert proposals["agent-qa-001.proposal"]["tags"] == []
     assert all(t["state_type"] == "COMPLETED" for t in proposals.values())
     artifacts = api(
         prefect_env, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}

@@ -345,7 +345,7 @@ def test_a_call_cut_at_the_deadline_says_why_and_gives_its_slot_back_at_once(
         assert client.read_global_concurrency_limit_by_name(limit).active_slots == 0
         [qa] = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["propose-qa-001"])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["agent-qa-001.proposal"])),
         )
         logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[qa.id])))
     assert qa.state is not None and qa.state.type == "CANCELLED"

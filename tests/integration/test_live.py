@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_calls_are_read_from_task_run_names() -> None:
-    proposal = call_of("propose-qa-001", "Running", False, False, 1, 2.0)
+    proposal = call_of("agent-qa-001.proposal", "Running", False, False, 1, 2.0)
     assert proposal is not None and (proposal.agent_id, proposal.stage) == ("agent-qa-001", Stage.PROPOSAL)
     critique = call_of("agent-qa-001.critique.r1.agent-dev-001", "Completed", True, True, 1, 1.0)
     assert critique is not None and (critique.agent_id, critique.stage) == ("agent-qa-001", Stage.CRITIQUE)
     synthesis = call_of("chair.synthesis", "Completed", True, True, 1, 1.0)
     assert synthesis is not None and synthesis.stage is Stage.SYNTHESIS
-    tests = call_of("test-agent-dev-001", "Completed", True, True, 1, 0.4)
+    tests = call_of("agent-dev-001.tests", "Completed", True, True, 1, 0.4)
     assert tests is not None and (tests.agent_id, tests.stage) == ("agent-dev-001", TESTS)
     assert call_of("something-else", "Completed", True, True, 1, 1.0) is None
     assert call_of("sandbox-probe", "Completed", True, True, 1, 1.0) is None
@@ -40,8 +40,8 @@ def test_calls_are_read_from_task_run_names() -> None:
 
 def test_the_tests_column_shows_only_when_code_was_run() -> None:
     agents = [AgentSpec(agent_id="agent-dev-001", role=Role.DEV, index=1, temperature=0.7, diverge=False)]
-    proposal = call_of("propose-dev-001", "Completed", True, True, 1, 2.0)
-    tests = call_of("test-agent-dev-001", "Completed", True, True, 1, 0.4)
+    proposal = call_of("agent-dev-001.proposal", "Completed", True, True, 1, 2.0)
+    tests = call_of("agent-dev-001.tests", "Completed", True, True, 1, 0.4)
     assert proposal is not None and tests is not None
     without = [str(column.header) for column in progress_table(agents, [proposal]).columns]
     assert "TESTS" not in without
@@ -51,10 +51,10 @@ def test_the_tests_column_shows_only_when_code_was_run() -> None:
 
 
 def test_a_cell_says_running_retrying_done_or_how_it_failed() -> None:
-    running = call_of("propose-qa-001", "Running", False, False, 1, 2.0)
-    retrying = call_of("propose-qa-001", "AwaitingRetry", False, False, 2, 3.5)
-    done = call_of("propose-qa-001", "Completed", True, True, 1, 1.25)
-    cancelled = call_of("propose-qa-001", "Cancelled", True, False, 1, 9.0)
+    running = call_of("agent-qa-001.proposal", "Running", False, False, 1, 2.0)
+    retrying = call_of("agent-qa-001.proposal", "AwaitingRetry", False, False, 2, 3.5)
+    done = call_of("agent-qa-001.proposal", "Completed", True, True, 1, 1.25)
+    cancelled = call_of("agent-qa-001.proposal", "Cancelled", True, False, 1, 9.0)
     assert None not in (running, retrying, done, cancelled)
     assert cell([running]) == "running 2.0s"  # type: ignore[list-item]
     assert cell([retrying]) == "retry (2) 3.5s"  # type: ignore[list-item]

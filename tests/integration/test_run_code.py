@@ -10,7 +10,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from agents.adapters.sandbox import isolation_problem
+from agents.adapters.confine import isolation_problem
 from agents.events import Event, RankedEvent
 from agents.models import DeliberationRequest, DeliberationResult
 from flows.deliberate import deliberate
@@ -114,13 +114,15 @@ def test_the_other_members_tests_pick_the_correct_code_when_every_ballot_abstain
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
     names = {
-        run.name: run.state_type.value for run in task_runs if not run.name.startswith(("propose", "agent"))
+        run.name: run.state_type.value
+        for run in task_runs
+        if run.name.endswith(".tests") or "." not in run.name
     }
     assert names == {
         "sandbox-probe": "COMPLETED",
-        "test-agent-dev-001": "COMPLETED",
-        "test-agent-architect-001": "COMPLETED",
-        "test-agent-data-001": "COMPLETED",
+        "agent-dev-001.tests": "COMPLETED",
+        "agent-architect-001.tests": "COMPLETED",
+        "agent-data-001.tests": "COMPLETED",
     }
     # The evidence is published with the ranking, for whoever reacts to it.
     [ranked] = [e for e in read_events(request.deliberation_id or "") if isinstance(e, RankedEvent)]

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.council import conclude, largest_stage, plan_council, plan_critiques
+from agents.council import conclude, largest_stage_calls, plan_council, plan_critiques
 from agents.models import (
     AgentOutcome,
     AgentStatus,
@@ -111,7 +111,7 @@ def test_the_largest_stage_is_the_critiques_of_a_round_else_one_call_per_agent(
     rounds: int, critics: int, council_size: int, expected: int
 ) -> None:
     request = DeliberationRequest(task="t", rounds=rounds, critics=critics)
-    assert largest_stage(request, council_size) == expected
+    assert largest_stage_calls(request, council_size) == expected
 
 
 def test_usage_is_totalled_per_agent_per_stage_and_overall() -> None:
