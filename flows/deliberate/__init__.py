@@ -23,41 +23,33 @@ short is recorded as missing.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from pydantic import BaseModel
 
-from agents.council import conclude, largest_stage, plan_council, request_digest
-from agents.events import (
-    Event,
-    agent_event,
-    deliberation_event,
-    ranked_event,
-    review_event,
-)
+from agents.council import conclude, largest_stage_calls, plan_council, request_digest
 from agents.models import (
     MAX_DEADLINE_SECONDS,
     AgentOutcome,
+    AgentSpec,
     AgentStatus,
     DeliberationRequest,
     DeliberationResult,
-    DeliberationStatus,
     Stage,
-    StageCall,
+    Verdict,
 )
-from agents.report import artifact_key, markdown_report, outcome_rows
 from agents.settings import Settings
+from flows.announcer import Announcer
 from flows.calls import CallRunner, ensure_llm_limit
+from flows.clock import StageClock
 from flows.execution import execute_proposals
 from flows.futures import Deadline
+from flows.report import report
 from flows.runtime.hosts import HostedRayTaskRunner, prepare_call_hosts
 from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
 from flows.runtime.sandbox_probe import check_sandbox
@@ -91,25 +83,16 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     logger = get_run_logger()
     settings = Settings()
     deliberation_id = request.deliberation_id or str(flow_run.get_id())
-    task_id = request.task_id or deliberation_id
-    clock = StageClock()
-
     council = plan_council(request)
     # The hosts load this run's context while the endpoints are checked.
-    prepare_call_hosts(largest_stage(request, len(council)))
+    prepare_call_hosts(largest_stage_calls(request, len(council)))
     endpoint = resolve_model_endpoint(settings, request.model)
     with connect_event_bus(settings) as bus:
-
-        def publish(*events: Event) -> None:
-            receipts = bus.publish_all(events) if events else []
-            for event, receipt in zip(events, receipts, strict=True):
-                if receipt.duplicate:  # published before this run: the first copy stands
-                    logger.debug("%s was already in %s at seq %d", event.msg_id, receipt.stream, receipt.seq)
-
+        announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
         stored = bus.load_result(deliberation_id)
         if stored is not None:
             logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
-            publish(deliberation_event(stored))  # in case the run that stored it died before this
+            announce.concluded(stored)  # in case the run that stored it died before this
             return report(stored, request, endpoint.model)
         if request.run_code:
             check_sandbox(settings.sandbox_limits())
@@ -124,76 +107,50 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             settings,
             deadline,
             ledger.calls,
-            record=lambda calls: bus.record_calls(deliberation_id, calls),
+            write_ledger=partial(bus.record_calls, deliberation_id),
         )
-
-        def publish_outcomes(outcomes: list[AgentOutcome]) -> None:
-            for outcome in outcomes:
-                logger.info("%s %s after %d attempt(s)", outcome.agent_id, outcome.status, outcome.attempts)
-            publish(*(agent_event(deliberation_id, task_id, outcome) for outcome in outcomes))
-
-        def publish_critiques(critiques: list[StageCall]) -> None:
-            publish(*(review_event(deliberation_id, task_id, critique) for critique in critiques))
-
         ensure_llm_limit(settings)
+        clock = StageClock()
         with clock(Stage.PROPOSAL):
-            outcomes = propose(runner, request, council, publish_outcomes)
+            outcomes = propose(runner, request, council, announce.outcomes)
 
         verdict = None
         authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
         if len(authors) >= request.required_proposals:
-            with clock(Stage.CRITIQUE):
-                review = review_rounds(runner, request, authors, candidates_of(outcomes), publish_critiques)
-            with clock(Stage.RANKING):
-                ranking = rank_proposals(runner, request, authors, review.latest)
-            execution = None
-            if request.run_code:
-                with clock("tests"):
-                    execution = execute_proposals(
-                        review.latest, deadline, settings.sandbox_limits(), request.code_expected
-                    )
-            verdict = judge(request, review, ranking, execution)
-            publish(ranked_event(deliberation_id, task_id, verdict.scores, verdict.ballots, verdict.winner))
-            if request.synthesize:
-                with clock(Stage.SYNTHESIS):
-                    verdict = synthesize(runner, request, verdict, review.latest)
+            verdict = review_and_judge(runner, request, authors, outcomes, announce, clock, settings)
         result = conclude(
             request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
         )
         # Stored before it is announced: whoever reacts to the event can read it.
         bus.save_result(result)
-        publish(deliberation_event(result))
+        announce.concluded(result)
     return report(result, request, endpoint.model)
 
 
-def report(result: DeliberationResult, request: DeliberationRequest, model: str) -> State[DeliberationResult]:
-    """The artifacts of a deliberation, keyed by its task so that the UI's Artifacts page
-    shows each task's deliberations over time, and the flow run's final state, whose
-    message is the deliberation's summary."""
-    key = artifact_key(result.task_id)
-    create_table_artifact(key=f"{key}-agents", table=outcome_rows(result), description=result.summary)
-    create_markdown_artifact(
-        key=key,
-        markdown=markdown_report(result, request, model),
-        description=f"Deliberation {result.deliberation_id}: {result.summary}",
-    )
-    get_run_logger().info("deliberation %s %s: %s", result.deliberation_id, result.status, result.summary)
-    if result.status is DeliberationStatus.FAILED:
-        return Failed(message=result.summary, data=result)
-    return Completed(message=result.summary, data=result)
-
-
-class StageClock:
-    """Wall time per stage, in milliseconds; a critique stage covers its revisions, and
-    "tests" is the run of the proposals' code."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, int] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.ms[str(stage)] = self.ms.get(str(stage), 0) + int((time.monotonic() - started) * 1000)
+def review_and_judge(
+    runner: CallRunner,
+    request: DeliberationRequest,
+    authors: list[AgentSpec],
+    outcomes: list[AgentOutcome],
+    announce: Announcer,
+    clock: StageClock,
+    settings: Settings,
+) -> Verdict:
+    """The stages after a quorum of proposals: review rounds, the anonymized ranking, the
+    tests (with --run-code), the verdict, and the synthesis if asked for."""
+    with clock(Stage.CRITIQUE):
+        review = review_rounds(runner, request, authors, candidates_of(outcomes), announce.critiques)
+    with clock(Stage.RANKING):
+        ranking = rank_proposals(runner, request, authors, review.latest)
+    execution = None
+    if request.run_code:
+        with clock("tests"):
+            execution = execute_proposals(
+                review.latest, runner.deadline, settings.sandbox_limits(), request.code_expected
+            )
+    verdict = judge(request, review, ranking, execution)
+    announce.ranked(verdict)
+    if request.synthesize:
+        with clock(Stage.SYNTHESIS):
+            verdict = synthesize(runner, request, verdict, review.latest)
+    return verdict
