@@ -16,6 +16,7 @@ from agents.adapters.nats import CALLS_BUCKET, RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.events import STREAM_SUBJECTS
 from agents.settings import Settings
+from flows.cli.parsing import describe_validation_error
 from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"provision: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValidationError as exc:
-        print(f"provision: invalid settings: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"provision: {describe_validation_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
     streams = ", ".join(STREAM_SUBJECTS)
     buckets = f"{RESULTS_BUCKET}, {CALLS_BUCKET}"

@@ -8,11 +8,9 @@ Exit codes: 0 found, 2 not found, bad id or NATS unreachable.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
-from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -20,6 +18,7 @@ from agents.adapters.nats import RESULTS_BUCKET
 from agents.errors import ConfigurationError
 from agents.models import ID_PATTERN, DeliberationResult
 from agents.settings import Settings
+from flows.cli.parsing import UsageParser, describe_validation_error
 from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 2
@@ -42,13 +41,12 @@ def load_result(deliberation_id: str, settings: Settings | None = None) -> Delib
     return result
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_NOT_FOUND, f"result: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m flows.result", description="Print a stored deliberation result.")
+    parser = UsageParser(
+        prog="python -m flows.result",
+        description="Print a stored deliberation result.",
+        usage_exit=EXIT_NOT_FOUND,
+    )
     parser.add_argument("deliberation_id")
     parser.add_argument("--nats-url", default=None, help="NATS server (env NATS_URL)")
     args = parser.parse_args(argv)
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"result: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except ValidationError as exc:
-        print(f"result: invalid settings: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"result: {describe_validation_error(exc)}", file=sys.stderr)
         return EXIT_NOT_FOUND
     print(result.model_dump_json(indent=2))
     return EXIT_OK

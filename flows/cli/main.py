@@ -24,6 +24,7 @@ from agents.errors import ConfigurationError
 from agents.models import Constraints, DeliberationRequest, DeliberationResult
 from agents.report import outcome_rows, render_table
 from agents.settings import Settings
+from flows.cli.parsing import UsageParser, describe_validation_error
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -36,34 +37,61 @@ ENV_FLAGS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"deliberate: {message} (see --help)\n")
+def _default(field: str) -> str:
+    """A request field's default, as its flag's help shows it: the model holds the value."""
+    info = DeliberationRequest.model_fields[field]
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        value = ",".join(str(item) for item in value)
+    return f"(default: {value})" if value not in (None, "") else ""
+
+
+# Flags of the request, by field: given ones only, so the model's defaults apply to the rest.
+REQUEST_FLAGS = [
+    "roles",
+    "agents_per_role",
+    "model",
+    "temperature",
+    "max_tokens",
+    "deadline_seconds",
+    "quorum",
+    "rounds",
+    "critics",
+    "synthesize",
+    "expects",
+    "run_code",
+    "task_id",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="python -m flows.deliberate",
         description="Run a council of role agents on a software-engineering task.",
+        argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("task", help="the task, e.g. 'Add rate limiting to the login endpoint'")
-    parser.add_argument("--roles", default="DEV,QA,ARCHITECT,DEVOPS,DATA", help="comma-separated roles")
-    parser.add_argument("--agents-per-role", type=int, default=1)
+    parser.add_argument("--roles", help=f"comma-separated roles {_default('roles')}")
+    parser.add_argument("--agents-per-role", type=int, help=_default("agents_per_role"))
     parser.add_argument("--rubric", default="")
     parser.add_argument("--requirement", action="append", default=[], help="repeat for several")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--timeout", type=float, default=120.0, help="deliberation deadline, seconds")
-    parser.add_argument("--quorum", type=int, default=None, help="proposals needed (default: all)")
-    parser.add_argument("--model", default=None, help="served model name (default: VLLM_MODEL or first)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=1, help="peer-review rounds (0: none)")
-    parser.add_argument("--critics", type=int, default=2, help="critics per proposal and round")
+    parser.add_argument(
+        "--timeout",
+        dest="deadline_seconds",
+        type=float,
+        help=f"deliberation deadline, seconds {_default('deadline_seconds')}",
+    )
+    parser.add_argument("--quorum", type=int, help="proposals needed (default: all)")
+    parser.add_argument("--model", help="served model name (default: VLLM_MODEL or first)")
+    parser.add_argument("--temperature", type=float, help=_default("temperature"))
+    parser.add_argument("--max-tokens", type=int, help=_default("max_tokens"))
+    parser.add_argument("--rounds", type=int, help=f"peer-review rounds, 0: none {_default('rounds')}")
+    parser.add_argument("--critics", type=int, help=f"critics per proposal and round {_default('critics')}")
     parser.add_argument("--synthesize", action="store_true", help="merge the best proposals at the end")
     parser.add_argument(
         "--expects",
         choices=["auto", "code", "any"],
-        default="auto",
         help="code: a proposal without code cannot win; auto (default): code when the task names code",
     )
     parser.add_argument(
@@ -72,15 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each proposal's Python code against the other members' tests, in a sandbox "
         "(off by default; see the README for what runs, where, and the risk)",
     )
-    parser.add_argument("--task-id", default=None)
-    parser.add_argument("--deliberation-id", default=None, help="reuse to resume a deliberation")
-    parser.add_argument("--vllm-url", default=None, help="OpenAI-compatible server (env VLLM_URL)")
-    parser.add_argument("--nats-url", default=None, help="NATS server (env NATS_URL)")
-    parser.add_argument("--api-key-env", default=None, help="env variable holding the model API key")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster (env RAY_ADDRESS)")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--task-id")
+    parser.add_argument("--deliberation-id", help="reuse to resume a deliberation")
+    parser.add_argument("--vllm-url", help="OpenAI-compatible server (env VLLM_URL)")
+    parser.add_argument("--nats-url", help="NATS server (env NATS_URL)")
+    parser.add_argument("--api-key-env", help="env variable holding the model API key")
+    parser.add_argument("--ray-address", help="Ray cluster (env RAY_ADDRESS)")
+    parser.add_argument("--json", action="store_true", default=False, help="print the full result as JSON")
     parser.add_argument(
-        "--verbose", action="store_true", help="Prefect's and Ray's log lines on stderr (default: a log file)"
+        "--verbose",
+        action="store_true",
+        default=False,
+        help="Prefect's and Ray's log lines on stderr (default: a log file)",
     )
     return parser
 
@@ -92,34 +123,14 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
         if not sep or not key:
             raise ConfigurationError(f"--metadata {item!r} is not KEY=VALUE")
         metadata[key] = value
-    fields = {
-        "task": args.task,
-        "roles": args.roles,
-        "agents_per_role": args.agents_per_role,
-        "constraints": Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
-        "model": args.model,
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "deadline_seconds": args.timeout,
-        "quorum": args.quorum,
-        "rounds": args.rounds,
-        "critics": args.critics,
-        "synthesize": args.synthesize,
-        "expects": args.expects,
-        "run_code": args.run_code,
+    given = {name: getattr(args, name) for name in REQUEST_FLAGS if hasattr(args, name)}
+    return DeliberationRequest(
+        task=args.task,
+        constraints=Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
         # Fixed here so that a retried flow run reuses proposals and event ids.
-        "deliberation_id": args.deliberation_id or uuid.uuid4().hex,
-    }
-    if args.task_id:
-        fields["task_id"] = args.task_id
-    return DeliberationRequest(**fields)
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "input"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"invalid {where}: {message}"
+        deliberation_id=getattr(args, "deliberation_id", None) or uuid.uuid4().hex,
+        **given,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +177,6 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
     from flows.cli.live import LiveProgress, follow_flow_run
     from flows.deliberate import deliberate
     from flows.runtime.embedded import embedded_servers
-    from flows.runtime.hosts import task_runner
     from flows.runtime.prefect_api import prefect_api
     from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
     from flows.runtime.ray_setup import local_ray
@@ -194,9 +204,9 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
                 plan_council(request), str(request.deliberation_id), sys.stdout.isatty() and not as_json
             )
             with live:
-                state: State[Any] = deliberate.with_options(
-                    task_runner=task_runner(settings), on_running=[follow_flow_run]
-                )(request=request, return_state=True)
+                state: State[Any] = deliberate.with_options(on_running=[follow_flow_run])(
+                    request=request, return_state=True
+                )
                 live.expected = calls_made(state.result(raise_on_failure=False), since=invoked)
     if log_file is not None:
         print(f"deliberate: logs in {log_file}", file=sys.stderr)
