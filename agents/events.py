@@ -147,10 +147,6 @@ def agent_event(deliberation_id: str, task_id: str, outcome: AgentOutcome) -> Ag
     return AgentResponseEvent(deliberation_id=deliberation_id, task_id=task_id, **outcome.model_dump())
 
 
-def outcome_of(event: AgentResponseEvent) -> AgentOutcome:
-    return AgentOutcome.model_validate(event.model_dump(include=set(AgentOutcome.model_fields)))
-
-
 def deliberation_event(result: DeliberationResult) -> DeliberationEvent:
     return DeliberationEvent(
         deliberation_id=result.deliberation_id,

@@ -9,10 +9,13 @@ from agents.events import (
     RankedEvent,
     ReviewEvent,
     deliberation_event,
-    outcome_of,
 )
-from agents.models import DeliberationResult, Stage
+from agents.models import AgentOutcome, DeliberationResult, Stage
 from agents.settings import bus_config_for
+
+
+def outcome_of(event: AgentResponseEvent) -> AgentOutcome:
+    return AgentOutcome.model_validate(event.model_dump(include=set(AgentOutcome.model_fields)))
 
 
 def assert_stream_agrees_with_stored_result(nats_url: str, deliberation_id: str) -> DeliberationResult:

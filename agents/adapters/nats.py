@@ -68,7 +68,6 @@ class Ledger(BaseModel):
 
     started_at: datetime
     calls: dict[str, StageCall] = Field(default_factory=dict, description="By call id.")
-    entries_read: int = Field(default=0, description="Records delivered: this deliberation's only.")
     unreadable: int = Field(default=0, description="Records skipped because they did not validate.")
 
 
@@ -297,7 +296,6 @@ class JetStreamBus:
                 async for record in watcher:
                     if record is None:  # the watcher's "all delivered" marker
                         break
-                    ledger.entries_read += 1
                     try:
                         call = StageCall.model_validate_json(record.value or b"")
                     except ValidationError:
@@ -326,7 +324,7 @@ class JetStreamBus:
                 f"recording {what} of {deliberation_id} in {CALLS_BUCKET} failed: {type(exc).__name__} {exc}"
             )
 
-        try:  # once per batch, not once per call of it
+        try:
             bucket = await self._bucket(CALLS_BUCKET, create=True)
         except (NatsError, TimeoutError) as exc:
             raise failed(", ".join(call.call_id for call in calls), exc) from None

@@ -50,11 +50,6 @@ sys.meta_path.append(_SolutionUnderAnyName())
 """
 
 
-def isolation_problem() -> str | None:
-    """Why code cannot be confined on this machine, or None."""
-    return confine.isolation_problem()
-
-
 def _read_paths() -> list[str]:
     """What the confined Python may read and execute: its own installation and the system's
     shared libraries, nothing of the project or the user's."""
@@ -80,7 +75,7 @@ def _write_suite(suite: TestSuite, workdir: Path) -> dict[str, str]:
 
 def run_suite(suite: TestSuite, limits: SandboxLimits) -> SuiteRun:
     """Run the other members' tests against the suite's solution, confined."""
-    problem = isolation_problem()
+    problem = confine.isolation_problem()
     if problem is not None:
         return SuiteRun(candidate_id=suite.candidate_id, outcome="not_run", detail=problem)
     started = time.monotonic()

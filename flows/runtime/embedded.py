@@ -136,11 +136,6 @@ class ManagedProcess:
         self._terminate()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping its state directory."""
-        self._terminate()
-        self.start()
-
     def _terminate(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:

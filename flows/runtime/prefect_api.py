@@ -31,7 +31,7 @@ log = get_logger("deliberation")
 def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[None]:
     """Use PREFECT_API_URL if set (by the environment or the active profile); else one
     temporary API for this process and its Ray workers. `while_starting` runs while the
-    API comes up (about 10 s here, mostly in its own process, importing Prefect's server)."""
+    API comes up (seconds, mostly in its own process, importing Prefect's server)."""
     if PREFECT_API_URL.value():
         if while_starting is not None:
             while_starting()
@@ -54,9 +54,8 @@ def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[Non
                     # Heartbeats feed a server's zombie-run automations; this API ends with
                     # the process, so none would read them. And Prefect's heartbeat thread
                     # sleeps in 1 s steps that each sync flow run waits out at its end
-                    # (about 0.5 s on average, measured in BENCHMARKS.md; the loop came
-                    # with PrefectHQ/prefect#19641). Only a setting of None turns it off,
-                    # which no environment variable can say.
+                    # (BENCHMARKS.md; the loop came with PrefectHQ/prefect#19641). Only a
+                    # setting of None turns it off, which no environment variable can say.
                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                 }
             )

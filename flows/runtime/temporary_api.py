@@ -114,7 +114,7 @@ class TemporaryPrefectAPI(ManagedProcess):
         # up to 100 it costs the API a third of the CPU per task run (BENCHMARKS.md).
         # A value in the environment wins.
         # Flushed every 2 s rather than 5, so the UI and the CLI's live view are at most
-        # 2 s behind (every 0.5 s cost the API 49 ms of CPU per call instead of 11.5 ms).
+        # 2 s behind (flushing every 0.5 s cost the API four times the CPU per call; BENCHMARKS.md).
         # Nor does a throwaway server send telemetry (offline, it logs an error).
         defaults = {
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",

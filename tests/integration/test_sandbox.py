@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 
 from agents.adapters import confine
-from agents.adapters.sandbox import isolation_problem, run_suite
+from agents.adapters.sandbox import run_suite
 from agents.config import SandboxLimits
 from agents.evidence import SuiteRun, TestSuite, check_tests_pass, plan_suites
 
-pytestmark = pytest.mark.skipif(isolation_problem() is not None, reason=str(isolation_problem()))
+pytestmark = pytest.mark.skipif(
+    confine.isolation_problem() is not None, reason=str(confine.isolation_problem())
+)
 
 LIMITS = SandboxLimits(cpu_seconds=2, memory_mb=512, file_mb=4, wall_seconds=20)
 QA = "agent-qa-001"
@@ -193,9 +195,7 @@ def test_the_environment_is_empty_but_for_the_sandbox_own() -> None:
 
 
 def test_refusal_says_why_when_isolation_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agents.adapters.sandbox
-
-    monkeypatch.setattr(agents.adapters.sandbox, "isolation_problem", lambda: "no Landlock on this kernel")
+    monkeypatch.setattr(confine, "isolation_problem", lambda: "no Landlock on this kernel")
     result = run("x = 1\n", "def test_x():\n    assert x == 1\n")
     assert result.outcome == "not_run" and result.detail == "no Landlock on this kernel"
     assert result.seconds == 0.0  # nothing was started

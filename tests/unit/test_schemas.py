@@ -11,7 +11,7 @@ import pytest
 
 from agents.events import Event, agent_event, deliberation_event, ranked_event, review_event
 from agents.models import DeliberationResult, DeliberationStatus
-from agents.schemas import SCHEMA_DIR, main
+from flows.schemas import SCHEMA_DIR, main
 from tests.factories import FOREIGN_PROPOSAL, completed, critique, failed
 
 
