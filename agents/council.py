@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from agents.checks import incomplete_answer
@@ -288,4 +288,41 @@ def conclude(
         started_at=started_at,
         duration_ms=int((finished_at - started_at).total_seconds() * 1000),
         summary=summary,
+    )
+
+
+def conclude_stopped(
+    request: DeliberationRequest,
+    deliberation_id: str,
+    status: DeliberationStatus,
+    reason: str,
+    calls: Mapping[str, StageCall],
+    started_at: datetime,
+    finished_at: datetime,
+    stage_ms: dict[str, int] | None = None,
+) -> DeliberationResult:
+    """A deliberation stopped before its stages concluded it: cancelled on request, or
+    failed for good (say, it crashed on every try). The proposals made before stand
+    (`calls`, the ledger's records); every other agent has none, for `reason`. Nothing is
+    ranked."""
+    error = ErrorInfo(type=status.title(), message=reason, retryable=False)
+
+    def proposal_of(agent: AgentSpec) -> StageCall:
+        unmade = StageCall(
+            call_id=call_id_for(Stage.PROPOSAL, agent.agent_id),
+            stage=Stage.PROPOSAL,
+            agent_id=agent.agent_id,
+            status=AgentStatus.FAILED,
+            error=error,
+        )
+        return calls.get(unmade.call_id, unmade)
+
+    outcomes = [agent_outcome(agent, proposal_of(agent)) for agent in plan_council(request)]
+    result = conclude(request, deliberation_id, outcomes, started_at, finished_at, None, stage_ms)
+    return result.model_copy(
+        update={
+            "status": status,
+            "summary": f"{status} ({reason}); {result.summary}",
+            "incomplete": [*result.incomplete, f"{status}: {reason}"],
+        }
     )

@@ -6,6 +6,8 @@ Each keeps its constructor arguments in ``args`` so it pickles across Ray and Pr
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class ConfigurationError(Exception):
     """Bad input or configuration the user must fix; the CLI exits with code 2."""
@@ -41,5 +43,18 @@ class LLMBadResponse(LLMError):
     """Permanent: the server answered, but not with a usable completion."""
 
 
+class DeliberationCancelled(Exception):
+    """The deliberation was cancelled (from the Prefect UI or the service); the message says
+    who asked."""
+
+
 class EventBusError(Exception):
     """Publishing or reading events on NATS JetStream failed."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, in one line: `invalid <where>: <what>`."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "input"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"invalid {where}: {message}"

@@ -32,14 +32,28 @@ AGENT_RESPONSE_COMPLETED = "agent.response.completed"
 AGENT_RESPONSE_FAILED = "agent.response.failed"
 DELIBERATION_COMPLETED = "deliberation.completed"
 DELIBERATION_FAILED = "deliberation.failed"
+DELIBERATION_CANCELLED = "deliberation.cancelled"
 DELIBERATION_REVIEW_COMPLETED = "deliberation.review.completed"
 DELIBERATION_RANKED = "deliberation.ranked"
+DELIBERATION_ACCEPTED = "deliberation.accepted"
+DELIBERATION_STARTED = "deliberation.started"
 
-# Completed and failed share a stream, so one de-duplication id covers both:
-# an agent (or a deliberation) can never be reported twice, whatever its outcome.
+# Completed, failed and cancelled share a stream, so one de-duplication id covers them:
+# an agent (or a deliberation) can never be reported twice, whatever its outcome. The
+# deliberations' stream names its subjects one by one: `deliberation.>` would also store
+# the requests to the service's endpoints (deliberation.submit, ...) and answer them with
+# JetStream's ack before the service could.
 STREAM_SUBJECTS: dict[str, list[str]] = {
     "AGENT_RESPONSES": ["agent.response.>"],
-    "DELIBERATIONS": ["deliberation.>"],
+    "DELIBERATIONS": [
+        DELIBERATION_ACCEPTED,
+        DELIBERATION_STARTED,
+        DELIBERATION_REVIEW_COMPLETED,
+        DELIBERATION_RANKED,
+        DELIBERATION_COMPLETED,
+        DELIBERATION_FAILED,
+        DELIBERATION_CANCELLED,
+    ],
 }
 
 
@@ -134,13 +148,32 @@ class DeliberationEvent(Event):
 
     @property
     def subject(self) -> str:
-        if self.status is DeliberationStatus.COMPLETED:
-            return DELIBERATION_COMPLETED
-        return DELIBERATION_FAILED
+        return {
+            DeliberationStatus.COMPLETED: DELIBERATION_COMPLETED,
+            DeliberationStatus.FAILED: DELIBERATION_FAILED,
+            DeliberationStatus.CANCELLED: DELIBERATION_CANCELLED,
+        }[self.status]
 
     @property
     def msg_id(self) -> str:
         return f"{self.deliberation_id}.deliberation"
+
+
+class DeliberationProgressEvent(Event):
+    """A deliberation taken in by the service (accepted), or begun by a flow run (started)."""
+
+    status: Literal["accepted", "started"]
+    flow_run_id: str | None = Field(default=None, description="The flow run of `deliberate`, once started.")
+    attempt: int = Field(default=1, ge=1, description="Which delivery of the request started it.")
+
+    @property
+    def subject(self) -> str:
+        return DELIBERATION_ACCEPTED if self.status == "accepted" else DELIBERATION_STARTED
+
+    @property
+    def msg_id(self) -> str:
+        suffix = "accepted" if self.status == "accepted" else f"started.{self.attempt}"
+        return f"{self.deliberation_id}.{suffix}"
 
 
 def agent_event(deliberation_id: str, task_id: str, outcome: AgentOutcome) -> AgentResponseEvent:
@@ -205,6 +238,9 @@ _EVENT_TYPES: dict[str, type[Event]] = {
     AGENT_RESPONSE_FAILED: AgentResponseEvent,
     DELIBERATION_COMPLETED: DeliberationEvent,
     DELIBERATION_FAILED: DeliberationEvent,
+    DELIBERATION_CANCELLED: DeliberationEvent,
+    DELIBERATION_ACCEPTED: DeliberationProgressEvent,
+    DELIBERATION_STARTED: DeliberationProgressEvent,
     DELIBERATION_REVIEW_COMPLETED: ReviewEvent,
     DELIBERATION_RANKED: RankedEvent,
 }

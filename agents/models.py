@@ -413,6 +413,7 @@ class UsageReport(BaseModel):
 class DeliberationStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class DeliberationResult(BaseModel):

@@ -14,12 +14,16 @@ import json
 from agents.events import (
     AGENT_RESPONSE_COMPLETED,
     AGENT_RESPONSE_FAILED,
+    DELIBERATION_ACCEPTED,
+    DELIBERATION_CANCELLED,
     DELIBERATION_COMPLETED,
     DELIBERATION_FAILED,
     DELIBERATION_RANKED,
     DELIBERATION_REVIEW_COMPLETED,
+    DELIBERATION_STARTED,
     AgentResponseEvent,
     DeliberationEvent,
+    DeliberationProgressEvent,
     Event,
     RankedEvent,
     ReviewEvent,
@@ -30,7 +34,11 @@ EVENT_SCHEMAS: dict[str, tuple[type[Event], list[str]]] = {
     "agent.response": (AgentResponseEvent, [AGENT_RESPONSE_COMPLETED, AGENT_RESPONSE_FAILED]),
     "deliberation.review.completed": (ReviewEvent, [DELIBERATION_REVIEW_COMPLETED]),
     "deliberation.ranked": (RankedEvent, [DELIBERATION_RANKED]),
-    "deliberation": (DeliberationEvent, [DELIBERATION_COMPLETED, DELIBERATION_FAILED]),
+    "deliberation": (
+        DeliberationEvent,
+        [DELIBERATION_COMPLETED, DELIBERATION_FAILED, DELIBERATION_CANCELLED],
+    ),
+    "deliberation.progress": (DeliberationProgressEvent, [DELIBERATION_ACCEPTED, DELIBERATION_STARTED]),
 }
 
 

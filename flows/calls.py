@@ -56,7 +56,9 @@ class CallRunner:
     ) -> list[StageCall]:
         """Every call's record, in the order given. Records are handed to `on_calls` as soon
         as they are known (recorded ones first), several at once when they are known
-        together; calls unfinished at the deadline are cancelled and timed_out."""
+        together; calls unfinished at the deadline are cancelled and timed_out. Raises
+        DeliberationCancelled if the deliberation is cancelled before or meanwhile."""
+        self.deadline.check()
         records: dict[str, StageCall] = {}
 
         def known(batch: list[StageCall]) -> None:

@@ -29,6 +29,7 @@ def execute_proposals(
     candidates: Mapping[str, Candidate], deadline: Deadline, limits: SandboxLimits, code_expected: bool
 ) -> Execution:
     """Every proposal with Python code run against the tests the other members wrote."""
+    deadline.check()
     suites = plan_suites({agent_id: candidate.content for agent_id, candidate in candidates.items()})
     runnable = {agent_id: suite for agent_id, suite in suites.items() if suite.runnable}
     runs: dict[str, SuiteRun] = {}

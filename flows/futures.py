@@ -20,14 +20,17 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 
-from agents.errors import LLMError
+from agents.errors import DeliberationCancelled, LLMError
 from agents.models import AgentStatus, ErrorInfo
+from flows.runtime.cancellation import CancelSignal
 
 K = TypeVar("K")
 T = TypeVar("T")
 RUN_COUNT_SYNC_SECONDS = 10.0
 # How long a cancelled task run may take to stop before its state is recorded.
 CANCEL_GRACE_SECONDS = 5.0
+# How often a stage waiting on its calls looks whether the deliberation was cancelled.
+CANCEL_CHECK_SECONDS = 0.25
 
 
 @runtime_checkable
@@ -41,16 +44,25 @@ class Cancellable(Protocol):
 
 @dataclass(frozen=True)
 class Deadline:
-    """The deliberation's one deadline, shared by every stage."""
+    """The deliberation's one deadline, shared by every stage, and its cancellation (a
+    deadline brought forward on request): stages waiting on it stop at either."""
 
     seconds: float
     at: float  # time.monotonic()
+    cancelled: CancelSignal | None = None
 
     @classmethod
-    def start(cls, seconds: float, since: datetime | None = None) -> Deadline:
+    def start(
+        cls, seconds: float, since: datetime | None = None, cancelled: CancelSignal | None = None
+    ) -> Deadline:
         """`seconds` from now, or from `since` (when the deliberation first started)."""
         spent = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
-        return cls(seconds, time.monotonic() + seconds - max(0.0, spent))
+        return cls(seconds, time.monotonic() + seconds - max(0.0, spent), cancelled)
+
+    def check(self) -> None:
+        """Raise DeliberationCancelled if the deliberation was cancelled."""
+        if self.cancelled is not None and self.cancelled.is_set:
+            raise DeliberationCancelled(self.cancelled.reason)
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
@@ -78,7 +90,9 @@ def collect(
     """Hand finished futures to `on_done` as soon as they finish, until the deadline: every
     future that finished while `on_done` was busy comes in the next call, in the order they
     finished, so what follows them (records, events) can be written together. Returns the
-    keys of the futures still unfinished at the deadline, which are cancelled."""
+    keys of the futures still unfinished at the deadline, which are cancelled. If the
+    deliberation is cancelled meanwhile, the unfinished ones are cancelled and
+    DeliberationCancelled raised."""
     finished: queue.Queue[PrefectFuture[Any]] = queue.Queue()
     key_of = {future: key for key, future in futures.items()}
     for future in futures.values():
@@ -86,18 +100,22 @@ def collect(
     done: set[K] = set()
     try:
         while len(done) < len(futures):
+            deadline.check()
             try:
-                batch = [finished.get(timeout=deadline.remaining())]
+                batch = [finished.get(timeout=min(deadline.remaining(), CANCEL_CHECK_SECONDS))]
             except queue.Empty:
-                break
+                if deadline.expired:
+                    break
+                continue
             while not finished.empty():
                 batch.append(finished.get_nowait())
             done.update(key_of[future] for future in batch)
             on_done([(key_of[future], future) for future in batch])
-    except BaseException:
-        # The flow run is failing (say, an event could not be published): leave no
-        # call running on behind it.
-        cancel([f for key, f in futures.items() if key not in done], "the flow run failed")
+    except BaseException as exc:
+        # Cancelled, or the flow run is failing (say, an event could not be published):
+        # leave no call running on behind it.
+        why = f"cancelled: {exc}" if isinstance(exc, DeliberationCancelled) else "the flow run failed"
+        cancel([f for key, f in futures.items() if key not in done], why)
         raise
     unfinished = [key for key in futures if key not in done]
     cancel([futures[key] for key in unfinished], deadline.reason())

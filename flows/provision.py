@@ -13,10 +13,9 @@ from pydantic import ValidationError
 
 from agents.adapters.llm import redact_url
 from agents.adapters.nats import CALLS_BUCKET, RESULTS_BUCKET
-from agents.errors import ConfigurationError
+from agents.errors import ConfigurationError, describe_validation_error
 from agents.events import STREAM_SUBJECTS
 from agents.settings import Settings
-from flows.cli.parsing import describe_validation_error
 from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_ERROR = 0, 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.report import artifact_key, markdown_report, outcome_rows
@@ -22,6 +22,5 @@ def report(result: DeliberationResult, request: DeliberationRequest, model: str)
         description=f"Deliberation {result.deliberation_id}: {result.summary}",
     )
     get_run_logger().info("deliberation %s %s: %s", result.deliberation_id, result.status, result.summary)
-    if result.status is DeliberationStatus.FAILED:
-        return Failed(message=result.summary, data=result)
-    return Completed(message=result.summary, data=result)
+    final = {DeliberationStatus.FAILED: Failed, DeliberationStatus.CANCELLED: Cancelled}
+    return final.get(result.status, Completed)(message=result.summary, data=result)

@@ -15,10 +15,10 @@ import sys
 from pydantic import ValidationError
 
 from agents.adapters.nats import RESULTS_BUCKET
-from agents.errors import ConfigurationError
+from agents.errors import ConfigurationError, describe_validation_error
 from agents.models import ID_PATTERN, DeliberationResult
 from agents.settings import Settings
-from flows.cli.parsing import UsageParser, describe_validation_error
+from flows.cli.parsing import UsageParser
 from flows.runtime.preflight import connect_event_bus
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 2

@@ -20,11 +20,11 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from agents.errors import ConfigurationError
+from agents.errors import ConfigurationError, describe_validation_error
 from agents.models import Constraints, DeliberationRequest, DeliberationResult
 from agents.report import outcome_rows, render_table
 from agents.settings import Settings
-from flows.cli.parsing import UsageParser, describe_validation_error
+from flows.cli.parsing import UsageParser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

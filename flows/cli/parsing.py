@@ -1,12 +1,10 @@
-"""What every command of the project does with bad input: one line naming the problem,
-and a non-zero exit."""
+"""What every command of the project does with bad usage: one line naming the problem,
+and a non-zero exit (agents.errors.describe_validation_error words invalid values)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, NoReturn
-
-from pydantic import ValidationError
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -19,11 +17,3 @@ class UsageParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(self._usage_exit, f"{self._name}: {message} (see --help)\n")
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """The first problem pydantic found, in one line: `invalid <where>: <what>`."""
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "input"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"invalid {where}: {message}"

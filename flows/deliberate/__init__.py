@@ -15,6 +15,9 @@
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
 
+Cancelled (the Prefect UI's Cancel, or the service's `cancel`): the stage in flight stops,
+its calls' requests are dropped, the proposals made stand, and it concludes `cancelled`.
+
 One deadline, from the deliberation's first start, covers every stage: what it cuts
 short is recorded as missing.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import partial
+from uuid import UUID
 
 from prefect import flow
 from prefect.logging import get_run_logger
@@ -32,7 +36,8 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel
 
-from agents.council import conclude, largest_stage_calls, plan_council, request_digest
+from agents.council import conclude, conclude_stopped, largest_stage_calls, plan_council, request_digest
+from agents.errors import DeliberationCancelled
 from agents.models import (
     MAX_DEADLINE_SECONDS,
     AgentOutcome,
@@ -40,6 +45,7 @@ from agents.models import (
     AgentStatus,
     DeliberationRequest,
     DeliberationResult,
+    DeliberationStatus,
     Stage,
     Verdict,
 )
@@ -50,6 +56,7 @@ from flows.clock import StageClock
 from flows.execution import execute_proposals
 from flows.futures import Deadline
 from flows.report import report
+from flows.runtime.cancellation import cancel_signal
 from flows.runtime.hosts import HostedRayTaskRunner, prepare_call_hosts
 from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
 from flows.runtime.sandbox_probe import check_sandbox
@@ -87,7 +94,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     # The hosts load this run's context while the endpoints are checked.
     prepare_call_hosts(largest_stage_calls(request, len(council)))
     endpoint = resolve_model_endpoint(settings, request.model)
-    with connect_event_bus(settings) as bus:
+    with connect_event_bus(settings) as bus, cancel_signal(UUID(flow_run.get_id())) as cancelled:
         announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
         stored = bus.load_result(deliberation_id)
         if stored is not None:
@@ -100,7 +107,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
         if ledger.calls:
             logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
-        deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at)
+        deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at, cancelled=cancelled)
         runner = CallRunner(
             deliberation_id,
             endpoint,
@@ -111,16 +118,29 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         )
         ensure_llm_limit(settings)
         clock = StageClock()
-        with clock(Stage.PROPOSAL):
-            outcomes = propose(runner, request, council, announce.outcomes)
-
-        verdict = None
-        authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
-        if len(authors) >= request.required_proposals:
-            verdict = review_and_judge(runner, request, authors, outcomes, announce, clock, settings)
-        result = conclude(
-            request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
-        )
+        try:
+            with clock(Stage.PROPOSAL):
+                outcomes = propose(runner, request, council, announce.outcomes)
+            verdict = None
+            authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
+            if len(authors) >= request.required_proposals:
+                verdict = review_and_judge(runner, request, authors, outcomes, announce, clock, settings)
+            result = conclude(
+                request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
+            )
+        except DeliberationCancelled as exc:
+            logger.warning("deliberation %s cancelled: %s", deliberation_id, exc)
+            result = conclude_stopped(
+                request,
+                deliberation_id,
+                DeliberationStatus.CANCELLED,
+                str(exc),
+                runner.ledger,
+                ledger.started_at,
+                datetime.now(UTC),
+                clock.ms,
+            )
+            announce.outcomes([o for o in result.outcomes if o.agent_id not in runner.ledger])
         # Stored before it is announced: whoever reacts to the event can read it.
         bus.save_result(result)
         announce.concluded(result)

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents.errors import ConfigurationError
+from agents.errors import ConfigurationError, describe_validation_error
 from agents.models import MAX_DEADLINE_SECONDS, MAX_TASK_CHARS, DeliberationRequest
-from flows.cli.main import build_parser, describe_validation_error, request_from_args
+from flows.cli.main import build_parser, request_from_args
 
 huge = st.builds(
     lambda n, c: c * n, st.integers(MAX_TASK_CHARS - 3, MAX_TASK_CHARS + 3), st.sampled_from("x \n")

@@ -1,0 +1,110 @@
+"""Cancelling a flow run that runs in this process: from the Prefect UI or API (the flow
+run goes to Cancelling), or from the deliberation service's `cancel`, which does the same.
+
+A Prefect worker stops a cancelled flow run by killing its process; a flow run that runs in
+a process of ours (the CLI, the service's runners) is stopped by nobody. So the flow runs of
+a process register here, and one thread polls the API for all of them at once; a flow run
+that is Cancelling gets its signal set, and its stages stop at the next check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.logging import get_logger
+
+POLL_SECONDS = 1.0
+log = get_logger("deliberation")
+
+
+class CancelSignal:
+    """Set once the flow run is to stop; `reason` says who asked."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class _Watcher:
+    """The process's one poller: started with the first registration, idle without any."""
+
+    def __init__(self) -> None:
+        self._signals: dict[UUID, CancelSignal] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def register(self, flow_run_id: UUID) -> CancelSignal:
+        with self._lock:
+            signal = self._signals.setdefault(flow_run_id, CancelSignal())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._poll, name="cancellation", daemon=True)
+                self._thread.start()
+            return signal
+
+    def unregister(self, flow_run_id: UUID) -> None:
+        with self._lock:
+            self._signals.pop(flow_run_id, None)
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(POLL_SECONDS)
+            with self._lock:
+                ids = list(self._signals)
+            if not ids:
+                continue
+            try:
+                cancelling = self._cancelling(ids)
+            except Exception as exc:  # the API flaking: the next poll asks again
+                log.debug("cannot read the flow runs' states: %s", exc)
+                continue
+            with self._lock:
+                for flow_run_id in cancelling:
+                    if flow_run_id in self._signals:
+                        self._signals[flow_run_id].set("the flow run was cancelled in Prefect")
+
+    @staticmethod
+    def _cancelling(ids: list[UUID]) -> list[UUID]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=ids),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])
+                    ),
+                )
+            )
+        return [run.id for run in runs]
+
+
+_watcher = _Watcher()
+
+
+@contextmanager
+def cancel_signal(flow_run_id: UUID) -> Iterator[CancelSignal]:
+    """The signal that this flow run was cancelled, for as long as the block runs."""
+    signal = _watcher.register(flow_run_id)
+    try:
+        yield signal
+    finally:
+        _watcher.unregister(flow_run_id)
