@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
         with connect_event_bus(settings) as bus:  # creates the streams
-            bus.ensure_results_bucket()
+            bus.ensure_buckets()
     except ConfigurationError as exc:
         print(f"provision: {exc}", file=sys.stderr)
         return EXIT_ERROR
