@@ -23,7 +23,8 @@ async def read_events(
     events: list[Event] = []
     skipped = 0
     for name, subjects in STREAM_SUBJECTS.items():
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0)
+        # Every subject of the stream: the deliberations' stream names several.
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=30.0, filter_subjects=subjects)
         if since is not None:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
             config.opt_start_time = since.astimezone(UTC)
