@@ -29,6 +29,7 @@ import httpx
 
 from agents.roles import Role
 from flows.runtime.embedded import free_port
+from tests.processes import command_line, process_tree
 
 ROLES = list(Role)
 
@@ -106,19 +107,7 @@ def _critical_path(stats: dict[str, Any]) -> float:
     return sum(slowest.values())
 
 
-# -- processes, from /proc (no psutil here) -----------------------------------------------
-def proc_stats() -> Iterator[tuple[Path, list[str]]]:
-    """(/proc/PID, the fields of its stat after the command name) for every process; the
-    name may hold spaces and parentheses, so the fields start after its last ')'.
-    Fields are 0-based from the state: 1 ppid, 11 utime, 12 stime, 21 rss (pages)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield entry, (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # exited meanwhile
-
-
+# -- processes, from /proc (tests/processes.py) ------------------------------------------
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -145,9 +134,8 @@ def cpu_snapshot() -> CpuSnapshot:
     runs' Ray and Prefect processes are not ours."""
     snapshot: CpuSnapshot = {}
     for pid, fields in process_tree(os.getpid()).items():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        cmdline = command_line(pid)
+        if cmdline is None:
             continue  # exited meanwhile
         kind = "flow (this process)" if pid == os.getpid() else process_kind(cmdline)
         if kind:
@@ -162,22 +150,6 @@ def cpu_since(before: CpuSnapshot) -> dict[str, float]:
     for pid, (kind, seconds) in cpu_snapshot().items():
         spent[kind] = spent.get(kind, 0.0) + seconds - before.get(pid, (kind, 0.0))[1]
     return spent
-
-
-def process_tree(root: int) -> dict[int, list[str]]:
-    """The stat fields (as `proc_stats` gives them) of `root` and its descendants, by PID."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry, fields in proc_stats():
-        stats[int(entry.name)] = fields
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            tree[pid] = stats[pid]
-        todo += children.get(pid, [])
-    return tree
 
 
 def _tree_memory_bytes(root: int) -> tuple[int, int]:

@@ -1,15 +1,18 @@
 """The event bus against a real nats-server with JetStream."""
 
+import asyncio
 import re
 import uuid
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.api import DiscardPolicy, StorageType, StreamInfo
 from pydantic import SecretStr
 
 from agents.adapters.nats import EventBus
 from agents.errors import EventBusError
-from agents.events import AGENT_RESPONSE_FAILED, agent_event
+from agents.events import AGENT_RESPONSE_FAILED, STREAM_SUBJECTS, agent_event
 from agents.settings import bus_config_for
 from flows.runtime.embedded import LocalNatsServer, free_port
 from tests.certificates import make_certificates
@@ -17,14 +20,55 @@ from tests.factories import failed
 from tests.nats_jwt import OperatorNatsServer
 
 
+def streams(nats_url: str) -> dict[str, StreamInfo]:
+    """Our event streams, as JetStream itself reports them, by name."""
+
+    async def read() -> list[StreamInfo]:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            return await nc.jetstream(timeout=5).streams_info()
+        finally:
+            await nc.close()
+
+    return {info.config.name: info for info in asyncio.run(read()) if info.config.name in STREAM_SUBJECTS}
+
+
 def test_streams_are_created_idempotently(nats_url: str) -> None:
-    for _ in range(2):
-        EventBus.connect(bus_config_for(nats_url)).close()
+    config = bus_config_for(nats_url)
+    deliberation_id = uuid.uuid4().hex
+    with EventBus.connect(config) as bus:
+        bus.publish(agent_event(deliberation_id, "t", failed()))
+    first = streams(nats_url)
+    with EventBus.connect(config) as bus:
+        kept = bus.read_events(deliberation_id)
+    second = streams(nats_url)
+    assert first.keys() == second.keys() == STREAM_SUBJECTS.keys()
+    for name, subjects in STREAM_SUBJECTS.items():
+        stream = second[name].config
+        assert stream.subjects == subjects
+        assert (stream.max_age, stream.duplicate_window) == (
+            config.stream_max_age_seconds,
+            config.stream_duplicate_window_seconds,
+        )
+        assert (stream.storage, stream.discard, stream.num_replicas) == (
+            StorageType(config.stream_storage),
+            DiscardPolicy(config.stream_discard),
+            config.stream_replicas,
+        )
+        # Connecting again found the stream and left it be: not recreated, nothing lost.
+        assert second[name].created == first[name].created
+    assert len(kept) == 1
 
 
 def test_changed_retention_updates_the_existing_stream(nats_url: str) -> None:
+    def max_ages() -> dict[str, float | None]:
+        return {name: info.config.max_age for name, info in streams(nats_url).items()}
+
     EventBus.connect(bus_config_for(nats_url, stream_max_age_seconds=3600)).close()
-    EventBus.connect(bus_config_for(nats_url)).close()
+    assert max_ages() == dict.fromkeys(STREAM_SUBJECTS, 3600.0)
+    default = bus_config_for(nats_url)
+    EventBus.connect(default).close()
+    assert max_ages() == dict.fromkeys(STREAM_SUBJECTS, default.stream_max_age_seconds)
 
 
 def test_publish_is_acked_and_a_second_copy_is_dropped(nats_url: str) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prefect import get_client
+from prefect import get_client, task
 from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+from prefect.client.schemas.objects import StateType
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, Running, State
 
 from agents.errors import LLMRejected
 from agents.models import AgentStatus
@@ -25,8 +26,8 @@ class ManualFuture(PrefectFuture[Any]):
 
     attempts = 1
 
-    def __init__(self) -> None:
-        super().__init__(uuid.uuid4())
+    def __init__(self, task_run_id: uuid.UUID | None = None) -> None:
+        super().__init__(task_run_id or uuid.uuid4())
         self._callbacks: list[Callable[[PrefectFuture[Any]], None]] = []
         self._done = threading.Event()
 
@@ -102,8 +103,30 @@ def test_collect_keeps_what_finished_before_the_deadline(prefect_api: None) -> N
     ]
 
 
+class CancellableFuture(ManualFuture):
+    """A future that, as the task runner's do, stops its task run when cancelled."""
+
+    def __init__(self, task_run_id: uuid.UUID | None = None) -> None:
+        super().__init__(task_run_id)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.finish(Cancelled())
+
+
+@task
+def a_call() -> None:
+    """Only its task runs are used: created in the API as running, finished by hand."""
+
+
+def running_task_run() -> uuid.UUID:
+    with get_client(sync_client=True) as client:
+        return client.create_task_run(a_call, None, uuid.uuid4().hex, state=Running()).id
+
+
 def test_a_failing_callback_cancels_the_rest_and_raises(prefect_api: None) -> None:
-    futures = {"first": ManualFuture(), "other": ManualFuture()}
+    futures = {"first": CancellableFuture(running_task_run()), "other": CancellableFuture(running_task_run())}
     futures["first"].finish(Completed(data=1))
 
     def explode(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
@@ -111,6 +134,19 @@ def test_a_failing_callback_cancels_the_rest_and_raises(prefect_api: None) -> No
 
     with pytest.raises(RuntimeError, match="publishing failed"):
         collect(futures, Deadline.start(5), explode)
+    # The one still running was stopped, and the API shows it cancelled, and why (its state
+    # and its log); the one that had finished was left be.
+    assert (futures["first"].cancelled, futures["other"].cancelled) == (False, True)
+    other_id = futures["other"].task_run_id
+    with get_client(sync_client=True) as client:
+        other = client.read_task_run(other_id).state
+        first = client.read_task_run(futures["first"].task_run_id).state
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[other_id])))
+    assert other is not None and (other.type, other.message) == (StateType.CANCELLED, "the flow run failed")
+    assert first is not None and first.type is StateType.RUNNING  # as created: untouched
+    assert [log.message for log in logs] == [
+        "cancelled: the flow run failed; its request to the model server was dropped"
+    ]
 
 
 def test_settle_reads_value_status_and_error() -> None:

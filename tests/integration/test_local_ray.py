@@ -4,19 +4,13 @@ daemons a single machine does not use are not started, and only ray.init is affe
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from bench.run import process_tree
+from tests.processes import command_line, process_tree
 
 
 def descendant_command_lines(root: int) -> list[str]:
-    found = []
-    for pid in process_tree(root).keys() - {root}:
-        try:
-            found.append((Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue  # exited meanwhile
-    return found
+    lines = (command_line(pid) for pid in process_tree(root).keys() - {root})
+    return [line for line in lines if line is not None]  # None: exited meanwhile
 
 
 def test_a_local_ray_runs_without_the_autoscaler_monitor_and_the_log_monitor(ray_cluster: None) -> None:

@@ -172,9 +172,25 @@ def escape():
 
 
 def test_no_signal_reaches_a_process_outside() -> None:
-    # Signal 0 only asks whether the signal would be allowed: harmless if it were.
-    solution = "import os\n\ndef poke():\n    os.kill(os.getppid(), 0)\n    return True\n"
-    result = run(solution, "def test_poke():\n    assert poke()\n")
+    # A process of this test's own, same user: only the sandbox stands between it and the kill.
+    outside = subprocess.Popen(["sleep", "60"])
+    try:
+        solution = f"""
+import os, signal
+
+def kill():
+    os.kill({outside.pid}, signal.SIGKILL)
+    return True
+"""
+        result = run(solution, "def test_kill():\n    assert kill()\n")
+        exit_status = outside.poll()
+    finally:
+        outside.kill()
+        outside.wait()
+    assert exit_status is None  # still running
+    # The tests imported and ran: the kill itself was refused.
+    assert (result.outcome, result.failed) == ("finished", {QA: 1})
+    assert result.failures == [f"test_kill ({QA}): PermissionError: [Errno 1] Operation not permitted"]
     assert score(result) == 0.0
 
 

@@ -11,7 +11,7 @@ from agents.events import (
 )
 from agents.models import AgentOutcome, AgentStatus, Ballot, ErrorInfo
 from agents.roles import Role
-from tests.factories import failed
+from tests.factories import completed, failed
 
 FAILED = failed(
     "agent-qa-001",
@@ -21,17 +21,30 @@ FAILED = failed(
     duration_ms=5,
     error=ErrorInfo(type="DeadlineExceeded", message="late", retryable=False),
 )
+# The same agent, each way its call can end.
+OUTCOMES = {
+    AgentStatus.COMPLETED: completed("agent-qa-001", Role.QA),
+    AgentStatus.FAILED: failed("agent-qa-001", Role.QA),
+    AgentStatus.TIMED_OUT: FAILED,
+}
 
 
 def test_failed_and_timed_out_agents_go_to_the_failed_subject() -> None:
-    event = agent_event("d1", "task-1", FAILED)
-    assert event.subject == AGENT_RESPONSE_FAILED
-    assert event.schema_version == 1
+    subjects = {status: agent_event("d1", "task-1", outcome).subject for status, outcome in OUTCOMES.items()}
+    assert subjects == {
+        AgentStatus.COMPLETED: AGENT_RESPONSE_COMPLETED,
+        AgentStatus.FAILED: AGENT_RESPONSE_FAILED,
+        AgentStatus.TIMED_OUT: AGENT_RESPONSE_FAILED,
+    }
+    assert agent_event("d1", "task-1", FAILED).schema_version == 1
 
 
 def test_one_dedup_id_per_agent_whatever_the_outcome() -> None:
-    failed = agent_event("d1", "t", FAILED)
-    assert failed.msg_id == "d1.agent-qa-001"
+    ids = {status: agent_event("d1", "t", outcome).msg_id for status, outcome in OUTCOMES.items()}
+    assert ids == dict.fromkeys(OUTCOMES, "d1.agent-qa-001")
+    # Per agent and per deliberation: another agent, or another deliberation, is another id.
+    assert agent_event("d1", "t", completed("agent-qa-002", Role.QA)).msg_id == "d1.agent-qa-002"
+    assert agent_event("d2", "t", OUTCOMES[AgentStatus.COMPLETED]).msg_id == "d2.agent-qa-001"
 
 
 def test_events_round_trip_through_parse_event() -> None:
