@@ -104,6 +104,21 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
 
+    service_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="The service: deliberations one runner runs at once; the rest wait in the intake stream.",
+    )
+    service_max_tries: int = Field(
+        default=3, ge=1, le=20, description="The service: runs of a request before it is concluded failed."
+    )
+    service_ack_wait_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="The service: a request whose runner gave no sign of life this long is delivered again.",
+    )
+
     sandbox_cpu_seconds: int = Field(default=10, ge=1, description="--run-code: CPU per proposal's run.")
     sandbox_memory_mb: int = Field(default=1024, ge=64, description="--run-code: address space per run.")
     sandbox_file_mb: int = Field(default=16, ge=1, description="--run-code: largest file (and output).")

@@ -26,6 +26,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.logging import get_logger
 
 POLL_SECONDS = 1.0
+CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 log = get_logger("deliberation")
 
 
@@ -79,12 +80,14 @@ class _Watcher:
                 log.debug("cannot read the flow runs' states: %s", exc)
                 continue
             with self._lock:
-                for flow_run_id in cancelling:
+                for flow_run_id, why in cancelling:
                     if flow_run_id in self._signals:
-                        self._signals[flow_run_id].set("the flow run was cancelled in Prefect")
+                        self._signals[flow_run_id].set(why)
 
     @staticmethod
-    def _cancelling(ids: list[UUID]) -> list[UUID]:
+    def _cancelling(ids: list[UUID]) -> list[tuple[UUID, str]]:
+        """The flow runs among `ids` that are Cancelling (or already Cancelled), each with its
+        state's message: who cancelled it and why, if they said."""
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
@@ -94,7 +97,7 @@ class _Watcher:
                     ),
                 )
             )
-        return [run.id for run in runs]
+        return [(run.id, (run.state.message if run.state else None) or CANCELLED_IN_PREFECT) for run in runs]
 
 
 _watcher = _Watcher()

@@ -60,7 +60,7 @@ def test_a_deliberation_cancelled_in_prefect_drops_its_calls_and_concludes_cance
     assert state.is_cancelled(), state
     assert result.status is DeliberationStatus.CANCELLED
     assert [o.agent_id for o in result.outcomes if o.proposal] == ["agent-dev-001"]
-    assert result.summary.startswith("cancelled (the flow run was cancelled in Prefect)")
+    assert result.summary.startswith("cancelled (cancelled from the UI)")
     held = [c for c in pipeline.calls if c.agent in ("agent-qa-001", "agent-data-001")]
     _wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)  # as the server saw it
     assert len(held) == 2

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from agents.adapters.nats import ledger, publisher, reader, results, streams
 from agents.adapters.nats.buckets import Buckets
 from agents.adapters.nats.connection import open_connection
+from agents.adapters.nats.intake import Intake
 from agents.config import BusConfig
 from agents.errors import EventBusError
 from agents.events import Event
@@ -80,6 +81,16 @@ class JetStreamBus:
     async def load_result(self, deliberation_id: str) -> DeliberationResult | None:
         """The stored result, or None if there is none for this id."""
         return await results.load_result(self._buckets, deliberation_id)
+
+    @property
+    def client(self) -> NATS:
+        """The connection, for what runs beside the pipeline's own use of it (the service's
+        endpoints)."""
+        return self._nc
+
+    def intake(self, ack_wait: float) -> Intake:
+        """The deliberation service's intake and status records on this connection."""
+        return Intake(self._js, self._buckets, self._config, ack_wait)
 
     async def close(self) -> None:
         if not self._nc.is_closed:

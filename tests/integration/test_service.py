@@ -1,0 +1,281 @@
+"""The deliberation service on NATS, driven as another service would drive it: plain NATS
+requests to deliberation.submit / get / cancel and the services API's discovery subjects,
+against a real nats-server (one per test), real Ray, Prefect's engine and a fake model
+server on 127.0.0.1. The service runs in this process, as `python -m flows.service` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from agents.adapters.nats import EventBus
+from agents.adapters.nats.intake import INTAKE_STREAM
+from agents.events import DeliberationEvent, DeliberationProgressEvent
+from agents.service import MAX_PAYLOAD_BYTES
+from agents.settings import Settings, bus_config_for
+from flows.runtime.embedded import LocalNatsServer
+from flows.service import serve
+from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.fake_llm import HANG, FakeLLMServer
+
+ERROR_CODE = "Nats-Service-Error-Code"
+ERROR = "Nats-Service-Error"
+
+
+@dataclass
+class Service:
+    url: str
+    llm: FakeLLMServer
+
+    def ask(self, endpoint: str, payload: Any, timeout: float = 10.0) -> Msg:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return request(self.url, endpoint, data, timeout)
+
+    def answer(self, endpoint: str, payload: Any) -> dict[str, Any]:
+        reply = self.ask(f"deliberation.{endpoint}", payload)
+        assert not (reply.headers or {}).get(ERROR_CODE), reply.headers
+        return dict(json.loads(reply.data))
+
+    def wait_for(self, deliberation_id: str, status: str, timeout: float = 120.0) -> dict[str, Any]:
+        give_up = time.monotonic() + timeout
+        while (reply := self.answer("get", {"deliberation_id": deliberation_id}))["status"] != status:
+            assert time.monotonic() < give_up, f"still {reply['status']}: {reply.get('reason')}"
+            time.sleep(0.2)
+        return reply
+
+    def stream_messages(self, stream: str) -> int:
+        async def count() -> int:
+            nc = await nats.connect(self.url)
+            try:
+                return int((await nc.jetstream().stream_info(stream)).state.messages)
+            finally:
+                await nc.close()
+
+        return asyncio.run(count())
+
+
+def request(url: str, subject: str, data: bytes, timeout: float = 10.0) -> Msg:
+    async def ask() -> Msg:
+        nc = await nats.connect(url)
+        try:
+            return await nc.request(subject, data, timeout=timeout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+@pytest.fixture
+def service(fake_llm: FakeLLMServer, ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    with LocalNatsServer() as nats_server:
+        monkeypatch.setenv("VLLM_URL", fake_llm.url)
+        monkeypatch.setenv("NATS_URL", nats_server.url)
+        monkeypatch.setenv("DELIBERATION_RETRY_BACKOFF_SECONDS", "0.2")
+        monkeypatch.setenv("DELIBERATION_SERVICE_CONCURRENCY", "2")
+        ready = threading.Event()
+        loop: list[asyncio.AbstractEventLoop] = []
+        stop: list[asyncio.Event] = []
+
+        async def run() -> None:
+            loop.append(asyncio.get_running_loop())
+            stop.append(asyncio.Event())
+            await serve(Settings(), stop[0], on_ready=ready.set)
+
+        thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+        thread.start()
+        assert ready.wait(60), "the service did not start"
+        yield Service(nats_server.url, fake_llm)
+        loop[0].call_soon_threadsafe(stop[0].set)
+        thread.join(120)
+        assert not thread.is_alive(), "the service did not stop"
+
+
+def _events(url: str, deliberation_id: str) -> list[Any]:
+    with EventBus.connect(bus_config_for(url)) as bus:
+        return bus.read_events(deliberation_id)
+
+
+def test_a_submitted_deliberation_is_accepted_at_once_runs_as_a_flow_run_and_get_returns_its_result(
+    service: Service,
+) -> None:
+    reply = service.answer(
+        "submit", {"task": "Add rate limiting to the login endpoint", "roles": ["DEV", "QA"]}
+    )
+    assert reply["status"] == "accepted" and reply["deliberation_id"]
+    deliberation_id = reply["deliberation_id"]
+    done = service.wait_for(deliberation_id, "completed")
+    assert done["result"]["deliberation_id"] == deliberation_id
+    assert done["result"]["status"] == "completed" and done["result"]["completed"] == 2
+    assert done["flow_run_id"]
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+        task_runs = client.read_task_runs()
+    assert flow_run.state is not None and flow_run.state.is_completed()
+    names = {t.name for t in task_runs if t.flow_run_id == flow_run.id}
+    assert {"agent-dev-001.proposal", "agent-qa-001.proposal"} <= names
+
+    assert_stream_agrees_with_stored_result(service.url, deliberation_id)
+    progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
+    assert [(e.status, e.flow_run_id) for e in progress] == [
+        ("accepted", None),
+        ("started", done["flow_run_id"]),
+    ]
+    assert service.stream_messages(INTAKE_STREAM) == 0  # acked: the work queue keeps nothing
+
+
+def test_submitting_the_same_id_again_returns_the_same_deliberation_and_another_request_is_refused(
+    service: Service,
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    asked = {"task": "t", "roles": ["DEV"], "deliberation_id": deliberation_id}
+    assert service.answer("submit", asked)["deliberation_id"] == deliberation_id
+    again = service.answer("submit", asked)
+    assert again["deliberation_id"] == deliberation_id and again["status"] in (
+        "accepted",
+        "running",
+        "completed",
+    )
+    other = service.ask("deliberation.submit", {**asked, "task": "another task"})
+    assert other.headers is not None and other.headers[ERROR_CODE] == "409"
+    assert "was submitted with a different request" in other.headers[ERROR]
+    service.wait_for(deliberation_id, "completed")
+    assert len(service.llm.calls_for("agent-dev-001")) == 1  # one run, one result
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"not json", "invalid input: Invalid JSON"),
+        (b"", "invalid input: Invalid JSON"),
+        ({"task": "   "}, "invalid task: task is empty"),
+        ({"task": "t", "roles": ["DEV", "CEO"]}, "invalid roles: unknown role 'CEO'"),
+        ({"task": "t", "surprise": 1}, "invalid surprise: Extra inputs are not permitted"),
+        (b"x" * (MAX_PAYLOAD_BYTES + 1), "over the limit"),
+    ],
+)
+def test_bad_input_is_refused_with_400_and_one_line_and_nothing_is_queued(
+    service: Service, payload: Any, why: str
+) -> None:
+    reply = service.ask("deliberation.submit", payload)
+    assert reply.headers is not None and reply.headers[ERROR_CODE] == "400", reply.headers
+    assert why in reply.headers[ERROR] and "\n" not in reply.headers[ERROR]
+    assert service.stream_messages(INTAKE_STREAM) == 0
+    assert service.llm.calls == []
+    # The service goes on serving.
+    assert service.answer("submit", {"task": "t", "roles": ["DEV"]})["status"] == "accepted"
+
+
+def test_get_and_cancel_of_an_unknown_id_answer_404_and_a_malformed_one_400(service: Service) -> None:
+    for endpoint in ("get", "cancel"):
+        unknown = service.ask(f"deliberation.{endpoint}", {"deliberation_id": "never-submitted"})
+        assert unknown.headers is not None and unknown.headers[ERROR_CODE] == "404"
+        bad = service.ask(f"deliberation.{endpoint}", {"deliberation_id": "../etc"})
+        assert bad.headers is not None and bad.headers[ERROR_CODE] == "400"
+
+
+def test_requests_get_the_services_reply_and_the_event_stream_stores_none_of_them(service: Service) -> None:
+    # The events' stream exists (the service made it); a request on deliberation.submit is
+    # answered by the service, not acked by JetStream, and not stored.
+    reply = service.answer("submit", {"task": "t", "roles": ["DEV"]})
+    assert set(reply) == {"deliberation_id", "status"}
+    service.wait_for(reply["deliberation_id"], "completed")
+
+    async def subjects() -> set[str]:
+        nc = await nats.connect(service.url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("DELIBERATIONS", subjects_filter=">")
+            return set(info.state.subjects or {})
+        finally:
+            await nc.close()
+
+    stored = asyncio.run(subjects())
+    assert stored and not any(s.startswith(("deliberation.submit", "deliberation.get")) for s in stored), (
+        stored
+    )
+
+
+def test_the_service_is_discovered_through_the_services_api(service: Service) -> None:
+    ping = json.loads(request(service.url, "$SRV.PING.deliberation", b"").data)
+    assert ping["name"] == "deliberation" and ping["type"] == "io.nats.micro.v1.ping_response"
+    info = json.loads(request(service.url, "$SRV.INFO.deliberation", b"").data)
+    assert {e["subject"] for e in info["endpoints"]} == {
+        "deliberation.submit",
+        "deliberation.get",
+        "deliberation.cancel",
+    }
+    stats = json.loads(request(service.url, "$SRV.STATS.deliberation", b"").data)
+    assert {e["name"] for e in stats["endpoints"]} == {"submit", "get", "cancel"}
+
+
+def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_cancel_during_the_proposals_drops_the_calls_and_concludes_cancelled(service: Service) -> None:
+    for agent in ("agent-qa-001", "agent-data-001"):
+        service.llm.script(agent, HANG)
+    reply = service.answer("submit", {"task": "t", "roles": ["DEV", "QA", "DATA"]})
+    deliberation_id = reply["deliberation_id"]
+    service.wait_for(deliberation_id, "running")
+    _wait_until(lambda: sum(1 for c in service.llm.calls if c.agent != "agent-dev-001") == 2, timeout=60)
+
+    cancelling = service.answer("cancel", {"deliberation_id": deliberation_id})
+    assert cancelling["status"] in ("running", "cancelled")
+    done = service.wait_for(deliberation_id, "cancelled", timeout=60)
+    assert done["result"]["status"] == "cancelled"
+    assert "cancelled through the deliberation service" in done["result"]["summary"]
+    held = [c for c in service.llm.calls if c.agent != "agent-dev-001"]
+    _wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+    assert flow_run.state is not None and flow_run.state.is_cancelled()
+    finals = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationEvent)]
+    assert [e.subject for e in finals] == ["deliberation.cancelled"]
+    # The slots are free: the next deliberation runs.
+    after = service.answer("submit", {"task": "t", "roles": ["DEV"]})
+    service.wait_for(after["deliberation_id"], "completed")
+
+
+def test_a_deliberation_waiting_in_the_intake_is_cancelled_without_running(service: Service) -> None:
+    service.llm.script("agent-qa-001", HANG, HANG)
+    busy = [service.answer("submit", {"task": "t", "roles": ["QA"]})["deliberation_id"] for _ in range(2)]
+    for deliberation_id in busy:  # both slots of the runner are taken
+        service.wait_for(deliberation_id, "running")
+    waiting = service.answer("submit", {"task": "t", "roles": ["DEV"]})["deliberation_id"]
+    cancelled = service.answer("cancel", {"deliberation_id": waiting})
+    assert cancelled["status"] == "cancelled"
+    assert service.answer("get", {"deliberation_id": waiting})["result"]["status"] == "cancelled"
+    for deliberation_id in busy:
+        service.answer("cancel", {"deliberation_id": deliberation_id})
+        service.wait_for(deliberation_id, "cancelled", timeout=60)
+    time.sleep(2)  # a runner that took it now finds it concluded
+    assert service.llm.calls_for("agent-dev-001") == []
+    assert service.stream_messages(INTAKE_STREAM) == 0
+
+
+def test_a_decided_failure_is_concluded_failed_at_once_with_its_reason(service: Service) -> None:
+    reply = service.answer("submit", {"task": "t", "roles": ["DEV"], "model": "no-such-model"})
+    done = service.wait_for(reply["deliberation_id"], "failed")
+    assert "model 'no-such-model' is not served" in done["reason"]
+    assert done["result"]["status"] == "failed"
+    assert service.stream_messages(INTAKE_STREAM) == 0
