@@ -1,20 +1,20 @@
-"""`python -m flows.schemas` writes the JSON Schemas of the events to schemas/ at the top of
-the repository; `python -m flows.schemas --check` exits 1 if those files differ from the
-models (the test suite runs that check)."""
+"""`python -m flows.schemas` writes the JSON Schemas of the events and of the service's
+endpoints to schemas/ at the top of the repository; `python -m flows.schemas --check`
+exits 1 if those files differ from the models (the test suite runs that check)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from agents.schemas import event_schemas
+from agents.schemas import event_schemas, service_schemas
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    expected = event_schemas()
+    expected = event_schemas() | service_schemas()
     if argv == ["--check"]:
         stale = [
             name

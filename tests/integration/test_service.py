@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 import nats
 import pytest
 from nats.aio.msg import Msg
@@ -24,6 +25,7 @@ from agents.events import DeliberationEvent, DeliberationProgressEvent
 from agents.service import MAX_PAYLOAD_BYTES
 from agents.settings import Settings, bus_config_for
 from flows.runtime.embedded import LocalNatsServer
+from flows.schemas import SCHEMA_DIR
 from flows.service import serve
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
@@ -98,6 +100,14 @@ def service(fake_llm: FakeLLMServer, ray_cluster: None, monkeypatch: pytest.Monk
         loop[0].call_soon_threadsafe(stop[0].set)
         thread.join(120)
         assert not thread.is_alive(), "the service did not stop"
+
+
+def conforms(document: dict[str, Any], schema: str) -> None:
+    """`document` is valid under schemas/<schema>.schema.json, what a client in another
+    language is given."""
+    jsonschema.Draft202012Validator(json.loads((SCHEMA_DIR / f"{schema}.schema.json").read_text())).validate(
+        document
+    )
 
 
 def _events(url: str, deliberation_id: str) -> list[Any]:
