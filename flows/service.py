@@ -256,6 +256,7 @@ class Runner:
             return
         record, _ = known
         tries = msg.metadata.num_delivered
+        log.info("deliberation %s taken (delivery %d)", deliberation_id, tries)
         if tries > self._settings.service_max_tries:
             reason = f"failed on every one of {self._settings.service_max_tries} tries: {record.reason}"
             await self._conclude(record, DeliberationState.FAILED, reason, msg)

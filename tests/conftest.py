@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 # Before Prefect is imported: isolated state (database, persisted results), no telemetry,
 # and none of the developer's own endpoints.
@@ -81,3 +82,12 @@ def read_events(nats_url: str) -> Callable[[str], list[Event]]:
             return bus.read_events(deliberation_id)
 
     return read
+
+
+@pytest.fixture
+def service(fake_llm: FakeLLMServer, ray_cluster: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The deliberation service in this process, on a nats-server of its own (tests.service)."""
+    from tests.service import running_service
+
+    with running_service(fake_llm, monkeypatch) as running:
+        yield running

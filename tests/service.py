@@ -1,0 +1,109 @@
+"""The deliberation service for tests: run in this process on a nats-server of its own, as
+`python -m flows.service` runs it, with helpers to call it as any NATS client would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from agents.settings import Settings
+from flows.runtime.embedded import LocalNatsServer
+from flows.service import serve
+from tests.fake_llm import FakeLLMServer
+
+ERROR_CODE = "Nats-Service-Error-Code"
+ERROR = "Nats-Service-Error"
+
+
+@dataclass
+class Service:
+    url: str
+    llm: FakeLLMServer
+
+    def ask(self, endpoint: str, payload: Any, timeout: float = 10.0) -> Msg:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return request(self.url, endpoint, data, timeout)
+
+    def answer(self, endpoint: str, payload: Any) -> dict[str, Any]:
+        reply = self.ask(f"deliberation.{endpoint}", payload)
+        assert not (reply.headers or {}).get(ERROR_CODE), reply.headers
+        return dict(json.loads(reply.data))
+
+    def wait_for(self, deliberation_id: str, status: str, timeout: float = 120.0) -> dict[str, Any]:
+        give_up = time.monotonic() + timeout
+        while (reply := self.answer("get", {"deliberation_id": deliberation_id}))["status"] != status:
+            assert time.monotonic() < give_up, (
+                f"still {reply['status']}: {reply.get('reason')}; {self.intake()}"
+            )
+            time.sleep(0.2)
+        return reply
+
+    def intake(self) -> str:
+        """What the intake holds and the runners' consumer has delivered, for a failure message."""
+
+        async def state() -> str:
+            nc = await nats.connect(self.url)
+            try:
+                info = await nc.jetstream().consumer_info("DELIBERATION_INTAKE", "deliberation-runners")
+                return f"intake: {info.num_pending} pending, {info.num_ack_pending} delivered unacked"
+            finally:
+                await nc.close()
+
+        return asyncio.run(state())
+
+    def stream_messages(self, stream: str) -> int:
+        async def count() -> int:
+            nc = await nats.connect(self.url)
+            try:
+                return int((await nc.jetstream().stream_info(stream)).state.messages)
+            finally:
+                await nc.close()
+
+        return asyncio.run(count())
+
+
+def request(url: str, subject: str, data: bytes, timeout: float = 10.0) -> Msg:
+    async def ask() -> Msg:
+        nc = await nats.connect(url)
+        try:
+            return await nc.request(subject, data, timeout=timeout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+@contextmanager
+def running_service(fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    """The service on a nats-server of its own and the fake model server, until the block ends."""
+    with LocalNatsServer() as nats_server:
+        monkeypatch.setenv("VLLM_URL", fake_llm.url)
+        monkeypatch.setenv("NATS_URL", nats_server.url)
+        monkeypatch.setenv("DELIBERATION_RETRY_BACKOFF_SECONDS", "0.2")
+        monkeypatch.setenv("DELIBERATION_SERVICE_CONCURRENCY", "2")
+        ready = threading.Event()
+        loop: list[asyncio.AbstractEventLoop] = []
+        stop: list[asyncio.Event] = []
+
+        async def run() -> None:
+            loop.append(asyncio.get_running_loop())
+            stop.append(asyncio.Event())
+            await serve(Settings(), stop[0], on_ready=ready.set)
+
+        thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+        thread.start()
+        assert ready.wait(60), "the service did not start"
+        yield Service(nats_server.url, fake_llm)
+        loop[0].call_soon_threadsafe(stop[0].set)
+        thread.join(120)
+        assert not thread.is_alive(), "the service did not stop"
