@@ -23,6 +23,10 @@ from agents.models import ID_PATTERN, DeliberationRequest, DeliberationResult
 SERVICE_NAME = "deliberation"
 SERVICE_VERSION = "1.0.0"
 ENDPOINTS = ("submit", "get", "cancel")  # each on the subject deliberation.<name>
+# The key in each instance's services-API metadata that names the host it runs on (in
+# Kubernetes, its pod): any instance answers `$SRV.PING.deliberation`, and this tells a
+# probe (deploy/k8s/base/service_probe.py) or a person which one did.
+HOST_METADATA = "host"
 # A request larger than this is refused before it is parsed; the largest valid request (the
 # model's own limits: task, rubric, requirements, metadata) is well under it.
 MAX_PAYLOAD_BYTES = 256 * 1024

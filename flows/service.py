@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -47,6 +48,7 @@ from agents.events import DeliberationProgressEvent, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.service import (
     ENDPOINTS,
+    HOST_METADATA,
     SERVICE_NAME,
     SERVICE_VERSION,
     DeliberationRef,
@@ -399,6 +401,7 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
             name=SERVICE_NAME,
             version=SERVICE_VERSION,
             description="Deliberations of a council of LLM agents: submit, get, cancel.",
+            metadata={HOST_METADATA: socket.gethostname()},
         )
         group = micro.add_group(name=SERVICE_NAME)
         for name in ENDPOINTS:

@@ -1,12 +1,14 @@
 """deploy/ checked without a cluster: every overlay renders with kubectl's kustomize, each
 object validates against its schema (Kubernetes' OpenAPI schemas; KubeRay's RayCluster
 against tests/schemas), and the wiring holds: images pinned, resources and probes set,
-every reference resolves, Services select pods, the config's URLs name real ports, and
-the Dockerfile builds from what .dockerignore lets in."""
+every reference resolves, Services select pods, the config's URLs name real ports, the
+deliberation service is wired as the Prefect worker is, and the Dockerfile builds from what
+.dockerignore lets in."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 import subprocess
 import sys
@@ -21,6 +23,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from agents.models import DeliberationRequest
+from agents.service import HOST_METADATA, SERVICE_NAME
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
@@ -29,6 +34,7 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "deliberation"
 SECRET = "deliberation-secrets"
 OUR_IMAGE = "ghcr.io/example/deliberation"
+SERVICE_PROBE = K8S / "base" / "service_probe.py"
 
 Object = dict[str, Any]
 
@@ -298,6 +304,91 @@ def test_the_config_urls_name_services_and_ports_that_exist(overlay: str) -> Non
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     pools = {d["work_pool"]["name"] for d in deployments}
     assert pools == {worker["command"][worker["command"].index("--pool") + 1]}
+
+
+# --- the deliberation service ------------------------------------------------------------------
+
+# What the service's flow runs must see exactly as the worker's do: where everything is, and
+# the credentials for it.
+WIRING = (
+    "NATS_URL",
+    "NATS_TOKEN",
+    "PREFECT_API_URL",
+    "RAY_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "VLLM_URL",
+    "VLLM_MODEL",
+    "VLLM_API_KEY",
+)
+
+
+def environment(objects: tuple[Object, ...], container: Object) -> dict[str, str]:
+    """The variables a container gets: values (from its ConfigMaps too) as they are, a
+    secret's as `secret <name> <key>`; `env` wins over `envFrom`, as in Kubernetes."""
+    configmaps = by_kind(objects, "ConfigMap")
+    variables: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            variables.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for env in container.get("env", []):
+        source = env.get("valueFrom", {})
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            variables[env["name"]] = configmaps[ref["name"]]["data"][ref["key"]]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            variables[env["name"]] = f"secret {ref['name']} {ref['key']}"
+        else:
+            variables[env["name"]] = env.get("value", "")
+    return variables
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_runs_replicas_beside_the_worker_wired_as_it_is(overlay: str) -> None:
+    objects = render(overlay)
+    deployments = by_kind(objects, "Deployment")
+    assert "deliberation-service" in deployments, "no Deployment runs the deliberation service"
+    service = deployments["deliberation-service"]
+    (container,) = service["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "flows.service"]
+    assert service["spec"]["replicas"] >= 2  # replicas share the intake's consumer
+    (worker,) = deployments["prefect-worker"]["spec"]["template"]["spec"]["containers"]
+    # Ray Client: the same Ray and Python as the cluster, as the worker's flow runs have.
+    assert container["image"] == worker["image"]
+    theirs, ours = environment(objects, worker), environment(objects, container)
+    for name in WIRING:
+        assert name in theirs, f"the worker has no {name}"
+        assert ours.get(name) == theirs[name], (
+            f"{name}: the service has {ours.get(name)!r}, the worker {theirs[name]!r}"
+        )
+    # On SIGTERM it waits for the deliberations it runs: one with the default deadline ends.
+    deadline = DeliberationRequest.model_fields["deadline_seconds"].default
+    assert service["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > deadline
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_probes_run_the_probe_script_from_its_configmap(overlay: str) -> None:
+    objects = render(overlay)
+    template = by_kind(objects, "Deployment")["deliberation-service"]["spec"]["template"]["spec"]
+    (container,) = template["containers"]
+    mounts = {m["name"]: Path(m["mountPath"]) for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in template["volumes"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        python, script, *_ = container[probe]["exec"]["command"]
+        (volume,) = [name for name, path in mounts.items() if Path(script).parent == path]
+        configmap = by_kind(objects, "ConfigMap")[volumes[volume]["configMap"]["name"]]
+        assert python == "python" and configmap["data"][Path(script).name] == SERVICE_PROBE.read_text()
+
+
+def test_the_service_probe_asks_for_the_instance_the_service_announces() -> None:
+    """The probe waits for the ping answer whose metadata names its pod: the name and the
+    key it uses are the service's (it imports only nats-py, so it states them itself)."""
+    spec = importlib.util.spec_from_file_location("service_probe", SERVICE_PROBE)
+    assert spec and spec.loader
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert (probe.SERVICE_NAME, probe.HOST_METADATA) == (SERVICE_NAME, HOST_METADATA)
 
 
 # --- the image -------------------------------------------------------------------------------
