@@ -34,7 +34,6 @@ import nats.micro
 from nats.aio.msg import Msg
 from nats.micro import Request
 from prefect import get_client
-from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
 from prefect.states import Cancelling, State
 from pydantic import BaseModel, ValidationError
@@ -62,6 +61,7 @@ from agents.service import (
 )
 from agents.settings import Settings
 from flows.deliberate import deliberate
+from flows.runtime.run_hooks import on_running, when_started
 
 log = get_logger("deliberation")
 TAKE_SECONDS = 1.0  # how long a runner with a free slot waits for a request before asking again
@@ -269,11 +269,8 @@ class Runner:
         def started(flow_run_id: str) -> None:
             asyncio.run_coroutine_threadsafe(self._started(request, flow_run_id, tries), loop).result(30)
 
-        _when_started[deliberation_id] = started
-        try:
+        with when_started(deliberation_id, started):
             state, value = await asyncio.to_thread(_run_flow, request)
-        finally:
-            _when_started.pop(deliberation_id, None)
         if isinstance(value, DeliberationResult):
             await self._finished(deliberation_id, value)
             await msg.ack()
@@ -344,23 +341,9 @@ class Runner:
         await msg.ack()
 
 
-# What a runner does when the flow run of a deliberation it took starts, by deliberation id.
-# The hook is a plain function of this module: Prefect ships the flow, hooks included, to
-# the call hosts, so it must pickle by reference.
-_when_started: dict[str, Callable[[str], None]] = {}
-
-
-def _on_running(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
-    request = flow_run.parameters.get("request") or {}
-    deliberation_id = request.get("deliberation_id") if isinstance(request, dict) else None
-    started = _when_started.get(str(deliberation_id))
-    if started is not None:
-        started(str(flow_run.id))
-
-
 def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:
     """The flow run's final state and its value (a DeliberationResult, or what failed it)."""
-    state = deliberate.with_options(on_running=[_on_running])(request=request, return_state=True)
+    state = deliberate.with_options(on_running=[on_running])(request=request, return_state=True)
     return state, state.result(raise_on_failure=False)
 
 

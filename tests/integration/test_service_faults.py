@@ -1,0 +1,150 @@
+"""The service's runners as separate processes (`python -m flows.service`), against one
+nats-server, one Prefect API and a fake model server: a runner killed with SIGKILL in the
+middle of its deliberations leaves them to another runner, which resumes each by its id;
+no finished call is asked again, and each deliberation concludes once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from agents.events import DeliberationEvent
+from flows.runtime.embedded import LocalNatsServer
+from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.fake_llm import FakeLLMServer, ok
+from tests.service import Service
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+class Runner:
+    """`python -m flows.service` in a process of its own (its own local Ray)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flows.service"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        _wait_until(
+            lambda: b"service: deliberation" in self.log.read_bytes() or self.process.poll() is not None,
+            timeout,
+        )
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def runners(
+    fake_llm: FakeLLMServer, prefect_api: None, tmp_path: Path
+) -> Iterator[tuple[Service, Callable[[str], Runner]]]:
+    with LocalNatsServer() as nats_server:
+        env = {
+            **os.environ,
+            "NATS_URL": nats_server.url,
+            "VLLM_URL": fake_llm.url,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "DELIBERATION_SERVICE_ACK_WAIT_SECONDS": "5",
+            "DELIBERATION_SERVICE_CONCURRENCY": "4",
+            "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
+            "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
+        }
+        started: list[Runner] = []
+
+        def start(name: str) -> Runner:
+            runner = Runner(env, tmp_path / f"{name}.log")
+            started.append(runner)
+            runner.wait_ready()
+            return runner
+
+        try:
+            yield Service(nats_server.url, fake_llm), start
+        finally:
+            for runner in started:
+                runner.stop()
+
+
+def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resumes_them(
+    runners: tuple[Service, Callable[[str], Runner]],
+) -> None:
+    service, start = runners
+    first = start("first")
+    # DEV answers at once, QA only after a while: the kill comes between the two.
+    for _ in range(3):
+        service.llm.script("agent-qa-001", ok(delay=15))
+    ids = [
+        service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})["deliberation_id"]
+        for _ in range(3)
+    ]
+    for deliberation_id in ids:
+        service.wait_for(deliberation_id, "running")
+    _wait_until(
+        lambda: (
+            len(service.llm.calls_for("agent-dev-001")) == 3
+            and all(c.ended for c in service.llm.calls_for("agent-dev-001"))
+        ),
+        60,
+    )
+    time.sleep(1)  # their outcomes recorded in the ledger
+    first.kill()
+
+    start("second")
+    for deliberation_id in ids:
+        done = service.wait_for(deliberation_id, "completed", timeout=240)
+        assert done["result"]["completed"] == 2
+        assert_stream_agrees_with_stored_result(service.url, deliberation_id)
+    # DEV's finished calls stood; QA's, cut by the kill, were asked again.
+    assert len(service.llm.calls_for("agent-dev-001")) == 3
+    assert len(service.llm.calls_for("agent-qa-001")) == 6
+    finals: Counter[str] = Counter()
+    for deliberation_id in ids:
+        finals.update(
+            e.deliberation_id
+            for e in _events(service.url, deliberation_id)
+            if isinstance(e, DeliberationEvent)
+        )
+    assert finals == dict.fromkeys(ids, 1)
+
+
+def _events(url: str, deliberation_id: str) -> list[Any]:
+    from agents.adapters.nats import EventBus
+    from agents.settings import bus_config_for
+
+    with EventBus.connect(bus_config_for(url)) as bus:
+        return bus.read_events(deliberation_id)
