@@ -91,25 +91,7 @@ class DeliberationService:
             # Stored before it is recorded or answered: an accepted request is never lost,
             # and a second submit meanwhile is de-duplicated by the stream.
             await self._intake.enqueue(request)
-            now = _now()
-            record = StatusRecord(
-                deliberation_id=deliberation_id,
-                status=DeliberationState.ACCEPTED,
-                request_digest=digest,
-                request=request,
-                accepted_at=now,
-                updated_at=now,
-            )
-            if await self._intake.create_status(record):
-                task_id = request.task_id or deliberation_id
-                await self._bus.publish(
-                    DeliberationProgressEvent(
-                        deliberation_id=deliberation_id, task_id=task_id, status="accepted"
-                    )
-                )
-                return SubmitReply(deliberation_id=deliberation_id, status=record.status)
-            known = await self._intake.status(deliberation_id)
-            assert known is not None  # created by the submit that raced this one
+            known = await record_accepted(self._bus, self._intake, request)
         record, _ = known
         if record.request_digest != digest:
             raise ServiceFault(
@@ -147,6 +129,32 @@ class DeliberationService:
         if known is None:
             raise ServiceFault(ErrorCode.NOT_FOUND, f"no deliberation {deliberation_id}")
         return known[0]
+
+
+async def record_accepted(
+    bus: JetStreamBus, intake: Intake, request: DeliberationRequest
+) -> tuple[StatusRecord, int]:
+    """The status record of a request taken in, created (and announced) unless it exists:
+    by the submit that stored the request, or by the runner that took it first. Returns the
+    record as it stands, and its revision."""
+    deliberation_id = request.deliberation_id or ""
+    now = _now()
+    record = StatusRecord(
+        deliberation_id=deliberation_id,
+        status=DeliberationState.ACCEPTED,
+        request_digest=request_digest(request),
+        request=request,
+        accepted_at=now,
+        updated_at=now,
+    )
+    if await intake.create_status(record):
+        task_id = request.task_id or deliberation_id
+        await bus.publish(
+            DeliberationProgressEvent(deliberation_id=deliberation_id, task_id=task_id, status="accepted")
+        )
+    known = await intake.status(deliberation_id)
+    assert known is not None  # created just now, here or by whoever was first
+    return known
 
 
 def _reply(record: StatusRecord, result: DeliberationResult | None = None) -> StatusReply:
@@ -252,8 +260,11 @@ class Runner:
             await msg.term()
             return
         deliberation_id = request.deliberation_id or ""
-        known = await self._intake.status(deliberation_id)
-        if known is None or known[0].status.concluded:  # cancelled before it started, or done
+        # Taken before its submit recorded it, possibly: the record is made here then.
+        known = await self._intake.status(deliberation_id) or await record_accepted(
+            self._bus, self._intake, request
+        )
+        if known[0].status.concluded:  # cancelled before it started, or done
             await msg.ack()
             return
         record, _ = known

@@ -214,3 +214,25 @@ def test_a_decided_failure_is_concluded_failed_at_once_with_its_reason(service: 
     assert "model 'no-such-model' is not served" in done["reason"]
     assert done["result"]["status"] == "failed"
     assert service.stream_messages(INTAKE_STREAM) == 0
+
+
+def test_a_request_taken_before_its_submit_recorded_it_is_still_run(service: Service) -> None:
+    # A runner can take a request between the submit storing it and recording its status:
+    # here the request is in the intake stream and no status exists at all.
+    deliberation_id = uuid.uuid4().hex
+    data = json.dumps({"task": "t", "roles": ["DEV"], "deliberation_id": deliberation_id}).encode()
+
+    async def store() -> None:
+        nc = await nats.connect(service.url)
+        try:
+            await nc.jetstream().publish(
+                f"deliberation-intake.{deliberation_id}", data, headers={"Nats-Msg-Id": deliberation_id}
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(store())
+    done = service.wait_for(deliberation_id, "completed")
+    assert done["result"]["completed"] == 1
+    progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
+    assert [e.status for e in progress] == ["accepted", "started"]
