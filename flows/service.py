@@ -218,7 +218,7 @@ class Runner:
             await self._slots.acquire()
             try:
                 msg = await self._intake.take(TAKE_SECONDS)
-            except (EventBusError, Exception) as exc:  # NATS away for a moment: take again
+            except Exception as exc:  # NATS away for a moment: take again
                 log.warning("taking a request failed: %s", exc)
                 msg = None
                 await asyncio.sleep(TAKE_SECONDS)

@@ -232,6 +232,11 @@ def test_a_request_taken_before_its_submit_recorded_it_is_still_run(service: Ser
             await nc.close()
 
     asyncio.run(store())
+    # No status until the runner takes it and records it (404 until then).
+    _wait_until(
+        lambda: not (service.ask("deliberation.get", {"deliberation_id": deliberation_id}).headers or {}),
+        timeout=60,
+    )
     done = service.wait_for(deliberation_id, "completed")
     assert done["result"]["completed"] == 1
     progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
