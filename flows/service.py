@@ -307,21 +307,14 @@ class Runner:
 
     async def _started(self, request: DeliberationRequest, flow_run_id: str, tries: int) -> None:
         deliberation_id = request.deliberation_id or ""
-        while (known := await self._intake.status(deliberation_id)) is not None:
-            record, revision = known
-            if record.status.concluded:  # cancelled as it started: stop the run at once
-                await cancel_flow_run(flow_run_id, record.reason or CANCELLED_BY_SERVICE)
-                return
-            running = record.model_copy(
-                update={
-                    "status": DeliberationState.RUNNING,
-                    "flow_run_id": flow_run_id,
-                    "tries": tries,
-                    "updated_at": _now(),
-                }
-            )
-            if await self._intake.update_status(running, revision):
-                break
+        running = {"status": DeliberationState.RUNNING, "flow_run_id": flow_run_id, "tries": tries}
+        record = await self._intake.change_status(
+            deliberation_id,
+            lambda r: None if r.status.concluded else r.model_copy(update=running | {"updated_at": _now()}),
+        )
+        if record is not None and record.status.concluded:  # cancelled as it started: stop it at once
+            await cancel_flow_run(flow_run_id, record.reason or CANCELLED_BY_SERVICE)
+            return
         event = DeliberationProgressEvent(
             deliberation_id=deliberation_id,
             task_id=request.task_id or deliberation_id,
@@ -333,14 +326,10 @@ class Runner:
 
     async def _finished(self, deliberation_id: str, result: DeliberationResult) -> None:
         """The flow run concluded it (and stored and announced its result)."""
-        status = DeliberationState(result.status.value)
-        while (known := await self._intake.status(deliberation_id)) is not None:
-            record, revision = known
-            done = record.model_copy(
-                update={"status": status, "reason": result.summary, "updated_at": _now()}
-            )
-            if await self._intake.update_status(done, revision):
-                return
+        done = {"status": DeliberationState(result.status.value), "reason": result.summary}
+        await self._intake.change_status(
+            deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": _now()})
+        )
 
     async def _conclude(self, record: StatusRecord, status: DeliberationState, reason: str, msg: Msg) -> None:
         while await conclude_without_run(self._bus, self._intake, record, status, reason) is None:

@@ -11,6 +11,8 @@ counts them and concludes a request that failed on every try, so none is lost in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -119,6 +121,21 @@ class Intake:
         except KeyWrongLastSequenceError:
             return False
         return True
+
+    async def change_status(
+        self, deliberation_id: str, change: Callable[[StatusRecord], StatusRecord | None]
+    ) -> StatusRecord | None:
+        """Apply `change` to the current status until it is written without a concurrent
+        change in between; `change` returning None leaves the record as it is. Returns the
+        record as it then stands (None if there is none)."""
+        while (known := await self.status(deliberation_id)) is not None:
+            record, revision = known
+            changed = change(record)
+            if changed is None:
+                return record
+            if await self.update_status(changed, revision):
+                return changed
+        return None
 
     async def update_status(self, record: StatusRecord, revision: int) -> bool:
         """Replace the status read at `revision`; False if it changed since."""
