@@ -9,6 +9,7 @@ that is Cancelling gets its signal set, and its stages stop at the next check.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.logging import get_logger
+from prefect.settings import PREFECT_API_URL
 
 POLL_SECONDS = 1.0
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
@@ -48,16 +50,23 @@ class CancelSignal:
 
 
 class _Watcher:
-    """The process's one poller: started with the first registration, idle without any."""
+    """The process's one poller: started with the first registration, idle without any.
+
+    Each flow run is polled on the API its registration saw. The API is a context variable
+    (the CLI's temporary API, a test harness) that a thread does not inherit: polling in
+    the thread's own context asked Prefect's ephemeral server, which the poll started, for
+    flow runs it never had, so a cancel from the UI was never seen."""
 
     def __init__(self) -> None:
         self._signals: dict[UUID, CancelSignal] = {}
+        self._contexts: dict[UUID, contextvars.Context] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def register(self, flow_run_id: UUID) -> CancelSignal:
         with self._lock:
             signal = self._signals.setdefault(flow_run_id, CancelSignal())
+            self._contexts[flow_run_id] = contextvars.copy_context()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._poll, name="cancellation", daemon=True)
                 self._thread.start()
@@ -66,23 +75,26 @@ class _Watcher:
     def unregister(self, flow_run_id: UUID) -> None:
         with self._lock:
             self._signals.pop(flow_run_id, None)
+            self._contexts.pop(flow_run_id, None)
 
     def _poll(self) -> None:
         while True:
             time.sleep(POLL_SECONDS)
             with self._lock:
-                ids = list(self._signals)
-            if not ids:
-                continue
-            try:
-                cancelling = self._cancelling(ids)
-            except Exception as exc:  # the API flaking: the next poll asks again
-                log.debug("cannot read the flow runs' states: %s", exc)
-                continue
-            with self._lock:
-                for flow_run_id, why in cancelling:
-                    if flow_run_id in self._signals:
-                        self._signals[flow_run_id].set(why)
+                by_api: dict[str, tuple[contextvars.Context, list[UUID]]] = {}
+                for flow_run_id, context in self._contexts.items():
+                    url = str(context.run(PREFECT_API_URL.value))
+                    by_api.setdefault(url, (context, []))[1].append(flow_run_id)
+            for context, ids in by_api.values():
+                try:
+                    cancelling = context.run(self._cancelling, ids)
+                except Exception as exc:  # the API flaking: the next poll asks again
+                    log.debug("cannot read the flow runs' states: %s", exc)
+                    continue
+                with self._lock:
+                    for flow_run_id, why in cancelling:
+                        if flow_run_id in self._signals:
+                            self._signals[flow_run_id].set(why)
 
     @staticmethod
     def _cancelling(ids: list[UUID]) -> list[tuple[UUID, str]]:

@@ -110,6 +110,11 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env} if self.env else None,
                 preexec_fn=_die_with_parent,
+                # Out of our process group: a Ctrl-C in the terminal (or a SIGTERM to the
+                # group) reached the Prefect API at once, and Prefect's log and event
+                # workers then retried for ~60 s at exit to send to an API already gone.
+                # We stop it ourselves, after they drained; it dies with us regardless.
+                start_new_session=True,
             )
         self._ready_by = time.monotonic() + self.startup_timeout
 

@@ -4,6 +4,7 @@ words (the log is read before its directory is removed)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -70,3 +71,15 @@ def test_a_server_that_never_answers_is_stopped_at_its_startup_timeout() -> None
     assert str(refused.value) == "test-server did not become ready within 2 s: loading"
 
     assert server._process is None  # stopped, not left running
+
+
+def test_a_server_is_out_of_our_process_group_so_a_ctrl_c_to_us_does_not_reach_it() -> None:
+    # The terminal sends Ctrl-C to the whole foreground group; the Prefect API must outlive
+    # the flow's last log and event flushes, so we stop it ourselves, after them.
+    server = PythonServer(LISTEN_AFTER_A_SECOND)
+    try:
+        server.start()
+        assert server._process is not None
+        assert os.getpgid(server._process.pid) != os.getpgid(0)
+    finally:
+        server.stop()

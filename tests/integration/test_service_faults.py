@@ -1,7 +1,9 @@
 """The service's runners as separate processes (`python -m flows.service`), against one
 nats-server, one Prefect API and a fake model server: a runner killed with SIGKILL in the
 middle of its deliberations leaves them to another runner, which resumes each by its id;
-no finished call is asked again, and each deliberation concludes once."""
+no finished call is asked again, and each deliberation concludes once. And a runner on its
+own temporary Prefect API (no PREFECT_API_URL, as `python -m flows.service` runs on a
+laptop) sees its deliberations cancelled."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from prefect.settings import PREFECT_API_URL
 from agents.events import DeliberationEvent
 from flows.runtime.embedded import LocalNatsServer
 from tests.agreement import assert_stream_agrees_with_stored_result
-from tests.fake_llm import FakeLLMServer, ok
+from tests.fake_llm import HANG, FakeLLMServer, ok
+from tests.processes import command_line, process_tree
 from tests.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +90,9 @@ def runners(
         }
         started: list[Runner] = []
 
-        def start(name: str) -> Runner:
-            runner = Runner(env, tmp_path / f"{name}.log")
+        def start(name: str, own_prefect_api: bool = False) -> Runner:
+            runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
+            runner = Runner(runner_env, tmp_path / f"{name}.log")
             started.append(runner)
             runner.wait_ready()
             return runner
@@ -140,6 +144,28 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
             if isinstance(e, DeliberationEvent)
         )
     assert finals == dict.fromkeys(ids, 1)
+
+
+def test_a_runner_on_its_own_temporary_prefect_api_sees_its_deliberation_cancelled(
+    runners: tuple[Service, Callable[[str, bool], Runner]],
+) -> None:
+    # The flow run's API is a context variable there, which the cancellation poller's
+    # thread does not inherit: it started Prefect's ephemeral server (~200 MiB more) and
+    # polled that; it saw the cancel only because both servers share the default database.
+    service, start = runners
+    laptop = start("laptop", True)
+    service.llm.script("agent-qa-001", HANG)
+    deliberation_id = service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})[
+        "deliberation_id"
+    ]
+    service.wait_for(deliberation_id, "running")
+    _wait_until(lambda: bool(service.llm.calls_for("agent-qa-001")), 120)
+    service.answer("cancel", {"deliberation_id": deliberation_id})
+    done = service.wait_for(deliberation_id, "cancelled", timeout=60)
+    assert done["result"]["status"] == "cancelled"
+    _wait_until(lambda: all(c.client_disconnected for c in service.llm.calls_for("agent-qa-001")), 10)
+    servers = [c for pid in process_tree(laptop.process.pid) if "uvicorn" in (c := command_line(pid) or "")]
+    assert len(servers) == 1 and "flows.runtime.temporary_api" in servers[0], servers
 
 
 def _events(url: str, deliberation_id: str) -> list[Any]:
