@@ -13,6 +13,12 @@ class ConfigurationError(Exception):
     """Bad input or configuration the user must fix; the CLI exits with code 2."""
 
 
+class Unreachable(ConfigurationError):
+    """A server the run needs (the model server, NATS) did not answer. The CLI reports it
+    as it reports bad configuration; a flow run that meets it is retried, since the server
+    may be back in a moment."""
+
+
 class LLMError(Exception):
     """A chat completion that did not produce a usable answer; `status` is the HTTP status
     the server answered with, if it answered."""
@@ -50,6 +56,12 @@ class DeliberationCancelled(Exception):
 
 class EventBusError(Exception):
     """Publishing or reading events on NATS JetStream failed."""
+
+
+def is_decided(exc: object) -> bool:
+    """A failure that running again cannot change (bad input or configuration, an id
+    reused); anything else (a server away, a worker lost) may pass if tried again."""
+    return isinstance(exc, ConfigurationError) and not isinstance(exc, Unreachable)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -42,7 +42,7 @@ from agents.adapters.nats import JetStreamBus
 from agents.adapters.nats.intake import Intake
 from agents.adapters.secrets import nats_token
 from agents.council import conclude_stopped, request_digest
-from agents.errors import ConfigurationError, EventBusError, describe_validation_error
+from agents.errors import ConfigurationError, EventBusError, describe_validation_error, is_decided
 from agents.events import DeliberationProgressEvent, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.service import (
@@ -289,7 +289,7 @@ class Runner:
         reason = f"try {tries}: {_one_line(value, state)}"
         latest = await self._intake.status(deliberation_id)
         assert latest is not None
-        if isinstance(value, ConfigurationError) or tries >= self._settings.service_max_tries:
+        if is_decided(value) or tries >= self._settings.service_max_tries:
             # A decided failure (bad configuration, an id reused) or the last try.
             await self._conclude(latest[0], DeliberationState.FAILED, reason, msg)
             return

@@ -73,6 +73,7 @@ class FakeLLMServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._scripts: dict[str | None, deque[Behaviour]] = defaultdict(deque)
+        self._models_answers: deque[int] = deque()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -116,6 +117,12 @@ class FakeLLMServer:
         with self._lock:
             self._scripts[agent].extend(behaviours)
 
+    def script_models(self, *statuses: int) -> None:
+        """Answer the next requests for the model list with these HTTP statuses (an error
+        body), then with the list."""
+        with self._lock:
+            self._models_answers.extend(statuses)
+
     def calls_for(self, agent: str) -> list[Call]:
         return [call for call in self.calls if call.agent == agent]
 
@@ -133,8 +140,13 @@ class FakeLLMServer:
                 headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             if method == "GET" and path == "/v1/models":
-                # No `created`, as llama.cpp's server does.
-                await self._send(writer, 200, {"object": "list", "data": [{"id": self.model}]})
+                with self._lock:
+                    code = self._models_answers.popleft() if self._models_answers else 200
+                if code != 200:
+                    await self._send(writer, code, {"error": {"message": f"scripted {code}"}})
+                else:
+                    # No `created`, as llama.cpp's server does.
+                    await self._send(writer, 200, {"object": "list", "data": [{"id": self.model}]})
             elif method == "POST" and path == "/v1/chat/completions":
                 await self._chat(reader, writer, json.loads(body or b"{}"), headers)
             else:

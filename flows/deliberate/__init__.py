@@ -15,6 +15,9 @@
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
 
+A run that fails for a transient reason (a server away for a moment, a worker lost) is
+retried by Prefect in the same flow run, repeating no finished call; a decided failure (a
+missed quorum, bad configuration) stands.
 Cancelled (the Prefect UI's Cancel, or the service's `cancel`): the stage in flight stops,
 its calls' requests are dropped, the proposals made stand, and it concludes `cancelled`.
 
@@ -59,6 +62,7 @@ from flows.report import report
 from flows.runtime.cancellation import cancel_signal
 from flows.runtime.hosts import HostedRayTaskRunner, prepare_call_hosts
 from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+from flows.runtime.retries import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS, final, retried_if_transient
 from flows.runtime.sandbox_probe import check_sandbox
 from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
 
@@ -81,70 +85,76 @@ def deliberation_run_name() -> str:
     # A backstop only: it does not fire while the flow waits on Ray, so the deadline
     # is enforced by the CallRunner.
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,
-    # No retries: every finished call is in the ledger, so a retry would decide nothing
-    # anew; a crashed run is resumed by running it again with its deliberation id.
+    # Transient failures only (flows/runtime/retries.py); the ledger makes a retry
+    # repeat no finished call. A crashed run is resumed by running it again by its id.
+    retries=FLOW_RETRIES,
+    retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS,
     flow_run_name=deliberation_run_name,
 )
 def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
     """Run a council of role agents on `request.task` and publish every outcome."""
-    logger = get_run_logger()
-    settings = Settings()
-    deliberation_id = request.deliberation_id or str(flow_run.get_id())
-    council = plan_council(request)
-    # The hosts load this run's context while the endpoints are checked.
-    prepare_call_hosts(largest_stage_calls(request, len(council)))
-    endpoint = resolve_model_endpoint(settings, request.model)
-    with connect_event_bus(settings) as bus, cancel_signal(UUID(flow_run.get_id())) as cancelled:
-        announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
-        stored = bus.load_result(deliberation_id)
-        if stored is not None:
-            logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
-            announce.concluded(stored)  # in case the run that stored it died before this
-            return report(stored, request, endpoint.model)
-        if request.run_code:
-            check_sandbox(settings.sandbox_limits())
+    with retried_if_transient():
+        logger = get_run_logger()
+        settings = Settings()
+        deliberation_id = request.deliberation_id or str(flow_run.get_id())
+        council = plan_council(request)
+        # The hosts load this run's context while the endpoints are checked.
+        prepare_call_hosts(largest_stage_calls(request, len(council)))
+        endpoint = resolve_model_endpoint(settings, request.model)
+        with connect_event_bus(settings) as bus, cancel_signal(UUID(flow_run.get_id())) as cancelled:
+            announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
+            stored = bus.load_result(deliberation_id)
+            if stored is not None:
+                logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
+                announce.concluded(stored)  # in case the run that stored it died before this
+                return final(report(stored, request, endpoint.model))
+            if request.run_code:
+                check_sandbox(settings.sandbox_limits())
 
-        ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
-        if ledger.calls:
-            logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
-        deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at, cancelled=cancelled)
-        runner = CallRunner(
-            deliberation_id,
-            endpoint,
-            settings,
-            deadline,
-            ledger.calls,
-            write_ledger=partial(bus.record_calls, deliberation_id),
-        )
-        ensure_llm_limit(settings)
-        clock = StageClock()
-        try:
-            with clock(Stage.PROPOSAL):
-                outcomes = propose(runner, request, council, announce.outcomes)
-            verdict = None
-            authors = [a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
-            if len(authors) >= request.required_proposals:
-                verdict = review_and_judge(runner, request, authors, outcomes, announce, clock, settings)
-            result = conclude(
-                request, deliberation_id, outcomes, ledger.started_at, datetime.now(UTC), verdict, clock.ms
-            )
-        except DeliberationCancelled as exc:
-            logger.warning("deliberation %s cancelled: %s", deliberation_id, exc)
-            result = conclude_stopped(
-                request,
+            ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
+            if ledger.calls:
+                logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
+            deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at, cancelled=cancelled)
+            runner = CallRunner(
                 deliberation_id,
-                DeliberationStatus.CANCELLED,
-                str(exc),
-                runner.ledger,
-                ledger.started_at,
-                datetime.now(UTC),
-                clock.ms,
+                endpoint,
+                settings,
+                deadline,
+                ledger.calls,
+                write_ledger=partial(bus.record_calls, deliberation_id),
             )
-            announce.outcomes([o for o in result.outcomes if o.agent_id not in runner.ledger])
-        # Stored before it is announced: whoever reacts to the event can read it.
-        bus.save_result(result)
-        announce.concluded(result)
-    return report(result, request, endpoint.model)
+            ensure_llm_limit(settings)
+            clock = StageClock()
+            try:
+                with clock(Stage.PROPOSAL):
+                    outcomes = propose(runner, request, council, announce.outcomes)
+                verdict = None
+                authors = [
+                    a for a, o in zip(council, outcomes, strict=True) if o.status is AgentStatus.COMPLETED
+                ]
+                if len(authors) >= request.required_proposals:
+                    verdict = review_and_judge(runner, request, authors, outcomes, announce, clock, settings)
+                finished = datetime.now(UTC)
+                result = conclude(
+                    request, deliberation_id, outcomes, ledger.started_at, finished, verdict, clock.ms
+                )
+            except DeliberationCancelled as exc:
+                logger.warning("deliberation %s cancelled: %s", deliberation_id, exc)
+                result = conclude_stopped(
+                    request,
+                    deliberation_id,
+                    DeliberationStatus.CANCELLED,
+                    str(exc),
+                    runner.ledger,
+                    ledger.started_at,
+                    datetime.now(UTC),
+                    clock.ms,
+                )
+                announce.outcomes([o for o in result.outcomes if o.agent_id not in runner.ledger])
+            # Stored before it is announced: whoever reacts to the event can read it.
+            bus.save_result(result)
+            announce.concluded(result)
+        return final(report(result, request, endpoint.model))
 
 
 def review_and_judge(

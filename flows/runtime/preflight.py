@@ -8,7 +8,7 @@ from agents.adapters.llm import ChatClient, redact_url
 from agents.adapters.nats import EventBus
 from agents.adapters.secrets import model_api_key, nats_token
 from agents.config import LLMEndpoint
-from agents.errors import ConfigurationError, EventBusError, LLMError
+from agents.errors import ConfigurationError, EventBusError, LLMError, LLMUnavailable, Unreachable
 from agents.settings import Settings
 
 
@@ -27,6 +27,8 @@ def resolve_model_endpoint(settings: Settings, requested_model: str | None) -> L
 
     try:
         served = asyncio.run(served_models())
+    except LLMUnavailable as exc:
+        raise Unreachable(f"{exc}; check VLLM_URL (or --vllm-url)") from None
     except LLMError as exc:
         raise ConfigurationError(f"{exc}; check VLLM_URL (or --vllm-url) and the API key") from None
     if not served:
@@ -47,4 +49,4 @@ def connect_event_bus(settings: Settings) -> EventBus:
     try:
         return EventBus.connect(settings.bus_config(nats_token(settings)))
     except EventBusError as exc:
-        raise ConfigurationError(str(exc)) from None
+        raise Unreachable(str(exc)) from None

@@ -170,6 +170,34 @@ def test_quorum_not_met_fails_the_run_and_publishes_deliberation_failed(
     assert subjects.count(DELIBERATION_FAILED) == 1 and DELIBERATION_COMPLETED not in subjects
 
 
+def test_a_run_that_finds_the_model_server_away_is_retried_by_prefect_in_the_same_flow_run(
+    pipeline: FakeLLMServer, read_events: ReadEvents
+) -> None:
+    # The model server answers 503 to the run's first check, then is back.
+    pipeline.script_models(503)
+    request = DeliberationRequest(task="t", roles=["DEV"], deliberation_id=uuid.uuid4().hex)
+    state = deliberate.with_options(retry_delay_seconds=0.5)(request=request, return_state=True)
+    assert state.is_completed(), state
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        assert client.read_flow_run(flow_run_id).run_count == 2
+        history = client.read_flow_run_states(flow_run_id)
+    # What the UI shows: the retry scheduled, with the failure that asked for it, then a run.
+    assert [s.name for s in history] == ["Pending", "Running", "AwaitingRetry", "Running", "Completed"]
+    assert "Unreachable" in str(history[2].message) and "answered 503" in str(history[2].message)
+    assert len(pipeline.calls_for("agent-dev-001")) == 1
+    assert events_per_agent(read_events(request.deliberation_id or "")) == {"agent-dev-001": 1}
+
+
+def test_a_decided_failure_raised_in_the_run_is_not_retried(pipeline: FakeLLMServer) -> None:
+    request = DeliberationRequest(task="t", roles=["DEV"], model="no-such-model")
+    state = deliberate.with_options(retry_delay_seconds=0.5)(request=request, return_state=True)
+    assert state.is_failed()
+    assert "model 'no-such-model' is not served" in str(state.message)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).run_count == 1
+
+
 def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_nothing_twice(
     pipeline: FakeLLMServer, read_events: ReadEvents, nats_url: str
 ) -> None:
