@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from prefect import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError, TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, State
 
@@ -111,10 +111,20 @@ def collect(
                 batch.append(finished.get_nowait())
             done.update(key_of[future] for future in batch)
             on_done([(key_of[future], future) for future in batch])
+    except TerminationSignal:
+        # SIGTERM: from a worker cancelling the flow run (it does not wait for the
+        # flow to notice), or the process is being stopped for another reason (a pod
+        # evicted), which leaves the deliberation to be resumed. Only the API can tell.
+        running = [f for key, f in futures.items() if key not in done]
+        if deadline.cancelled is None or not deadline.cancelled.confirm():
+            cancel(running, "the flow run's process was stopped")
+            raise
+        cancel(running, deadline.cancelled.reason)
+        raise DeliberationCancelled(deadline.cancelled.reason) from None
     except BaseException as exc:
         # Cancelled, or the flow run is failing (say, an event could not be published):
         # leave no call running on behind it.
-        why = f"cancelled: {exc}" if isinstance(exc, DeliberationCancelled) else "the flow run failed"
+        why = str(exc) if isinstance(exc, DeliberationCancelled) else "the flow run failed"
         cancel([f for key, f in futures.items() if key not in done], why)
         raise
     unfinished = [key for key in futures if key not in done]

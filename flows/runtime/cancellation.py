@@ -9,11 +9,13 @@ that is Cancelling gets its signal set, and its stages stop at the next check.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from uuid import UUID
 
 from prefect import get_client
@@ -35,9 +37,21 @@ log = get_logger("deliberation")
 class CancelSignal:
     """Set once the flow run is to stop; `reason` says who asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask_now: Callable[[], str | None] | None = None) -> None:
         self._event = threading.Event()
+        self._ask_now = ask_now
         self.reason = ""
+
+    def confirm(self) -> bool:
+        """Whether the flow run is cancelled, asking the API now rather than at the next
+        poll: a Prefect worker cancelling a deployment's flow run sends its process SIGTERM
+        as soon as the run is Cancelling, well before the poll."""
+        if not self.is_set and self._ask_now is not None:
+            with contextlib.suppress(Exception):  # the API away: not known to be cancelled
+                why = self._ask_now()
+                if why is not None:
+                    self.set(why)
+        return self.is_set
 
     def set(self, reason: str) -> None:
         if not self._event.is_set():
@@ -65,8 +79,11 @@ class _Watcher:
 
     def register(self, flow_run_id: UUID) -> CancelSignal:
         with self._lock:
-            signal = self._signals.setdefault(flow_run_id, CancelSignal())
-            self._contexts[flow_run_id] = contextvars.copy_context()
+            context = contextvars.copy_context()
+            signal = self._signals.setdefault(
+                flow_run_id, CancelSignal(partial(context.run, self._cancelled_one, flow_run_id))
+            )
+            self._contexts[flow_run_id] = context
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._poll, name="cancellation", daemon=True)
                 self._thread.start()
@@ -95,6 +112,10 @@ class _Watcher:
                     for flow_run_id, why in cancelling:
                         if flow_run_id in self._signals:
                             self._signals[flow_run_id].set(why)
+
+    @classmethod
+    def _cancelled_one(cls, flow_run_id: UUID) -> str | None:
+        return next((why for _, why in cls._cancelling([flow_run_id])), None)
 
     @staticmethod
     def _cancelling(ids: list[UUID]) -> list[tuple[UUID, str]]:

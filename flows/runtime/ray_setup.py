@@ -3,6 +3,8 @@ a connection to the cluster at RAY_ADDRESS with this checkout's code shipped to 
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,12 +51,13 @@ def init_ray(address: str | None, **options: Any) -> None:
 
     kwargs = {"namespace": "prefect", **ray_init_kwargs(address), **options}
     if address is None:
-        with without_cluster_daemons():
+        with without_cluster_daemons(), keeping_sigterm_handler():
             ray.init(**kwargs)
         return
     for attempt in range(1, RAY_CONNECT_ATTEMPTS + 1):
         try:
-            ray.init(address=address, **kwargs)
+            with keeping_sigterm_handler():
+                ray.init(address=address, **kwargs)
             return
         except (ConnectionError, RuntimeError) as exc:
             # Ray Client's head starts a server per connection, and on a busy head that
@@ -67,6 +70,24 @@ def init_ray(address: str | None, **options: Any) -> None:
             raise ConfigurationError(
                 f"cannot connect to Ray at {address}: {reason}; check RAY_ADDRESS (or --ray-address)"
             ) from None
+
+
+@contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """`ray.init` in the main thread replaces the SIGTERM handler with `sys.exit`. In a
+    flow run that handler is Prefect's, which turns SIGTERM into TerminationSignal: a
+    worker cancelling a deployment's flow run sends SIGTERM, and the flow, seeing it,
+    concludes the deliberation cancelled (flows/futures.py). Under Ray's handler it died
+    Crashed instead, its deliberation never concluded. Without a handler of Python's
+    own (SIG_DFL), Ray's stays: it still runs the atexit shutdown."""
+    previous = (
+        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    )
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

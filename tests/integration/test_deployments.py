@@ -7,15 +7,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agents.adapters.nats import EventBus
+from agents.events import DeliberationEvent
+from agents.models import DeliberationStatus
+from agents.settings import bus_config_for
 from flows.runtime.embedded import ManagedProcess
-from tests.fake_llm import FakeLLMServer, status
+from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.fake_llm import HANG, FakeLLMServer, status
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +135,42 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
         prefect_env, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
     )
     assert sorted(a["type"] for a in artifacts) == ["markdown", "table"]
+
+    # Cancelled from the UI while QA's proposal is held: as for a run of the CLI or the
+    # service, the held request is dropped and the deliberation concludes cancelled, once.
+    fake_llm.script("agent-qa-001", HANG)
+    deliberation_id = uuid.uuid4().hex
+    request |= {"task_id": "cancelled-run", "deliberation_id": deliberation_id}
+    cancelled = api(
+        prefect_env,
+        "POST",
+        f"/deployments/{on_demand['id']}/create_flow_run",
+        {"parameters": {"request": request}},
+    )
+    with PrefectWorker(startup_timeout=30, env=prefect_env):
+        _wait_until(lambda: len(fake_llm.calls_for("agent-qa-001")) == 2, timeout=300)
+        api(
+            prefect_env,
+            "POST",
+            f"/flow_runs/{cancelled['id']}/set_state",
+            {"state": {"type": "CANCELLING", "message": "cancelled from the UI"}, "force": True},
+        )
+        state = _wait_for_final_state(prefect_env, cancelled["id"], timeout=120)
+    assert state["type"] == "CANCELLED", state
+    assert str(state["message"]).startswith("cancelled (cancelled from the UI)")
+    _wait_until(lambda: fake_llm.calls_for("agent-qa-001")[-1].client_disconnected, timeout=30)
+    stored = assert_stream_agrees_with_stored_result(prefect_env["NATS_URL"], deliberation_id)
+    assert stored.status is DeliberationStatus.CANCELLED, stored.summary
+    with EventBus.connect(bus_config_for(prefect_env["NATS_URL"])) as bus:
+        finals = [e.subject for e in bus.read_events(deliberation_id) if isinstance(e, DeliberationEvent)]
+    assert finals == ["deliberation.cancelled"]
+
+
+def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "condition not met in time"
+        time.sleep(0.2)
 
 
 def _wait_for_final_state(env: dict[str, str], flow_run_id: str, timeout: float) -> dict[str, Any]:
