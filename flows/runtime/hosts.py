@@ -57,6 +57,7 @@ from prefect_ray.task_runners import PrefectRayFuture
 from agents.adapters.llm import ChatClientPool, shared_clients
 from agents.settings import Settings
 from flows.runtime.ray_setup import init_ray
+from tasks.ask import STOPPED_BY_FLOW
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
@@ -114,9 +115,15 @@ class CallHost:
             engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
             async with self._slots:
                 job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
-                # Cancelled by the flow: the engine has recorded the crash; report what it saw.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+                try:
+                    await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    # Cancelled by the flow (ray.cancel): the call is told so, and ends
+                    # Cancelled; a bare cancel reached the engine as a crash, which it
+                    # logged as two ERROR lines on the task run's page.
+                    job.cancel(STOPPED_BY_FLOW)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await job
         return engine.state, engine.task_run.run_count if engine.task_run else 0
 
     async def prepare(self, run_key: str, context_box: list[Any]) -> None:
