@@ -66,6 +66,8 @@ from flows.runtime.run_hooks import on_running, when_started
 log = get_logger("deliberation")
 TAKE_SECONDS = 1.0  # how long a runner with a free slot waits for a request before asking again
 RETRY_DELAY_SECONDS = 2.0  # before a crashed run's request is delivered again
+# Requests answered at once by one service process; a burst beyond waits in its subscription.
+IN_FLIGHT_REQUESTS = 256
 CANCELLED_BY_SERVICE = "cancelled through the deliberation service"
 
 
@@ -352,10 +354,30 @@ def _one_line(value: object, state: State[Any]) -> str:
     return (text or "crashed").splitlines()[0]
 
 
-def endpoint(answer: Callable[[bytes], Awaitable[BaseModel]]) -> Callable[[Request], Awaitable[None]]:
-    """A services-API handler: the reply as JSON, or an error reply with a code and one line."""
+Answer = Callable[[bytes], Awaitable[BaseModel]]  # an endpoint: its payload to its reply
 
-    async def handle(request: Request) -> None:
+
+class Endpoints:
+    """The services-API handlers: each request answered in a task of its own, at most
+    IN_FLIGHT_REQUESTS at once. nats-py calls a subscription's handler one message at a
+    time, so a burst of submits (each waits on three JetStream acks) queued behind each
+    other; nats.micro's processing_time then counts the dispatch only."""
+
+    def __init__(self) -> None:
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT_REQUESTS)
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def handler(self, answer: Answer) -> Callable[[Request], Awaitable[None]]:
+        async def dispatch(request: Request) -> None:
+            await self._in_flight.acquire()  # beyond the bound, the subscription waits
+            task = asyncio.create_task(self._respond(answer, request))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+        return dispatch
+
+    async def _respond(self, answer: Answer, request: Request) -> None:
+        """The reply as JSON, or an error reply with a code and one line."""
         try:
             reply = await answer(request.data)
         except ServiceFault as fault:
@@ -367,8 +389,13 @@ def endpoint(answer: Callable[[bytes], Awaitable[BaseModel]]) -> Callable[[Reque
             await request.respond_error("500", f"{type(exc).__name__}: {exc}".splitlines()[0])
         else:
             await request.respond(reply.model_dump_json().encode())
+        finally:
+            self._in_flight.release()
 
-    return handle
+    async def drain(self) -> None:
+        """Wait for the requests being answered."""
+        if self._answering:
+            await asyncio.gather(*self._answering, return_exceptions=True)
 
 
 async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], Any] | None = None) -> None:
@@ -387,15 +414,17 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
             metadata={HOST_METADATA: socket.gethostname()},
         )
         group = micro.add_group(name=SERVICE_NAME)
+        endpoints = Endpoints()
         for name in ENDPOINTS:
-            await group.add_endpoint(name=name, handler=endpoint(getattr(service, name)))
+            await group.add_endpoint(name=name, handler=endpoints.handler(getattr(service, name)))
         if on_ready is not None:
             on_ready()
         try:
             await Runner(bus, intake, settings).run(stop)
         finally:
-            await intake.close()
             await micro.stop()
+            await endpoints.drain()
+            await intake.close()
     finally:
         await bus.close()
 
