@@ -97,7 +97,7 @@ class EmulatorProcess:
         self._process.wait(10)
 
 
-def _proposal_requests(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def proposal_requests(stats: dict[str, Any]) -> list[dict[str, Any]]:
     # Proposal calls carry the bare agent id as `user`; review-stage calls a dotted call id.
     return [r for r in stats["requests"] if r["user"] and "." not in r["user"]]
 
@@ -340,7 +340,7 @@ def warm_figures(
             cpu = sum(cpu_by_kind.values())
             stats = emulator.stats()
             totals.append((len(stats["requests"]), cpu * 1000))
-            proposals = _proposal_requests(stats)
+            proposals = proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
             stage = result.usage.stage_ms["proposal"] / 1000
             gathered = baseline(emulator, agents)
@@ -460,6 +460,12 @@ def _why(result: Any) -> str:
     return f"{result.status}; " + "; ".join(reasons)
 
 
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value `fraction` of the way up the sorted values (nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def nats_figures(count: int) -> list[Figure]:
     from agents.adapters.nats import EventBus
     from agents.events import agent_event
@@ -484,8 +490,7 @@ def nats_figures(count: int) -> list[Figure]:
             bus.publish(event)
             latencies.append((time.monotonic() - sent) * 1000)
         rate = count / (time.monotonic() - started)
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = percentile(latencies, 0.99)
     return [
         Figure(
             "NATS publish with ack: p50",
