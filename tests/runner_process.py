@@ -20,6 +20,7 @@ class RunnerProcess:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
+        self._terminated = False
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "flows.service"],
@@ -53,10 +54,17 @@ class RunnerProcess:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 
-    def stop(self) -> None:
-        """SIGTERM to its group (it finishes what it runs), SIGKILL after a minute."""
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM to its group, once (it finishes what it runs, then stops its Ray); a second
+        one, after the runner has put its handler away, would cut that short."""
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        """`terminate`, then SIGKILL to its group if it has not exited within a minute."""
+        self.terminate()
+        if self.process.poll() is None:
             try:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
