@@ -240,8 +240,13 @@ def running_service(
     included): PostgreSQL (unless SQLite), the Prefect server, a nats-server and the runners."""
     with ExitStack() as stack:
         nats_server = stack.enter_context(LocalNatsServer())
-        database_url = stack.enter_context(PostgresServer()).url if database == "postgresql" else None
+        database_url = None
+        if database == "postgresql":
+            postgres = stack.enter_context(PostgresServer())
+            keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
+            database_url = postgres.url
         prefect = stack.enter_context(PrefectServer(database_url))
+        keep_log(stack, prefect, workdir / f"{database}-prefect-server.log")
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
         started = [RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log") for i in range(runners)]
         stack.callback(stop_runners, started)
@@ -250,11 +255,22 @@ def running_service(
         yield Service(nats_server.url, started)
 
 
+def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
+    """Copy the server's log to `path` before it stops (which removes the log)."""
+
+    def copy() -> None:
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, path)
+
+    stack.callback(copy)
+
+
 def runner_env(
     nats_url: str, model_url: str, api_url: str, concurrency: int, workdir: Path
 ) -> dict[str, str]:
     """A runner's environment: the servers above, its own state directory and Prefect home,
     and a local Ray of its own (no RAY_ADDRESS)."""
+    (workdir / "prefect-home").mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
     env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "DELIBERATION_RAY_ADDRESS"}}
     return env | {
         "NATS_URL": nats_url,
@@ -695,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"service_burst: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("service_burst: interrupted; what it started is stopped", file=sys.stderr)
+        return 130
     title = (
         f"# deliberation service burst: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
         f"{args.count} x 5 agents, {args.runners} runners x {args.concurrency}, "
