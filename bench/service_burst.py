@@ -248,8 +248,10 @@ def running_service(
         prefect = stack.enter_context(PrefectServer(database_url))
         keep_log(stack, prefect, workdir / f"{database}-prefect-server.log")
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
-        started = [RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log") for i in range(runners)]
-        stack.callback(stop_runners, started)
+        started: list[RunnerProcess] = []
+        stack.callback(stop_runners, started)  # each stopped, however far the starting got
+        for i in range(runners):
+            started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
         for runner in started:  # they start at once; each waited for in turn
             runner.wait_ready()
         yield Service(nats_server.url, started)
@@ -442,7 +444,7 @@ async def _audit_one(bus: JetStreamBus, deliberation_id: str, events: list[Event
     audit.agent_events += sum(agents.values())
     audit.duplicated += max(0, len(finals) - 1) + sum(n - 1 for n in agents.values())
     starts = [e for e in events if isinstance(e, DeliberationProgressEvent) and e.status == "started"]
-    audit.run_again += any(e.attempt > 1 for e in starts) or len(starts) > 1
+    audit.run_again += int(len(starts) > 1 or any(e.attempt > 1 for e in starts))
     if not finals:
         audit.lost += 1
         audit.problems.append(f"{deliberation_id}: no final event ({len(events)} events)")
@@ -573,7 +575,7 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
             burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
-        audit = asyncio.run(audit_streams(service.nats_url, [s.deliberation_id for s in burst.submitted]))
+        audit = asyncio.run(audit_streams(service.nats_url, burst.accepted))
         return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners))
 
 
@@ -598,7 +600,7 @@ def figures(m: Measured, count: int) -> list[Figure]:
             "",
             f"error reply or none in {SUBMIT_TIMEOUT:g} s",
         ),
-        Figure("concluded", [m.audit.concluded], "", f"of {count}: a final event in the stream"),
+        Figure("concluded", [m.audit.concluded], "", f"of {count}: accepted, a final event in the stream"),
         Figure("  of which completed", [m.audit.statuses["completed"]], "", "quorum met"),
         Figure("lost", [m.audit.lost], "", "accepted, no final event by the timeout; target 0"),
         Figure(
