@@ -54,9 +54,13 @@ class Figure:
 
 def print_table(figures: Sequence[Figure], cores: int) -> None:
     header = ["figure", "min", "median", "max", "unit", "note"]
-    rows = [header, *(f.row() for f in figures)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print(f"# deliberation benchmark: {cores} cores, Python {sys.version.split()[0]}")
+    print_rows([header, *(f.row() for f in figures)])
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """Rows of cells (the first the header) in left-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
@@ -93,7 +97,7 @@ class EmulatorProcess:
         self._process.wait(10)
 
 
-def _proposal_requests(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def proposal_requests(stats: dict[str, Any]) -> list[dict[str, Any]]:
     # Proposal calls carry the bare agent id as `user`; review-stage calls a dotted call id.
     return [r for r in stats["requests"] if r["user"] and "." not in r["user"]]
 
@@ -125,34 +129,46 @@ def process_kind(cmdline: str) -> str | None:
 
 
 CpuSnapshot = dict[int, tuple[str, float]]
+# The kind of each process of this process's tree worth counting, by PID, from the tree's
+# stat fields (as tests/processes.py's `process_tree` gives them); a PID left out is not counted.
+KindsOfTree = Callable[[dict[int, list[str]]], dict[int, str]]
 
 
-def cpu_snapshot() -> CpuSnapshot:
-    """CPU seconds so far of each orchestration process, by PID, with its kind: this process
-    (the flow's) and its descendants only. Ray's daemons, its workers and the temporary API
-    all descend from it; on a shared machine (or beside another pytest-xdist worker) other
-    runs' Ray and Prefect processes are not ours."""
-    snapshot: CpuSnapshot = {}
-    for pid, fields in process_tree(os.getpid()).items():
+def orchestration_kinds(tree: dict[int, list[str]]) -> dict[int, str]:
+    """This process (the flow's) and the orchestration processes under it (`process_kind`)."""
+    kinds = {}
+    for pid in tree:
         cmdline = command_line(pid)
         if cmdline is None:
             continue  # exited meanwhile
         kind = "flow (this process)" if pid == os.getpid() else process_kind(cmdline)
         if kind:
-            snapshot[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)  # utime + stime
-    return snapshot
+            kinds[pid] = kind
+    return kinds
 
 
-def cpu_since(before: CpuSnapshot) -> dict[str, float]:
+def cpu_snapshot(kinds_of: KindsOfTree = orchestration_kinds) -> CpuSnapshot:
+    """CPU seconds so far of each process `kinds_of` names, by PID, with its kind: this
+    process and its descendants only. Ray's daemons, its workers and the temporary API
+    all descend from it; on a shared machine (or beside another pytest-xdist worker) other
+    runs' Ray and Prefect processes are not ours."""
+    tree = process_tree(os.getpid())
+    return {
+        pid: (kind, (int(tree[pid][11]) + int(tree[pid][12])) / TICKS)  # utime + stime
+        for pid, kind in kinds_of(tree).items()
+    }
+
+
+def cpu_since(before: CpuSnapshot, kinds_of: KindsOfTree = orchestration_kinds) -> dict[str, float]:
     """CPU seconds spent since `before`, by kind of process. Counted per process, so one that
     exits meanwhile takes nothing away: what it spent since `before` is lost, not subtracted."""
     spent: dict[str, float] = {}
-    for pid, (kind, seconds) in cpu_snapshot().items():
+    for pid, (kind, seconds) in cpu_snapshot(kinds_of).items():
         spent[kind] = spent.get(kind, 0.0) + seconds - before.get(pid, (kind, 0.0))[1]
     return spent
 
 
-def _tree_memory_bytes(root: int) -> tuple[int, int]:
+def tree_memory_bytes(root: int) -> tuple[int, int]:
     """(RSS, PSS) summed over `root` and its descendants. RSS counts a page shared by
     several processes (a library every Ray process maps) once per process; PSS divides it
     among them, so the PSS sum is what the tree holds."""
@@ -191,7 +207,7 @@ def cold_start(emulator: EmulatorProcess, repeats: int, agents: int = 5) -> list
         )
         highest = highest_pss = 0
         while process.poll() is None:
-            rss, pss = _tree_memory_bytes(process.pid)
+            rss, pss = tree_memory_bytes(process.pid)
             highest, highest_pss = max(highest, rss), max(highest_pss, pss)
             time.sleep(0.2)
         finished = time.time()
@@ -324,7 +340,7 @@ def warm_figures(
             cpu = sum(cpu_by_kind.values())
             stats = emulator.stats()
             totals.append((len(stats["requests"]), cpu * 1000))
-            proposals = _proposal_requests(stats)
+            proposals = proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
             stage = result.usage.stage_ms["proposal"] / 1000
             gathered = baseline(emulator, agents)
@@ -444,6 +460,12 @@ def _why(result: Any) -> str:
     return f"{result.status}; " + "; ".join(reasons)
 
 
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value `fraction` of the way up the sorted values (nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def nats_figures(count: int) -> list[Figure]:
     from agents.adapters.nats import EventBus
     from agents.events import agent_event
@@ -468,8 +490,7 @@ def nats_figures(count: int) -> list[Figure]:
             bus.publish(event)
             latencies.append((time.monotonic() - sent) * 1000)
         rate = count / (time.monotonic() - started)
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = percentile(latencies, 0.99)
     return [
         Figure(
             "NATS publish with ack: p50",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agents.adapters.nats import EventBus
 from agents.events import (
     AgentResponseEvent,
     DeliberationEvent,
+    Event,
     RankedEvent,
     ReviewEvent,
     deliberation_event,
@@ -24,6 +27,13 @@ def assert_stream_agrees_with_stored_result(nats_url: str, deliberation_id: str)
         events = bus.read_events(deliberation_id)
         result = bus.load_result(deliberation_id)
     assert result is not None
+    assert_events_agree_with_result(events, result)
+    return result
+
+
+def assert_events_agree_with_result(events: Sequence[Event], result: DeliberationResult) -> None:
+    """`events` (one deliberation's, read from the streams) each once, and each saying what
+    `result` says; the benchmark reads every deliberation's at once and checks each here."""
     assert len({e.msg_id for e in events}) == len(events), "an event was published twice"
     agents = {e.agent_id: e for e in events if isinstance(e, AgentResponseEvent)}
     assert {a: outcome_of(e) for a, e in agents.items()} == {o.agent_id: o for o in result.outcomes}
@@ -37,4 +47,3 @@ def assert_stream_agrees_with_stored_result(nats_url: str, deliberation_id: str)
     assert final.model_dump(exclude={"timestamp"}) == deliberation_event(result).model_dump(
         exclude={"timestamp"}
     )
-    return result

@@ -92,6 +92,11 @@ class ManagedProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    @property
+    def pid(self) -> int | None:
+        """The process's id while it runs (its process group's too: it leads a session)."""
+        return None if self._process is None else self._process.pid
+
     def is_ready(self) -> bool:
         raise NotImplementedError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agents.errors import ConfigurationError
 from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, cpu_split
+from bench.service_burst import postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +119,22 @@ def test_winner_evaluation_runs_in_quick_mode() -> None:
     assert set(rows) == {(b, r) for b in ("abstaining", "random", "informative") for r in ("no", "yes")}
     for winner, first, chance in rows.values():
         assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0
+
+
+@pytest.mark.slow
+def test_service_burst_on_postgresql_loses_and_duplicates_nothing() -> None:
+    try:
+        postgres_bin_dir()
+    except ConfigurationError as exc:
+        pytest.skip(str(exc))
+    argv = ["--count", "4", "--database", "postgresql", "--concurrency", "2", "--warmup", "0"]
+    lines = run_module("bench.service_burst", *argv, timeout=300).splitlines()
+    lines = lines[
+        next(i for i, line in enumerate(lines) if line.startswith("# deliberation service burst")) :
+    ]
+    # Columns: figure, postgresql, unit, note; two spaces or more between them.
+    values = {cells[0]: cells[1] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[2:])}
+    assert values["concluded"] == "4"
+    assert values["lost"] == values["duplicated"] == values["stream disagrees with result"] == "0"
+    assert values["agent events"] == "20"
+    assert float(values["submit reply: p99"]) > 0 and float(values["model calls sustained"]) > 0

@@ -8,9 +8,6 @@ laptop) sees its deliberations cancelled."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,45 +22,10 @@ from flows.runtime.embedded import LocalNatsServer
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.processes import command_line, process_tree
+from tests.runner_process import RunnerProcess
 from tests.service import Service
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-class Runner:
-    """`python -m flows.service` in a process of its own (its own local Ray)."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.service"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        _wait_until(
-            lambda: b"service: deliberation" in self.log.read_bytes() or self.process.poll() is not None,
-            timeout,
-        )
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
@@ -76,7 +38,7 @@ def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
 @pytest.fixture
 def runners(
     fake_llm: FakeLLMServer, prefect_api: None, tmp_path: Path
-) -> Iterator[tuple[Service, Callable[[str], Runner]]]:
+) -> Iterator[tuple[Service, Callable[[str], RunnerProcess]]]:
     with LocalNatsServer() as nats_server:
         env = {
             **os.environ,
@@ -88,11 +50,11 @@ def runners(
             "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
             "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
         }
-        started: list[Runner] = []
+        started: list[RunnerProcess] = []
 
-        def start(name: str, own_prefect_api: bool = False) -> Runner:
+        def start(name: str, own_prefect_api: bool = False) -> RunnerProcess:
             runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
-            runner = Runner(runner_env, tmp_path / f"{name}.log")
+            runner = RunnerProcess(runner_env, tmp_path / f"{name}.log")
             started.append(runner)
             runner.wait_ready()
             return runner
@@ -105,7 +67,7 @@ def runners(
 
 
 def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resumes_them(
-    runners: tuple[Service, Callable[[str], Runner]],
+    runners: tuple[Service, Callable[[str], RunnerProcess]],
 ) -> None:
     service, start = runners
     first = start("first")
@@ -147,7 +109,7 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
 
 
 def test_a_runner_on_its_own_temporary_prefect_api_sees_its_deliberation_cancelled(
-    runners: tuple[Service, Callable[[str, bool], Runner]],
+    runners: tuple[Service, Callable[[str, bool], RunnerProcess]],
 ) -> None:
     # The flow run's API is a context variable there, which the cancellation poller's
     # thread does not inherit: it started Prefect's ephemeral server (~200 MiB more) and

@@ -1,0 +1,761 @@
+"""The deliberation service under a burst (issue 23): COUNT deliberations of 5 agents
+submitted at once over NATS to RUNNERS runners (`python -m flows.service`), on a real
+Prefect server (`prefect server start`) on PostgreSQL and on SQLite, against the emulated
+model server (max_num_seqs 256, 1.0 s calls). Prints one table, the databases side by
+side; see BENCHMARKS.md for how to read it.
+
+    .venv/bin/python -m bench.service_burst                        # 100 deliberations, PostgreSQL then SQLite
+    .venv/bin/python -m bench.service_burst --database postgresql  # one database
+    .venv/bin/python -m bench.service_burst --count 6 --concurrency 4 --logs /tmp/burst  # small, logs kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from agents.adapters.nats import JetStreamBus
+from agents.errors import ConfigurationError
+from agents.events import (
+    DELIBERATION_CANCELLED,
+    DELIBERATION_COMPLETED,
+    DELIBERATION_FAILED,
+    AgentResponseEvent,
+    DeliberationEvent,
+    DeliberationProgressEvent,
+    Event,
+    parse_event,
+)
+from agents.models import DeliberationRequest
+from agents.roles import Role
+from agents.service import StatusReply, SubmitReply
+from agents.settings import bus_config_for
+from bench.run import (
+    OUTPUT_TOKENS,
+    TTFT,
+    CpuSnapshot,
+    EmulatorProcess,
+    Figure,
+    cpu_since,
+    cpu_snapshot,
+    percentile,
+    print_rows,
+    process_kind,
+    proposal_requests,
+    tree_memory_bytes,
+)
+from flows.runtime.embedded import LocalNatsServer, ManagedProcess, answers_200
+from tests.agreement import assert_events_agree_with_result
+from tests.processes import command_line
+from tests.runner_process import RunnerProcess
+
+CALL_SECONDS = 1.0  # the emulator's server time of one call: TTFT + per token x OUTPUT_TOKENS
+MAX_NUM_SEQS = 256  # vLLM's default on most GPUs
+SUBMIT_TIMEOUT = 30.0  # s; a submit with no reply by then counts as an error
+FINAL_SUBJECTS = (DELIBERATION_COMPLETED, DELIBERATION_FAILED, DELIBERATION_CANCELLED)
+ERROR_CODE = "Nats-Service-Error-Code"
+DATABASES = ("postgresql", "sqlite")
+MEMORY_SAMPLE_SECONDS = 0.5
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+def postgres_bin_dir() -> Path:
+    """The directory of `initdb` and `postgres`: on PATH, else Debian's
+    /usr/lib/postgresql/<version>/bin (newest version first)."""
+    on_path = [shutil.which(name) for name in ("initdb", "postgres")]
+    if all(on_path):
+        return Path(str(on_path[0])).resolve().parent
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True):
+        if all((Path(candidate) / name).exists() for name in ("initdb", "postgres")):
+            return Path(candidate)
+    raise ConfigurationError(
+        "PostgreSQL not found: no initdb and postgres on PATH or under /usr/lib/postgresql/*/bin; "
+        "install it (apt-get install postgresql) or run with --database sqlite"
+    )
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path))
+
+
+def _as_unprivileged(command: list[str]) -> list[str]:
+    """`command` as it may run: PostgreSQL refuses to run as root, so under root it runs as
+    the `postgres` user (else `nobody`), dying with us like the other servers."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ConfigurationError("running as root, and PostgreSQL cannot: setpriv (util-linux) not found")
+    user = _unprivileged_user()
+    return [
+        setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+        "--pdeathsig=TERM", "--", *command,
+    ]  # fmt: skip
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+class PostgresServer(ManagedProcess):
+    """A throwaway PostgreSQL cluster: initdb into a temporary directory, `postgres` on a free
+    loopback port (its unix socket in that directory too), and a database for Prefect."""
+
+    name = "postgresql"
+    database = "prefect"
+
+    def __init__(self, startup_timeout: float = 60.0) -> None:
+        self.bin_dir = postgres_bin_dir()  # before a temporary directory is made
+        super().__init__(startup_timeout)
+        self.data_dir = self.workdir / "data"
+        if os.geteuid() == 0:
+            user = _unprivileged_user()
+            os.chown(self.workdir, user.pw_uid, user.pw_gid)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def command(self) -> list[str]:
+        return _as_unprivileged([
+            str(self.bin_dir / "postgres"),
+            "-D", str(self.data_dir),
+            "-p", str(self.port),
+            "-k", str(self.workdir),
+            "-c", "listen_addresses=127.0.0.1",
+        ])  # fmt: skip
+
+    def launch(self) -> None:
+        # Trust on loopback and the socket: nothing but this benchmark reaches the cluster.
+        # --no-sync: the cluster's files need not survive a crash of the machine.
+        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres"]
+        initdb += ["--auth=trust", "-E", "UTF8", "--no-sync"]
+        done = subprocess.run(_as_unprivileged(initdb), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigurationError(f"initdb failed: {(done.stderr or done.stdout).strip()[-500:]}")
+        super().launch()
+
+    def start(self) -> None:
+        super().start()
+        asyncio.run(self._execute(f"CREATE DATABASE {self.database}"))
+
+    def is_ready(self) -> bool:
+        # It accepts connections before it can serve them ("the database system is starting up").
+        try:
+            asyncio.run(self._execute("SELECT 1"))
+        except Exception:  # refused, starting up, timed out: not yet
+            return False
+        return True
+
+    async def _execute(self, statement: str) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", database="postgres", timeout=2
+        )
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    def stop(self) -> None:
+        # SIGINT is its fast shutdown; the SIGTERM that follows (smart shutdown) would wait
+        # for every client to disconnect.
+        if self.pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGINT)
+        super().stop()
+
+
+# -- the Prefect server -----------------------------------------------------------------------
+class PrefectServer(ManagedProcess):
+    """`prefect server start` as deploy/k8s runs it (Prefect's defaults), with a PREFECT_HOME
+    of its own: on `database_url`, or on SQLite in that home."""
+
+    name = "prefect-server"
+
+    def __init__(self, database_url: str | None, startup_timeout: float = 180.0) -> None:
+        super().__init__(startup_timeout)
+        home = self.workdir / "home"
+        self.env = {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database_url
+            or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "prefect", "server", "start",
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-ui",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return answers_200(f"{self.api_url}/health")
+
+
+# -- the service: its servers and runners -----------------------------------------------------
+@dataclass
+class Service:
+    nats_url: str
+    runners: list[RunnerProcess]
+
+
+@contextmanager
+def running_service(
+    database: str, model_url: str, runners: int, concurrency: int, workdir: Path
+) -> Iterator[Service]:
+    """Everything the service needs, started for one database and stopped on exit (Ctrl-C
+    included): PostgreSQL (unless SQLite), the Prefect server, a nats-server and the runners."""
+    with ExitStack() as stack:
+        nats_server = stack.enter_context(LocalNatsServer())
+        database_url = None
+        if database == "postgresql":
+            postgres = stack.enter_context(PostgresServer())
+            keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
+            database_url = postgres.url
+        prefect = stack.enter_context(PrefectServer(database_url))
+        keep_log(stack, prefect, workdir / f"{database}-prefect-server.log")
+        env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
+        started: list[RunnerProcess] = []
+        stack.callback(stop_runners, started)  # each stopped, however far the starting got
+        for i in range(runners):
+            started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
+        for runner in started:  # they start at once; each waited for in turn
+            runner.wait_ready()
+        yield Service(nats_server.url, started)
+
+
+def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
+    """Copy the server's log to `path` before it stops (which removes the log)."""
+
+    def copy() -> None:
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, path)
+
+    stack.callback(copy)
+
+
+def runner_env(
+    nats_url: str, model_url: str, api_url: str, concurrency: int, workdir: Path
+) -> dict[str, str]:
+    """A runner's environment: the servers above, its own state directory and Prefect home,
+    and a local Ray of its own (no RAY_ADDRESS)."""
+    (workdir / "prefect-home").mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "DELIBERATION_RAY_ADDRESS"}}
+    return env | {
+        "NATS_URL": nats_url,
+        "VLLM_URL": model_url,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(workdir / "prefect-home"),
+        "DELIBERATION_SERVICE_CONCURRENCY": str(concurrency),
+        "DELIBERATION_STATE_DIR": str(workdir / "state"),
+    }
+
+
+def stop_runners(runners: Sequence[RunnerProcess]) -> None:
+    """Signal every runner first, then wait for each: they shut down their Ray at once."""
+    for runner in runners:
+        runner.terminate()
+    for runner in runners:
+        runner.stop()
+
+
+# -- the burst ----------------------------------------------------------------------------------
+def burst_requests(count: int) -> list[DeliberationRequest]:
+    """`count` deliberations of the five roles, no review round, each with its id set here so
+    that one whose submit failed can still be looked for. The deadline is long: the figures
+    are about the service, not about agents cut short by a queue."""
+    return [
+        DeliberationRequest(
+            task="Benchmark task",
+            roles=list(Role),
+            rounds=0,
+            deadline_seconds=600,
+            deliberation_id=uuid.uuid4().hex,
+        )
+        for _ in range(count)
+    ]
+
+
+@dataclass
+class Submitted:
+    deliberation_id: str
+    seconds: float | None  # the reply's round trip; None if there was none
+    error: str | None = None
+
+
+@dataclass
+class Burst:
+    submitted: list[Submitted]
+    sent_at: float  # time.monotonic() of the first submit
+    concluded_at: dict[str, float] = field(default_factory=dict)  # final event seen, by id
+
+    @property
+    def accepted(self) -> list[str]:
+        return [s.deliberation_id for s in self.submitted if s.error is None]
+
+
+async def run_burst(nats_url: str, requests: Sequence[DeliberationRequest], timeout: float) -> Burst:
+    """Submit every request at once from one connection, then wait (at most `timeout` s)
+    until a final event of each accepted one has been seen."""
+    nc = await nats.connect(nats_url)
+    try:
+        concluded: dict[str, float] = {}
+        seen_all = asyncio.Event()
+        waiting_for: set[str] = {r.deliberation_id or "" for r in requests}
+
+        async def on_final(msg: Msg) -> None:
+            # A core subscription sees every publish, a re-sent one too; the stream, read
+            # afterwards, is what says whether anything was stored twice.
+            deliberation_id = parse_event(msg.subject, msg.data).deliberation_id
+            concluded.setdefault(deliberation_id, time.monotonic())
+            if waiting_for <= concluded.keys():
+                seen_all.set()
+
+        for subject in FINAL_SUBJECTS:
+            await nc.subscribe(subject, cb=on_final)
+        await nc.flush()
+        sent_at = time.monotonic()
+        submitted = await asyncio.gather(*(_submit(nc, request) for request in requests))
+        waiting_for = {s.deliberation_id for s in submitted if s.error is None}
+        if waiting_for <= concluded.keys():
+            seen_all.set()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(seen_all.wait(), timeout)
+        return Burst(list(submitted), sent_at, dict(concluded))
+    finally:
+        await nc.close()
+
+
+async def _submit(nc: nats.NATS, request: DeliberationRequest) -> Submitted:
+    deliberation_id = request.deliberation_id or ""
+    sent = time.monotonic()
+    try:
+        reply = await nc.request(
+            "deliberation.submit", request.model_dump_json().encode(), timeout=SUBMIT_TIMEOUT
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        return Submitted(deliberation_id, None, f"{type(exc).__name__}: {exc}")
+    seconds = time.monotonic() - sent
+    headers = reply.headers or {}
+    if code := headers.get(ERROR_CODE):
+        return Submitted(deliberation_id, seconds, f"error {code}: {headers.get('Nats-Service-Error')}")
+    SubmitReply.model_validate_json(reply.data)  # the contract's reply, or it raises
+    return Submitted(deliberation_id, seconds)
+
+
+def warm_up(nats_url: str, count: int, timeout: float = 300.0) -> None:
+    """A few deliberations first, not counted: each runner's first flow run starts its call
+    hosts and Ray workers, which a service does once, not per burst."""
+    if not count:
+        return
+    requests = burst_requests(count)
+    done = asyncio.run(run_burst(nats_url, requests, timeout))
+    if len(done.concluded_at) < count:
+        raise RuntimeError(f"warm-up: {len(done.concluded_at)} of {count} concluded in {timeout:.0f} s")
+    asyncio.run(_until_recorded_concluded(nats_url, [r.deliberation_id or "" for r in requests], timeout))
+
+
+async def _until_recorded_concluded(nats_url: str, deliberation_ids: Sequence[str], timeout: float) -> None:
+    """Until `get` says each concluded: a runner records that once its flow run has
+    returned, after the final event, so the flow run's last writes stay out of the burst."""
+    nc = await nats.connect(nats_url)
+    try:
+        give_up = time.monotonic() + timeout
+        for deliberation_id in deliberation_ids:
+            ref = json.dumps({"deliberation_id": deliberation_id}).encode()
+            while not StatusReply.model_validate_json(
+                (await nc.request("deliberation.get", ref, timeout=SUBMIT_TIMEOUT)).data
+            ).status.concluded:
+                if time.monotonic() > give_up:
+                    raise RuntimeError(
+                        f"warm-up: {deliberation_id} not recorded concluded in {timeout:.0f} s"
+                    )
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+# -- what the streams hold --------------------------------------------------------------------
+@dataclass
+class Audit:
+    concluded: int = 0
+    lost: int = 0  # accepted, and no final event in the stream
+    duplicated: int = 0  # final events beyond one per deliberation, agent events beyond one per agent
+    disagreeing: int = 0  # the stream says something the stored result does not
+    run_again: int = 0  # started more than once (delivered to a runner again)
+    agent_events: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)  # the first few, for stderr
+
+
+async def audit_streams(nats_url: str, deliberation_ids: Sequence[str]) -> Audit:
+    """Read the event streams once and check every deliberation against its stored result,
+    as the service's tests do (tests/agreement.py)."""
+    bus = await JetStreamBus.connect(bus_config_for(nats_url))
+    try:
+        by_deliberation: dict[str, list[Event]] = {}
+        for event in await bus.read_events():
+            by_deliberation.setdefault(event.deliberation_id, []).append(event)
+        audit = Audit()
+        for deliberation_id in deliberation_ids:
+            events = by_deliberation.get(deliberation_id, [])
+            await _audit_one(bus, deliberation_id, events, audit)
+        return audit
+    finally:
+        await bus.close()
+
+
+async def _audit_one(bus: JetStreamBus, deliberation_id: str, events: list[Event], audit: Audit) -> None:
+    finals = [e for e in events if isinstance(e, DeliberationEvent)]
+    agents = Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent))
+    audit.agent_events += sum(agents.values())
+    audit.duplicated += max(0, len(finals) - 1) + sum(n - 1 for n in agents.values())
+    starts = [e for e in events if isinstance(e, DeliberationProgressEvent) and e.status == "started"]
+    audit.run_again += int(len(starts) > 1 or any(e.attempt > 1 for e in starts))
+    if not finals:
+        audit.lost += 1
+        audit.problems.append(f"{deliberation_id}: no final event ({len(events)} events)")
+        return
+    audit.concluded += 1
+    audit.statuses[finals[0].status.value] += 1
+    result = await bus.load_result(deliberation_id)
+    try:
+        assert result is not None, "no stored result"
+        assert_events_agree_with_result(events, result)
+    except AssertionError as exc:
+        audit.disagreeing += 1
+        audit.problems.append(f"{deliberation_id}: stream and result disagree: {str(exc)[:300]}")
+
+
+# -- processes: CPU and memory ------------------------------------------------------------------
+RUNNERS = "runners"
+
+
+def service_kinds(tree: dict[int, list[str]]) -> dict[int, str]:
+    """Every process of the service, by what it belongs to: the child of this process it
+    descends from says which (a runner, the Prefect server, PostgreSQL, nats-server); in a
+    runner's tree, Ray's processes are told apart by their command lines. The emulator (the
+    model server) and this process (the client) are not counted."""
+    me = os.getpid()
+    parts: dict[int, str | None] = {}
+    kinds = {}
+    for pid in tree:
+        top = pid
+        while top in tree and int(tree[top][1]) != me:
+            top = int(tree[top][1])
+        if top not in tree:
+            continue  # this process, or one whose parent exited meanwhile
+        if top not in parts:
+            parts[top] = _part_of(command_line(top) or "")
+        part = parts[top]
+        if part == RUNNERS:
+            inside = "service processes" if pid == top else process_kind(command_line(pid) or "") or "other"
+            kinds[pid] = f"{RUNNERS}: {inside}"
+        elif part is not None:
+            kinds[pid] = part
+    return kinds
+
+
+def _part_of(cmdline: str) -> str | None:
+    program = Path(cmdline.split(" ", 1)[0]).name
+    if "-m flows.service" in cmdline:
+        return RUNNERS
+    if "prefect server start" in cmdline:
+        return "prefect server"
+    if program == "postgres":
+        return "postgresql"
+    if program == "nats-server":
+        return "nats-server"
+    return None
+
+
+class MemoryPeaks:
+    """The peak RSS and PSS of each runner's process tree (its Ray included) and of the
+    machine's used memory (MemTotal - MemAvailable), sampled on a thread of its own while
+    the block runs."""
+
+    def __init__(self, runners: Sequence[RunnerProcess]) -> None:
+        self._runners = runners
+        self.runner_rss = self.runner_pss = 0
+        self.machine_before = machine_used_bytes()
+        self.machine = self.machine_before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(MEMORY_SAMPLE_SECONDS):
+            for runner in self._runners:
+                rss, pss = tree_memory_bytes(runner.pid)
+                self.runner_rss, self.runner_pss = max(self.runner_rss, rss), max(self.runner_pss, pss)
+            self.machine = max(self.machine, machine_used_bytes())
+
+    def __enter__(self) -> MemoryPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def machine_used_bytes() -> int:
+    fields = {
+        line.split(":")[0]: int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+    }
+    return fields["MemTotal"] - fields["MemAvailable"]
+
+
+# Prefect's log lines: "12:00:00.000 | WARNING | deliberation - ..."; Python's own: "Traceback".
+LOG_PROBLEM = re.compile(r"\| (WARNING|ERROR|CRITICAL) +\||^Traceback")
+
+
+def log_problems(runners: Sequence[RunnerProcess]) -> list[str]:
+    """The runners' log lines at WARNING or above, and tracebacks."""
+    return [
+        line
+        for runner in runners
+        for line in runner.log.read_text(errors="replace").splitlines()
+        if LOG_PROBLEM.search(line)
+    ]
+
+
+# -- one database's figures ------------------------------------------------------------------
+@dataclass
+class Measured:
+    burst: Burst
+    audit: Audit
+    stats: dict[str, Any]  # the emulator's
+    cpu: dict[str, float]  # CPU seconds over the burst, by kind of process
+    memory: MemoryPeaks
+    log_lines: list[str]
+
+
+def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, workdir: Path) -> Measured:
+    with running_service(database, emulator.url, args.runners, args.concurrency, workdir) as service:
+        warm_up(service.nats_url, args.warmup)
+        emulator.reset()
+        before: CpuSnapshot = cpu_snapshot(service_kinds)
+        with MemoryPeaks(service.runners) as memory:
+            burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
+        cpu = cpu_since(before, service_kinds)
+        stats = emulator.stats()
+        audit = asyncio.run(audit_streams(service.nats_url, burst.accepted))
+        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners))
+
+
+def figures(m: Measured, count: int) -> list[Figure]:
+    latencies = [s.seconds * 1000 for s in m.burst.submitted if s.error is None and s.seconds is not None]
+    calls = [r for r in m.stats["requests"] if r["finished"]]
+    window = max(r["finished"] for r in calls) - min(r["arrived"] for r in calls) if calls else 0.0
+    ends = m.burst.concluded_at.values()
+    wall = max(ends) - m.burst.sent_at if ends else 0.0
+    cpu_ms = {kind: seconds * 1000 / max(1, len(calls)) for kind, seconds in sorted(m.cpu.items())}
+    mib = 2**20
+    return [
+        Figure(
+            "submit reply: p50", [statistics.median(latencies)] if latencies else [], "ms", "target <= 20 ms"
+        ),
+        Figure(
+            "submit reply: p99", [percentile(latencies, 0.99)] if latencies else [], "ms", "target <= 200 ms"
+        ),
+        Figure(
+            "submit errors",
+            [len(m.burst.submitted) - len(latencies)],
+            "",
+            f"error reply or none in {SUBMIT_TIMEOUT:g} s",
+        ),
+        Figure("concluded", [m.audit.concluded], "", f"of {count}: accepted, a final event in the stream"),
+        Figure("  of which completed", [m.audit.statuses["completed"]], "", "quorum met"),
+        Figure("lost", [m.audit.lost], "", "accepted, no final event by the timeout; target 0"),
+        Figure(
+            "duplicated",
+            [m.audit.duplicated],
+            "events",
+            "final > 1 per deliberation, agent > 1 per agent; target 0",
+        ),
+        Figure(
+            "stream disagrees with result", [m.audit.disagreeing], "", "tests/agreement.py's check; target 0"
+        ),
+        Figure("run more than once", [m.audit.run_again], "", "started again: delivered to a runner again"),
+        Figure("agent events", [m.audit.agent_events], "", f"{count} x 5 expected: one per agent"),
+        Figure(
+            "proposal calls at the model server",
+            [len(proposal_requests(m.stats))],
+            "",
+            "more: a call asked again",
+        ),
+        Figure("burst wall time", [wall], "s", "first submit to last final event"),
+        Figure(
+            "model calls sustained",
+            [len(calls) / window] if window else [],
+            "/s",
+            "calls / (last finish - first arrival); target >= 50/s",
+        ),
+        Figure("model calls", [len(calls)], "", f"{count} x 5 agents: proposals and ranking"),
+        Figure(
+            "max calls in flight at the model server",
+            [m.stats["max_running"]],
+            "",
+            f"max_num_seqs {MAX_NUM_SEQS}",
+        ),
+        Figure(
+            "CPU per model call", [sum(cpu_ms.values())], "ms", "every process of the service, over the burst"
+        ),
+        *(Figure(f"  of which {kind}", [ms], "ms", "per model call") for kind, ms in cpu_ms.items()),
+        Figure(
+            "peak memory of one runner, RSS",
+            [m.memory.runner_rss / mib],
+            "MiB",
+            "the larger runner's tree, its Ray included",
+        ),
+        Figure(
+            "peak memory of one runner, PSS", [m.memory.runner_pss / mib], "MiB", "shared pages counted once"
+        ),
+        Figure(
+            "machine memory used, peak",
+            [m.memory.machine / mib],
+            "MiB",
+            "MemTotal - MemAvailable, during the burst",
+        ),
+        Figure(
+            "machine memory used, before",
+            [m.memory.machine_before / mib],
+            "MiB",
+            "the same, as the burst began",
+        ),
+        Figure("runner log lines, WARNING and above", [len(m.log_lines)], "", "and tracebacks; see stderr"),
+    ]
+
+
+def print_side_by_side(measured: dict[str, list[Figure]], title: str) -> None:
+    """One row per figure, one column per database (in the order measured)."""
+    names = list(dict.fromkeys(f.name for figures in measured.values() for f in figures))
+    by_name = {(database, f.name): f for database, figures in measured.items() for f in figures}
+    first = {f.name: f for figures in reversed(measured.values()) for f in figures}
+    rows = [["figure", *measured, "unit", "note"]]
+    for name in names:
+        cells = [_cell(by_name.get((database, name))) for database in measured]
+        rows.append([name, *cells, first[name].unit, first[name].note])
+    print(title)
+    print_rows(rows)
+
+
+def _cell(figure: Figure | None) -> str:
+    if figure is None or not figure.values:
+        return "–"
+    value = figure.values[0]
+    return f"{value:,.0f}" if abs(value) >= 1000 or float(value).is_integer() else f"{value:.3g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.service_burst", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--count", type=int, default=100, help="deliberations submitted in the burst")
+    parser.add_argument(
+        "--database", choices=[*DATABASES, "both"], default="both", help="the Prefect server's"
+    )
+    parser.add_argument("--runners", type=int, default=2, help="`python -m flows.service` processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="DELIBERATION_SERVICE_CONCURRENCY of each runner"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="deliberations before the burst (default: one per runner)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="s after the submits to wait for the last to conclude"
+    )
+    parser.add_argument("--logs", type=Path, default=None, help="keep the runners' logs in this directory")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = args.runners
+    databases = list(DATABASES) if args.database == "both" else [args.database]
+    try:
+        if "postgresql" in databases:
+            postgres_bin_dir()  # before anything starts: say at once that it is missing
+        measured = run_all(databases, args)
+    except ConfigurationError as exc:
+        print(f"service_burst: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("service_burst: interrupted; what it started is stopped", file=sys.stderr)
+        return 130
+    title = (
+        f"# deliberation service burst: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{args.count} x 5 agents, {args.runners} runners x {args.concurrency}, "
+        f"{CALL_SECONDS:g} s calls, max_num_seqs {MAX_NUM_SEQS}"
+    )
+    print_side_by_side(measured, title)
+    return 0
+
+
+def run_all(databases: Sequence[str], args: argparse.Namespace) -> dict[str, list[Figure]]:
+    """Each database's figures, one after the other on one emulator; everything started is
+    stopped on the way out, Ctrl-C included."""
+    per_token = (CALL_SECONDS - TTFT) / OUTPUT_TOKENS
+    with ExitStack() as stack:
+        if args.logs is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-burst-")))
+        else:
+            workdir = args.logs
+            workdir.mkdir(parents=True, exist_ok=True)
+        emulator = EmulatorProcess(MAX_NUM_SEQS, TTFT, per_token, OUTPUT_TOKENS)
+        stack.callback(emulator.stop)
+        measured = {}
+        for database in databases:
+            m = measure(database, emulator, args, workdir)
+            report_problems(database, m)
+            measured[database] = figures(m, args.count)
+        return measured
+
+
+def report_problems(database: str, m: Measured) -> None:
+    """On stderr, what the figures only count: submit errors, deliberations lost or
+    disagreeing, and the runners' warnings (the first few of each, distinct)."""
+    errors = [f"{s.deliberation_id}: {s.error}" for s in m.burst.submitted if s.error]
+    for what, lines in (("submit", errors), ("streams", m.audit.problems), ("runner logs", m.log_lines)):
+        distinct = list(dict.fromkeys(lines))
+        for line in distinct[:5]:
+            print(f"{database}: {what}: {line[:400]}", file=sys.stderr)
+        if len(distinct) > 5:
+            print(f"{database}: {what}: ... {len(distinct) - 5} more distinct", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
