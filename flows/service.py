@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -213,9 +215,19 @@ class Runner:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.service_concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        # A thread per slot: asyncio's default pool has min(32, cores + 4) threads, so on
+        # 2 cores a runner ran 6 deliberations at once whatever its concurrency said, and
+        # held the others it had taken in the pool's queue.
+        self._threads = ThreadPoolExecutor(settings.service_concurrency, thread_name_prefix="deliberate")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; then waits for the deliberations it runs."""
+        try:
+            await self._take_until(stop)
+        finally:
+            self._threads.shutdown(wait=False)
+
+    async def _take_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._slots.acquire()
             try:
@@ -283,7 +295,9 @@ class Runner:
             asyncio.run_coroutine_threadsafe(self._started(request, flow_run_id, tries), loop).result(30)
 
         with when_started(deliberation_id, started):
-            state, value = await asyncio.to_thread(_run_flow, request)
+            # In this context, as to_thread would: the flow run's Prefect API is in it.
+            run_here = contextvars.copy_context().run
+            state, value = await loop.run_in_executor(self._threads, run_here, _run_flow, request)
         if isinstance(value, DeliberationResult):
             await self._finished(deliberation_id, value)
             await msg.ack()

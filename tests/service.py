@@ -84,13 +84,15 @@ def request(url: str, subject: str, data: bytes, timeout: float = 10.0) -> Msg:
 
 
 @contextmanager
-def running_service(fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+def running_service(
+    fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, concurrency: int = 2
+) -> Iterator[Service]:
     """The service on a nats-server of its own and the fake model server, until the block ends."""
     with LocalNatsServer() as nats_server:
         monkeypatch.setenv("VLLM_URL", fake_llm.url)
         monkeypatch.setenv("NATS_URL", nats_server.url)
         monkeypatch.setenv("DELIBERATION_RETRY_BACKOFF_SECONDS", "0.2")
-        monkeypatch.setenv("DELIBERATION_SERVICE_CONCURRENCY", "2")
+        monkeypatch.setenv("DELIBERATION_SERVICE_CONCURRENCY", str(concurrency))
         ready = threading.Event()
         loop: list[asyncio.AbstractEventLoop] = []
         stop: list[asyncio.Event] = []

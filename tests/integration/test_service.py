@@ -23,8 +23,8 @@ from agents.service import MAX_PAYLOAD_BYTES
 from agents.settings import bus_config_for
 from flows.schemas import SCHEMA_DIR
 from tests.agreement import assert_stream_agrees_with_stored_result
-from tests.fake_llm import HANG
-from tests.service import ERROR, ERROR_CODE, Service, request
+from tests.fake_llm import HANG, FakeLLMServer
+from tests.service import ERROR, ERROR_CODE, Service, request, running_service
 
 
 def conforms(document: dict[str, Any], schema: str) -> None:
@@ -241,3 +241,19 @@ def test_a_request_taken_before_its_submit_recorded_it_is_still_run(service: Ser
     assert done["result"]["completed"] == 1
     progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
     assert [e.status for e in progress] == ["accepted", "started"]
+
+
+def test_a_runner_runs_as_many_deliberations_at_once_as_its_concurrency_says(
+    fake_llm: FakeLLMServer, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More than asyncio's default thread pool holds on 2 cores (min(32, cores + 4) = 6).
+
+    with running_service(fake_llm, monkeypatch, concurrency=8) as service:
+        fake_llm.script("agent-dev-001", *[HANG] * 8)
+        ids = [service.answer("submit", {"task": "t", "roles": ["DEV"]})["deliberation_id"] for _ in range(8)]
+        _wait_until(lambda: len(fake_llm.calls_for("agent-dev-001")) == 8, timeout=120)
+        assert fake_llm.max_in_flight == 8
+        for deliberation_id in ids:
+            service.answer("cancel", {"deliberation_id": deliberation_id})
+        for deliberation_id in ids:
+            service.wait_for(deliberation_id, "cancelled", timeout=60)
