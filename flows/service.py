@@ -151,13 +151,15 @@ async def record_accepted(
         accepted_at=now,
         updated_at=now,
     )
-    if await intake.create_status(record):
+    revision = await intake.create_status(record)
+    if revision is not None:
         task_id = request.task_id or deliberation_id
         await bus.publish(
             DeliberationProgressEvent(deliberation_id=deliberation_id, task_id=task_id, status="accepted")
         )
+        return record, revision
     known = await intake.status(deliberation_id)
-    assert known is not None  # created just now, here or by whoever was first
+    assert known is not None  # created by whoever was first
     return known
 
 

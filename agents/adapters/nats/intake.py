@@ -113,14 +113,14 @@ class Intake:
             return None
         return StatusRecord.model_validate_json(entry.value), entry.revision
 
-    async def create_status(self, record: StatusRecord) -> bool:
-        """Write the first status of a deliberation; False if it already has one."""
+    async def create_status(self, record: StatusRecord) -> int | None:
+        """Write the first status of a deliberation; its revision, or None if it already
+        has one."""
         bucket = await self._buckets.open(STATUS_BUCKET)
         try:
-            await bucket.create(record.deliberation_id, record.model_dump_json().encode())
+            return int(await bucket.create(record.deliberation_id, record.model_dump_json().encode()))
         except KeyWrongLastSequenceError:
-            return False
-        return True
+            return None
 
     async def change_status(
         self, deliberation_id: str, change: Callable[[StatusRecord], StatusRecord | None]
