@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from prefect.settings import PREFECT_API_URL
 
+from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.events import DeliberationEvent
 from flows.runtime.embedded import LocalNatsServer
-from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.processes import command_line, process_tree
-from tests.service import Service
+from tests.service import Service, request
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -74,34 +77,40 @@ def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
 
 
 @pytest.fixture
+def nats_server() -> Iterator[LocalNatsServer]:
+    """The runners' nats-server, this test's own (to restart)."""
+    with LocalNatsServer() as server:
+        yield server
+
+
+@pytest.fixture
 def runners(
-    fake_llm: FakeLLMServer, prefect_api: None, tmp_path: Path
-) -> Iterator[tuple[Service, Callable[[str], Runner]]]:
-    with LocalNatsServer() as nats_server:
-        env = {
-            **os.environ,
-            "NATS_URL": nats_server.url,
-            "VLLM_URL": fake_llm.url,
-            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-            "DELIBERATION_SERVICE_ACK_WAIT_SECONDS": "5",
-            "DELIBERATION_SERVICE_CONCURRENCY": "4",
-            "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
-            "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
-        }
-        started: list[Runner] = []
+    fake_llm: FakeLLMServer, prefect_api: None, nats_server: LocalNatsServer, tmp_path: Path
+) -> Iterator[tuple[Service, Callable[..., Runner]]]:
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "VLLM_URL": fake_llm.url,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "DELIBERATION_SERVICE_ACK_WAIT_SECONDS": "5",
+        "DELIBERATION_SERVICE_CONCURRENCY": "4",
+        "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
+        "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
+    }
+    started: list[Runner] = []
 
-        def start(name: str, own_prefect_api: bool = False) -> Runner:
-            runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
-            runner = Runner(runner_env, tmp_path / f"{name}.log")
-            started.append(runner)
-            runner.wait_ready()
-            return runner
+    def start(name: str, own_prefect_api: bool = False, **overrides: str) -> Runner:
+        runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
+        runner = Runner(runner_env | overrides, tmp_path / f"{name}.log")
+        started.append(runner)
+        runner.wait_ready()
+        return runner
 
-        try:
-            yield Service(nats_server.url, fake_llm), start
-        finally:
-            for runner in started:
-                runner.stop()
+    try:
+        yield Service(nats_server.url, fake_llm), start
+    finally:
+        for runner in started:
+            runner.stop()
 
 
 def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resumes_them(
@@ -174,3 +183,39 @@ def _events(url: str, deliberation_id: str) -> list[Any]:
 
     with EventBus.connect(bus_config_for(url)) as bus:
         return bus.read_events(deliberation_id)
+
+
+def test_nats_server_restarted_in_a_burst_every_deliberation_concludes_once(
+    runners: tuple[Service, Callable[..., Runner]], nats_server: LocalNatsServer
+) -> None:
+    # Four run at once on the runner (its concurrency), two wait in the intake; QA is still
+    # answering when nats-server stops, and is answered while it is down or coming back.
+    service, start = runners
+    start("runner")
+    for _ in range(6):
+        service.llm.script("agent-qa-001", ok(delay=4))
+    ids = [
+        service.answer("submit", {"task": f"burst {i}", "roles": ["DEV", "QA"], "rounds": 0})[
+            "deliberation_id"
+        ]
+        for i in range(6)
+    ]
+    _wait_until(lambda: sum(1 for c in service.llm.calls_for("agent-dev-001") if c.ended) >= 4, 90)
+    nats_server.restart()
+    # Until the runner has reconnected, a request finds no responders (0.4 s here).
+    _wait_until(lambda: _answers_ping(service.url), 30)
+
+    for deliberation_id in ids:
+        done = service.wait_for(deliberation_id, "completed", timeout=90)
+        assert done["result"]["completed"] == 2
+    assert_each_concluded_once(service.url, ids)
+    assert service.llm.asked_again() == []
+    assert service.stream_messages(INTAKE_STREAM) == 0
+
+
+def _answers_ping(url: str) -> bool:
+    """The service answers on `url` (its instances subscribe again after a reconnect)."""
+    try:
+        return bool(request(url, "$SRV.PING.deliberation", b"", timeout=1).data)
+    except (NoRespondersError, NatsTimeoutError):
+        return False
