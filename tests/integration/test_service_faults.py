@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from nats.errors import NoRespondersError
@@ -23,12 +25,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from prefect.settings import PREFECT_API_URL
 
 from agents.adapters.nats.intake import INTAKE_STREAM
-from agents.events import DeliberationEvent
+from agents.events import DeliberationEvent, DeliberationProgressEvent
 from flows.runtime.embedded import LocalNatsServer
 from tests.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.processes import command_line, process_tree
 from tests.service import Service, request
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -219,3 +222,53 @@ def _answers_ping(url: str) -> bool:
         return bool(request(url, "$SRV.PING.deliberation", b"", timeout=1).data)
     except (NoRespondersError, NatsTimeoutError):
         return False
+
+
+@pytest.fixture
+def prefect_api_proxy(prefect_api: None) -> Iterator[TcpProxy]:
+    """A proxy in front of the Prefect API. Requested before `runners`, it stops after them:
+    a runner sends its last logs to the API as it exits."""
+    api = urlsplit(str(PREFECT_API_URL.value()))
+    proxy = TcpProxy(api.hostname or "127.0.0.1", api.port or 80).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_the_prefect_api_unreachable_for_ten_seconds_mid_deliberation_is_ridden_out_by_prefects_client(
+    prefect_api_proxy: TcpProxy, runners: tuple[Service, Callable[..., Runner]]
+) -> None:
+    """The runner reaches the Prefect API through a proxy that cuts its connections and
+    refuses new ones for 10 s, after DEV answered and while QA is still answering. Prefect's
+    client rides it out: the requests that fail meanwhile (read and protocol errors, and a
+    refused connect once the client has connected before) are retried with backoff (2, 4,
+    8 s) and go through once the API is back. The flow run neither fails nor crashes, so the
+    request is not delivered again: one flow run, one try, concluded once."""
+    service, start = runners
+    proxy = prefect_api_proxy
+    api = urlsplit(str(PREFECT_API_URL.value()))
+    runner = start("runner", PREFECT_API_URL=api._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+    service.llm.script("agent-qa-001", ok(delay=8))
+    deliberation_id = service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})[
+        "deliberation_id"
+    ]
+    _wait_until(lambda: any(c.ended for c in service.llm.calls_for("agent-dev-001")), 90)
+    proxy.down()
+    time.sleep(10)
+    proxy.up()
+    before = proxy.connections
+    done = service.wait_for(deliberation_id, "completed", timeout=90)
+    assert proxy.cut > 0 and proxy.connections > before  # it was cut off, and came back
+
+    assert done["result"]["completed"] == 2
+    assert_each_concluded_once(service.url, [deliberation_id])
+    assert service.llm.asked_again() == []
+    assert len(service.llm.calls_for("agent-qa-001")) == 1  # answered during the outage
+    progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
+    assert [(e.status, e.attempt) for e in progress] == [("accepted", 1), ("started", 1)]
+    assert "delivery 2" not in runner.log.read_text()
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+    assert flow_run.state is not None and flow_run.state.is_completed() and flow_run.run_count == 1
