@@ -43,7 +43,7 @@ from agents.adapters.nats.intake import Intake
 from agents.adapters.secrets import nats_token
 from agents.council import conclude_stopped, request_digest
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error
-from agents.events import DeliberationProgressEvent, deliberation_event
+from agents.events import DeliberationProgressEvent, agent_event, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.service import (
     ENDPOINTS,
@@ -197,6 +197,9 @@ async def conclude_without_run(
     if not await intake.update_status(concluded, revision):
         return None
     await bus.save_result(result)
+    # Every agent's outcome, as a flow run publishes them: those with no proposal have
+    # theirs here only; a proposal's own event, published already, is de-duplicated.
+    await bus.publish_all([agent_event(result.deliberation_id, result.task_id, o) for o in result.outcomes])
     await bus.publish(deliberation_event(result))
     return concluded
 
