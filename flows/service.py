@@ -254,12 +254,8 @@ class Runner:
                 await msg.in_progress()
 
     async def _deliberate(self, msg: Msg) -> None:
-        try:
-            request = DeliberationRequest.model_validate_json(msg.data)
-        except ValidationError as exc:  # not ours: the submit endpoint stores valid requests only
-            log.warning(
-                "%s is not a deliberation request (%s); dropped", msg.subject, describe_validation_error(exc)
-            )
+        request = _intake_request(msg)
+        if request is None:
             await msg.term()
             return
         deliberation_id = request.deliberation_id or ""
@@ -342,6 +338,22 @@ class Runner:
             record = known[0]
         log.warning("deliberation %s %s: %s", record.deliberation_id, status, reason)
         await msg.ack()
+
+
+def _intake_request(msg: Msg) -> DeliberationRequest | None:
+    """The request in an intake message, or None (and a log line) if it is not one the submit
+    endpoint stores: a valid request with its deliberation id. Someone else may publish on
+    the intake's subjects; without an id it was delivered again and again, for ever."""
+    try:
+        request = DeliberationRequest.model_validate_json(msg.data)
+    except ValidationError as exc:
+        why = describe_validation_error(exc)
+    else:
+        if request.deliberation_id:
+            return request
+        why = "no deliberation_id"
+    log.warning("%s is not a deliberation request (%s); dropped", msg.subject, why)
+    return None
 
 
 def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:
