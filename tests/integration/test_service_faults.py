@@ -1,8 +1,9 @@
 """The service's runners as separate processes (`python -m flows.service`), against one
 nats-server, one Prefect API and a fake model server: a runner killed with SIGKILL in the
 middle of its deliberations leaves them to another runner, which resumes each by its id;
-no finished call is asked again, and each deliberation concludes once. And a runner on its
-own temporary Prefect API (no PREFECT_API_URL, as `python -m flows.service` runs on a
+nats-server restarted in a burst, and the Prefect API unreachable for a while, are ridden
+out; no finished call is asked again, and each deliberation concludes once. And a runner on
+its own temporary Prefect API (no PREFECT_API_URL, as `python -m flows.service` runs on a
 laptop) sees its deliberations cancelled."""
 
 from __future__ import annotations
