@@ -120,8 +120,8 @@ class FakeLLMServer:
         return [call for call in self.calls if call.agent == agent]
 
     def asked_again(self) -> list[Call]:
-        """Calls that asked what an earlier call had already been answered: the same agent
-        and the same messages (a deliberation's task is in them), started after that answer."""
+        """Calls that asked again what had been answered already: the same agent and the
+        same messages (a deliberation's task is in them) as a call answered before they started."""
         answered: dict[tuple[str | None, str], float] = {}
         again = []
         for call in list(self.calls):  # in the order they came
