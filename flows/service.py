@@ -45,7 +45,7 @@ from agents.adapters.nats.intake import Intake
 from agents.adapters.secrets import nats_token
 from agents.council import conclude_stopped, request_digest
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error, is_decided
-from agents.events import DeliberationProgressEvent, deliberation_event
+from agents.events import DeliberationProgressEvent, agent_event, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.service import (
     ENDPOINTS,
@@ -203,6 +203,9 @@ async def conclude_without_run(
     if not await intake.update_status(concluded, revision):
         return None
     await bus.save_result(result)
+    # Every agent's outcome, as a flow run publishes them: those with no proposal have
+    # theirs here only; a proposal's own event, published already, is de-duplicated.
+    await bus.publish_all([agent_event(result.deliberation_id, result.task_id, o) for o in result.outcomes])
     await bus.publish(deliberation_event(result))
     return concluded
 
@@ -267,12 +270,8 @@ class Runner:
                 await msg.in_progress()
 
     async def _deliberate(self, msg: Msg) -> None:
-        try:
-            request = DeliberationRequest.model_validate_json(msg.data)
-        except ValidationError as exc:  # not ours: the submit endpoint stores valid requests only
-            log.warning(
-                "%s is not a deliberation request (%s); dropped", msg.subject, describe_validation_error(exc)
-            )
+        request = _intake_request(msg)
+        if request is None:
             await msg.term()
             return
         deliberation_id = request.deliberation_id or ""
@@ -357,6 +356,22 @@ class Runner:
             record = known[0]
         log.warning("deliberation %s %s: %s", record.deliberation_id, status, reason)
         await msg.ack()
+
+
+def _intake_request(msg: Msg) -> DeliberationRequest | None:
+    """The request in an intake message, or None (and a log line) if it is not one the submit
+    endpoint stores: a valid request with its deliberation id. Someone else may publish on
+    the intake's subjects; without an id it was delivered again and again, for ever."""
+    try:
+        request = DeliberationRequest.model_validate_json(msg.data)
+    except ValidationError as exc:
+        why = describe_validation_error(exc)
+    else:
+        if request.deliberation_id:
+            return request
+        why = "no deliberation_id"
+    log.warning("%s is not a deliberation request (%s); dropped", msg.subject, why)
+    return None
 
 
 def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:

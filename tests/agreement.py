@@ -1,8 +1,10 @@
-"""The check every rerun path ends with: the stream and the stored result agree."""
+"""The check every rerun path ends with: the stream and the stored result agree, and each
+deliberation concluded once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from agents.adapters.nats import EventBus
 from agents.events import (
@@ -47,3 +49,14 @@ def assert_events_agree_with_result(events: Sequence[Event], result: Deliberatio
     assert final.model_dump(exclude={"timestamp"}) == deliberation_event(result).model_dump(
         exclude={"timestamp"}
     )
+
+
+def assert_each_concluded_once(nats_url: str, deliberation_ids: Iterable[str]) -> None:
+    """One final event each (deliberation.completed, .failed or .cancelled), and each
+    deliberation's stream agreeing with its stored result."""
+    ids = list(deliberation_ids)
+    with EventBus.connect(bus_config_for(nats_url)) as bus:
+        finals = Counter(e.deliberation_id for e in bus.read_events() if isinstance(e, DeliberationEvent))
+    assert finals == dict.fromkeys(ids, 1), finals
+    for deliberation_id in ids:
+        assert_stream_agrees_with_stored_result(nats_url, deliberation_id)

@@ -126,6 +126,19 @@ class FakeLLMServer:
     def calls_for(self, agent: str) -> list[Call]:
         return [call for call in self.calls if call.agent == agent]
 
+    def asked_again(self) -> list[Call]:
+        """Calls that asked again what had been answered already: the same agent and the
+        same messages (a deliberation's task is in them) as a call answered before they started."""
+        answered: dict[tuple[str | None, str], float] = {}
+        again = []
+        for call in list(self.calls):  # in the order they came
+            asked = (call.agent, json.dumps(call.body.get("messages"), sort_keys=True))
+            if asked in answered and answered[asked] <= call.started:
+                again.append(call)
+            if call.ended is not None and call.behaviour.kind == "ok" and not call.client_disconnected:
+                answered[asked] = min(answered.get(asked, call.ended), call.ended)
+        return again
+
     # -- HTTP ----------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)

@@ -203,6 +203,12 @@ class LocalNatsServer(ManagedProcess):
                 self.store_dir = store_dir
         self.persistent = self._lock is not None
 
+    def restart(self) -> None:
+        """Stop it and start it again on the same port with the same JetStream state, as
+        after a crash and a restart: clients reconnect to the same URL."""
+        self._terminate()
+        self.start()
+
     def stop(self) -> None:
         super().stop()
         if self._lock is not None:

@@ -30,19 +30,12 @@ from tests.fake_llm import HANG, FakeLLMServer, ok
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class RestartableNats(LocalNatsServer):
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping its state directory."""
-        self._terminate()
-        self.start()
-
-
 @pytest.fixture
 def own_nats(
     fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, ray_cluster: None
-) -> Iterator[RestartableNats]:
+) -> Iterator[LocalNatsServer]:
     """A nats-server of this test's own (to restart or to fill), with the pipeline on it."""
-    with RestartableNats() as server:
+    with LocalNatsServer() as server:
         monkeypatch.setenv("VLLM_URL", fake_llm.url)
         monkeypatch.setenv("NATS_URL", server.url)
         yield server
@@ -66,7 +59,7 @@ class BackgroundRun:
 
 
 def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
-    own_nats: RestartableNats, fake_llm: FakeLLMServer
+    own_nats: LocalNatsServer, fake_llm: FakeLLMServer
 ) -> None:
     # DEV answers at once; QA and DATA answer while NATS is down or just back.
     fake_llm.script("agent-qa-001", ok(delay=4))
@@ -156,7 +149,7 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
 
 
 def test_a_full_stream_fails_the_run_loudly_and_leaves_no_agent_running(
-    own_nats: RestartableNats, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+    own_nats: LocalNatsServer, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DELIBERATION_STREAM_MAX_MSGS", "1")
     monkeypatch.setenv("DELIBERATION_STREAM_DISCARD", "new")

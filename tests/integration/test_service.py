@@ -200,6 +200,7 @@ def test_a_deliberation_waiting_in_the_intake_is_cancelled_without_running(servi
     cancelled = service.answer("cancel", {"deliberation_id": waiting})
     assert cancelled["status"] == "cancelled"
     assert service.answer("get", {"deliberation_id": waiting})["result"]["status"] == "cancelled"
+    assert_stream_agrees_with_stored_result(service.url, waiting)  # its agent's outcome too
     for deliberation_id in busy:
         service.answer("cancel", {"deliberation_id": deliberation_id})
         service.wait_for(deliberation_id, "cancelled", timeout=60)

@@ -1,29 +1,36 @@
 """The service's runners as separate processes (`python -m flows.service`), against one
 nats-server, one Prefect API and a fake model server: a runner killed with SIGKILL in the
 middle of its deliberations leaves them to another runner, which resumes each by its id;
-no finished call is asked again, and each deliberation concludes once. And a runner on its
-own temporary Prefect API (no PREFECT_API_URL, as `python -m flows.service` runs on a
+nats-server restarted in a burst, and the Prefect API unreachable for a while, are ridden
+out; no finished call is asked again, and each deliberation concludes once. And a runner on
+its own temporary Prefect API (no PREFECT_API_URL, as `python -m flows.service` runs on a
 laptop) sees its deliberations cancelled."""
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from prefect.settings import PREFECT_API_URL
 
-from agents.events import DeliberationEvent
+from agents.adapters.nats.intake import INTAKE_STREAM
+from agents.events import DeliberationEvent, DeliberationProgressEvent
 from flows.runtime.embedded import LocalNatsServer
-from tests.agreement import assert_stream_agrees_with_stored_result
+from tests.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.processes import command_line, process_tree
 from tests.runner_process import RunnerProcess
-from tests.service import Service
+from tests.service import Service, request
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -36,34 +43,40 @@ def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
 
 
 @pytest.fixture
+def nats_server() -> Iterator[LocalNatsServer]:
+    """The runners' nats-server, this test's own (to restart)."""
+    with LocalNatsServer() as server:
+        yield server
+
+
+@pytest.fixture
 def runners(
-    fake_llm: FakeLLMServer, prefect_api: None, tmp_path: Path
-) -> Iterator[tuple[Service, Callable[[str], RunnerProcess]]]:
-    with LocalNatsServer() as nats_server:
-        env = {
-            **os.environ,
-            "NATS_URL": nats_server.url,
-            "VLLM_URL": fake_llm.url,
-            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-            "DELIBERATION_SERVICE_ACK_WAIT_SECONDS": "5",
-            "DELIBERATION_SERVICE_CONCURRENCY": "4",
-            "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
-            "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
-        }
-        started: list[RunnerProcess] = []
+    fake_llm: FakeLLMServer, prefect_api: None, nats_server: LocalNatsServer, tmp_path: Path
+) -> Iterator[tuple[Service, Callable[..., RunnerProcess]]]:
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "VLLM_URL": fake_llm.url,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "DELIBERATION_SERVICE_ACK_WAIT_SECONDS": "5",
+        "DELIBERATION_SERVICE_CONCURRENCY": "4",
+        "DELIBERATION_RETRY_BACKOFF_SECONDS": "0.2",
+        "DELIBERATION_STATE_DIR": str(tmp_path / "state"),
+    }
+    started: list[RunnerProcess] = []
 
-        def start(name: str, own_prefect_api: bool = False) -> RunnerProcess:
-            runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
-            runner = RunnerProcess(runner_env, tmp_path / f"{name}.log")
-            started.append(runner)
-            runner.wait_ready()
-            return runner
+    def start(name: str, own_prefect_api: bool = False, **overrides: str) -> RunnerProcess:
+        runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
+        runner = RunnerProcess(runner_env | overrides, tmp_path / f"{name}.log")
+        started.append(runner)
+        runner.wait_ready()
+        return runner
 
-        try:
-            yield Service(nats_server.url, fake_llm), start
-        finally:
-            for runner in started:
-                runner.stop()
+    try:
+        yield Service(nats_server.url, fake_llm), start
+    finally:
+        for runner in started:
+            runner.stop()
 
 
 def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resumes_them(
@@ -136,3 +149,89 @@ def _events(url: str, deliberation_id: str) -> list[Any]:
 
     with EventBus.connect(bus_config_for(url)) as bus:
         return bus.read_events(deliberation_id)
+
+
+def test_nats_server_restarted_in_a_burst_every_deliberation_concludes_once(
+    runners: tuple[Service, Callable[..., RunnerProcess]], nats_server: LocalNatsServer
+) -> None:
+    # Four run at once on the runner (its concurrency), two wait in the intake; QA is still
+    # answering when nats-server stops, and is answered while it is down or coming back.
+    service, start = runners
+    start("runner")
+    for _ in range(6):
+        service.llm.script("agent-qa-001", ok(delay=4))
+    ids = [
+        service.answer("submit", {"task": f"burst {i}", "roles": ["DEV", "QA"], "rounds": 0})[
+            "deliberation_id"
+        ]
+        for i in range(6)
+    ]
+    _wait_until(lambda: sum(1 for c in service.llm.calls_for("agent-dev-001") if c.ended) >= 4, 90)
+    nats_server.restart()
+    # Until the runner has reconnected, a request finds no responders (0.4 s here).
+    _wait_until(lambda: _answers_ping(service.url), 30)
+
+    for deliberation_id in ids:
+        done = service.wait_for(deliberation_id, "completed", timeout=90)
+        assert done["result"]["completed"] == 2
+    assert_each_concluded_once(service.url, ids)
+    assert service.llm.asked_again() == []
+    assert service.stream_messages(INTAKE_STREAM) == 0
+
+
+def _answers_ping(url: str) -> bool:
+    """The service answers on `url` (its instances subscribe again after a reconnect)."""
+    try:
+        return bool(request(url, "$SRV.PING.deliberation", b"", timeout=1).data)
+    except (NoRespondersError, NatsTimeoutError):
+        return False
+
+
+@pytest.fixture
+def prefect_api_proxy(prefect_api: None) -> Iterator[TcpProxy]:
+    """A proxy in front of the Prefect API. Requested before `runners`, it stops after them:
+    a runner sends its last logs to the API as it exits."""
+    api = urlsplit(str(PREFECT_API_URL.value()))
+    proxy = TcpProxy(api.hostname or "127.0.0.1", api.port or 80).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_the_prefect_api_unreachable_for_ten_seconds_mid_deliberation_is_ridden_out_by_prefects_client(
+    prefect_api_proxy: TcpProxy, runners: tuple[Service, Callable[..., RunnerProcess]]
+) -> None:
+    """The runner reaches the Prefect API through a proxy that cuts its connections and
+    refuses new ones for 10 s, after DEV answered and while QA is still answering. Prefect's
+    client rides it out: the requests that fail meanwhile (read and protocol errors, and a
+    refused connect once the client has connected before) are retried with backoff (2, 4,
+    8 s) and go through once the API is back. The flow run neither fails nor crashes, so the
+    request is not delivered again: one flow run, one try, concluded once."""
+    service, start = runners
+    proxy = prefect_api_proxy
+    api = urlsplit(str(PREFECT_API_URL.value()))
+    runner = start("runner", PREFECT_API_URL=api._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+    service.llm.script("agent-qa-001", ok(delay=8))
+    deliberation_id = service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})[
+        "deliberation_id"
+    ]
+    _wait_until(lambda: any(c.ended for c in service.llm.calls_for("agent-dev-001")), 90)
+    proxy.down()
+    time.sleep(10)
+    proxy.up()
+    before = proxy.connections
+    done = service.wait_for(deliberation_id, "completed", timeout=90)
+    assert proxy.cut > 0 and proxy.connections > before  # it was cut off, and came back
+
+    assert done["result"]["completed"] == 2
+    assert_each_concluded_once(service.url, [deliberation_id])
+    assert service.llm.asked_again() == []
+    assert len(service.llm.calls_for("agent-qa-001")) == 1  # answered during the outage
+    progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
+    assert [(e.status, e.attempt) for e in progress] == [("accepted", 1), ("started", 1)]
+    assert "delivery 2" not in runner.log.read_text()
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+    assert flow_run.state is not None and flow_run.state.is_completed() and flow_run.run_count == 1

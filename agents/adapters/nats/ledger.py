@@ -13,6 +13,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import BaseModel, Field, ValidationError
 
 from agents.adapters.nats.buckets import Buckets
+from agents.adapters.nats.publisher import send_until_acked
 from agents.errors import ConfigurationError, EventBusError
 from agents.models import StageCall
 
@@ -100,8 +101,11 @@ async def record_calls(buckets: Buckets, deliberation_id: str, calls: Sequence[S
         raise failed(", ".join(call.call_id for call in calls), exc) from None
 
     async def record(call: StageCall) -> None:
+        key, value = f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode()
         try:
-            await bucket.put(f"{deliberation_id}.{call.call_id}", call.model_dump_json().encode())
+            # A put lost while nats-server restarts failed the flow run, and a finished call
+            # was then asked again; putting the same value twice is harmless.
+            await send_until_acked(lambda: bucket.put(key, value), f"recording {key}")
         except (NatsError, TimeoutError) as exc:
             raise failed(call.call_id, exc) from None
 
