@@ -54,9 +54,14 @@ class Figure:
 
 def print_table(figures: Sequence[Figure], cores: int) -> None:
     header = ["figure", "min", "median", "max", "unit", "note"]
-    rows = [header, *(f.row() for f in figures)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print(f"# deliberation benchmark: {cores} cores, Python {sys.version.split()[0]}")
+    print_columns([header, *(f.row() for f in figures)])
+
+
+def print_columns(rows: Sequence[Sequence[str]]) -> None:
+    """Rows of cells, each column as wide as its widest cell (bench/deployment_run.py's
+    table has other columns, in the same format)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
@@ -158,10 +163,11 @@ def _tree_memory_bytes(root: int) -> tuple[int, int]:
     among them, so the PSS sum is what the tree holds."""
     tree = process_tree(root)
     rss = sum(int(fields[21]) for fields in tree.values()) * os.sysconf("SC_PAGE_SIZE")
-    return rss, sum(_pss_bytes(pid) for pid in tree)
+    return rss, sum(pss_bytes(pid) for pid in tree)
 
 
-def _pss_bytes(pid: int) -> int:
+def pss_bytes(pid: int) -> int:
+    """The process's proportional share of the memory it maps; 0 once it has exited."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
