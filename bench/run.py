@@ -174,10 +174,11 @@ def tree_memory_bytes(root: int) -> tuple[int, int]:
     among them, so the PSS sum is what the tree holds."""
     tree = process_tree(root)
     rss = sum(int(fields[21]) for fields in tree.values()) * os.sysconf("SC_PAGE_SIZE")
-    return rss, sum(_pss_bytes(pid) for pid in tree)
+    return rss, sum(pss_bytes(pid) for pid in tree)
 
 
-def _pss_bytes(pid: int) -> int:
+def pss_bytes(pid: int) -> int:
+    """The process's proportional share of the memory it maps; 0 once it has exited."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):

@@ -3,57 +3,23 @@ the API, and the schedule registered."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agents.adapters.nats import EventBus
 from agents.events import DeliberationEvent
 from agents.models import DeliberationStatus
 from agents.settings import bus_config_for
-from flows.runtime.embedded import ManagedProcess
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, status
+from tests.prefect_server import PrefectServer, PrefectWorker, api, prefect, wait_for_final_state
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-class PrefectServer(ManagedProcess):
-    name = "prefect-server"
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    def command(self) -> list[str]:
-        return [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-class PrefectWorker(ManagedProcess):
-    name = "prefect-worker"
-
-    def command(self) -> list[str]:
-        return [PREFECT, "worker", "start", "--pool", "deliberation"]
-
-    def is_ready(self) -> bool:
-        return True
 
 
 @pytest.fixture
@@ -68,31 +34,6 @@ def prefect_env(fake_llm: FakeLLMServer, nats_url: str) -> Iterator[dict[str, st
     with PrefectServer(startup_timeout=120, env=env) as server:
         env["PREFECT_API_URL"] = server.api_url
         yield env
-
-
-def prefect(env: dict[str, str], *args: str) -> None:
-    proc = subprocess.run(
-        [PREFECT, *args], cwd=ROOT, env=_with_os(env), capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-
-def _with_os(env: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **env}
-
-
-def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
-    # The server answers 503 while its SQLite database is busy (say, the scheduler writing
-    # the nightly runs); Prefect's own client retries those, and so does this helper.
-    for attempt in range(6):
-        response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
-        if response.status_code not in (429, 503) or attempt == 5:
-            break
-        time.sleep(0.5 * 2**attempt)
-    response.raise_for_status()
-    return response.json()
 
 
 def test_deployments_from_prefect_yaml_run_on_a_worker(
@@ -117,7 +58,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
         {"parameters": {"request": request}},
     )
     with PrefectWorker(startup_timeout=30, env=prefect_env):
-        state = _wait_for_final_state(prefect_env, flow_run["id"], timeout=300)
+        state = wait_for_final_state(prefect_env, flow_run["id"], timeout=300)
     assert state["type"] == "COMPLETED", state.get("message")
     assert api(prefect_env, "GET", f"/flow_runs/{flow_run['id']}")["name"] == "login-rate-limit-dev-qa-x1"
 
@@ -155,7 +96,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
             f"/flow_runs/{cancelled['id']}/set_state",
             {"state": {"type": "CANCELLING", "message": "cancelled from the UI"}, "force": True},
         )
-        state = _wait_for_final_state(prefect_env, cancelled["id"], timeout=120)
+        state = wait_for_final_state(prefect_env, cancelled["id"], timeout=120)
     assert state["type"] == "CANCELLED", state
     assert str(state["message"]).startswith("cancelled (cancelled from the UI)")
     _wait_until(lambda: fake_llm.calls_for("agent-qa-001")[-1].client_disconnected, timeout=30)
@@ -171,13 +112,3 @@ def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
     while not condition():
         assert time.monotonic() < give_up, "condition not met in time"
         time.sleep(0.2)
-
-
-def _wait_for_final_state(env: dict[str, str], flow_run_id: str, timeout: float) -> dict[str, Any]:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        state = api(env, "GET", f"/flow_runs/{flow_run_id}")["state"]
-        if state and state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            return dict(state)
-        time.sleep(1)
-    raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout} s")

@@ -1,0 +1,86 @@
+"""A real Prefect server and a process worker, as prefect.yaml's deployments run on them:
+the deployment tests (tests/integration/test_deployments.py) and the deployment benchmark
+(bench/deployment_run.py) start the same ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flows.runtime.embedded import ManagedProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+class PrefectServer(ManagedProcess):
+    name = "prefect-server"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def command(self) -> list[str]:
+        return [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class PrefectWorker(ManagedProcess):
+    name = "prefect-worker"
+
+    def command(self) -> list[str]:
+        return [PREFECT, "worker", "start", "--pool", "deliberation"]
+
+    def is_ready(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+
+def prefect(env: dict[str, str], *args: str) -> None:
+    """The `prefect` command line from the repository root, with `env` over ours."""
+    proc = subprocess.run(
+        [PREFECT, *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    """A call to the API at env["PREFECT_API_URL"]; its JSON answer."""
+    # The server answers 503 while its SQLite database is busy (say, the scheduler writing
+    # the nightly runs); Prefect's own client retries those, and so does this helper.
+    for attempt in range(6):
+        response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+        if response.status_code not in (429, 503) or attempt == 5:
+            break
+        time.sleep(0.5 * 2**attempt)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_for_final_state(
+    env: dict[str, str], flow_run_id: str, timeout: float, poll_seconds: float = 1.0
+) -> dict[str, Any]:
+    """The flow run's state once it is final (completed, failed, crashed, cancelled)."""
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        state = api(env, "GET", f"/flow_runs/{flow_run_id}")["state"]
+        if state and state["type"] in FINAL_STATES:
+            return dict(state)
+        time.sleep(poll_seconds)
+    raise TimeoutError(f"flow run {flow_run_id} did not finish within {timeout} s")
