@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.run import OUTPUT_TOKENS, ROOT, TTFT, EmulatorProcess, print_rows, pss_bytes
 from flows.runtime.embedded import LocalNatsServer
-from tests.prefect_server import FINAL_STATES, PrefectServer, PrefectWorker, api, prefect
+from tests.prefect_server import FINAL_STATES, PrefectServer, PrefectWorker, api, prefect, run_deployment
 from tests.processes import command_line, process_tree
 
 TASK = "Benchmark task"
@@ -172,12 +172,7 @@ def deployment_run(
     and run by the worker; its tree is the worker's child for it and that child's own."""
     emulator.reset()
     created = time.time()
-    flow_run = api(
-        env,
-        "POST",
-        f"/deployments/{deployment_id}/create_flow_run",
-        {"parameters": {"request": request_parameters()}},
-    )
+    flow_run = run_deployment(env, deployment_id, {"request": request_parameters()})
     peak, root, concluded = TreePeak(), None, False
     give_up = time.monotonic() + RUN_TIMEOUT
     try:

@@ -73,6 +73,11 @@ def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
     return response.json()
 
 
+def run_deployment(env: dict[str, str], deployment_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A flow run of the deployment (as the UI's Run does); the worker picks it up."""
+    return dict(api(env, "POST", f"/deployments/{deployment_id}/create_flow_run", {"parameters": parameters}))
+
+
 def wait_for_final_state(
     env: dict[str, str], flow_run_id: str, timeout: float, poll_seconds: float = 1.0
 ) -> dict[str, Any]:

@@ -17,7 +17,14 @@ from agents.models import DeliberationStatus
 from agents.settings import bus_config_for
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, status
-from tests.prefect_server import PrefectServer, PrefectWorker, api, prefect, wait_for_final_state
+from tests.prefect_server import (
+    PrefectServer,
+    PrefectWorker,
+    api,
+    prefect,
+    run_deployment,
+    wait_for_final_state,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +58,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
 
     fake_llm.script("agent-dev-001", status(503))
     request = {"task": "Add rate limiting", "task_id": "login-rate-limit", "roles": ["DEV", "QA"]}
-    flow_run = api(
-        prefect_env,
-        "POST",
-        f"/deployments/{on_demand['id']}/create_flow_run",
-        {"parameters": {"request": request}},
-    )
+    flow_run = run_deployment(prefect_env, on_demand["id"], {"request": request})
     with PrefectWorker(startup_timeout=30, env=prefect_env):
         state = wait_for_final_state(prefect_env, flow_run["id"], timeout=300)
     assert state["type"] == "COMPLETED", state.get("message")
@@ -82,12 +84,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     fake_llm.script("agent-qa-001", HANG)
     deliberation_id = uuid.uuid4().hex
     request |= {"task_id": "cancelled-run", "deliberation_id": deliberation_id}
-    cancelled = api(
-        prefect_env,
-        "POST",
-        f"/deployments/{on_demand['id']}/create_flow_run",
-        {"parameters": {"request": request}},
-    )
+    cancelled = run_deployment(prefect_env, on_demand["id"], {"request": request})
     with PrefectWorker(startup_timeout=30, env=prefect_env):
         _wait_until(lambda: len(fake_llm.calls_for("agent-qa-001")) == 2, timeout=300)
         api(
