@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import get_client
@@ -26,12 +27,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.context import SyncClientContext
 from prefect.logging import get_logger
 from prefect.settings import PREFECT_API_URL
 
 POLL_SECONDS = 1.0
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 log = get_logger("deliberation")
+T = TypeVar("T")
 
 
 class CancelSignal:
@@ -81,7 +84,7 @@ class _Watcher:
         with self._lock:
             context = contextvars.copy_context()
             signal = self._signals.setdefault(
-                flow_run_id, CancelSignal(partial(context.run, self._cancelled_one, flow_run_id))
+                flow_run_id, CancelSignal(partial(_run_in, context, self._cancelled_one, flow_run_id))
             )
             self._contexts[flow_run_id] = context
             if self._thread is None or not self._thread.is_alive():
@@ -100,11 +103,11 @@ class _Watcher:
             with self._lock:
                 by_api: dict[str, tuple[contextvars.Context, list[UUID]]] = {}
                 for flow_run_id, context in self._contexts.items():
-                    url = str(context.run(PREFECT_API_URL.value))
+                    url = str(_run_in(context, PREFECT_API_URL.value))
                     by_api.setdefault(url, (context, []))[1].append(flow_run_id)
             for context, ids in by_api.values():
                 try:
-                    cancelling = context.run(self._cancelling, ids)
+                    cancelling = _run_in(context, self._cancelling, ids)
                 except Exception as exc:  # the API flaking: the next poll asks again
                     log.debug("cannot read the flow runs' states: %s", exc)
                     continue
@@ -131,6 +134,19 @@ class _Watcher:
                 )
             )
         return [(run.id, (run.state.message if run.state else None) or CANCELLED_IN_PREFECT) for run in runs]
+
+
+def _run_in(context: contextvars.Context, fn: Callable[..., T], *args: Any) -> T:
+    """`fn` with the Prefect settings (the API) of the thread that made `context`. In a copy
+    of it each time: a context is entered by one thread at a time, and the flow's thread
+    and the poller both ask. And without that thread's client (the flow engine's, in the
+    context), which is not for another thread to use: `get_client` makes one of its own."""
+
+    def call() -> T:
+        SyncClientContext.__var__.set(None)  # type: ignore[arg-type]
+        return fn(*args)
+
+    return context.copy().run(call)
 
 
 _watcher = _Watcher()
