@@ -16,7 +16,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
-from prefect.states import Cancelled
 
 from agents.adapters.llm import chat_client
 from agents.adapters.secrets import model_api_key
@@ -25,8 +24,6 @@ from agents.errors import LLMError, LLMUnavailable
 from agents.models import ChatCompletion, ModelCall
 
 MAX_RETRY_AFTER_SECONDS = 60.0
-# The message a call host cancels a call with when its flow stops it (deadline, cancel).
-STOPPED_BY_FLOW = "stopped by the flow"
 
 
 def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -72,7 +69,7 @@ def _llm_slot(limit: str | None) -> AbstractAsyncContextManager[None]:
 )
 async def ask_model(
     deliberation_id: str, call: ModelCall, endpoint: LLMEndpoint, llm_limit: str | None = None
-) -> ChatCompletion | State[Any]:
+) -> ChatCompletion:
     """One chat completion; the call id doubles as the OpenAI `user` field."""
     # Loaded here, never passed in: parameters are visible in the Prefect API.
     # In a thread, because Secret.load is the blocking kind outside an event loop.
@@ -85,8 +82,3 @@ async def ask_model(
     except LLMUnavailable as exc:
         await _honour_retry_after(exc)
         raise
-    except asyncio.CancelledError as exc:
-        if exc.args != (STOPPED_BY_FLOW,):
-            raise  # a timeout's cancel scope, or the loop closing: the engine's to handle
-        # The request is dropped already; the flow records why.
-        return Cancelled(message=STOPPED_BY_FLOW)

@@ -49,7 +49,7 @@ from prefect.context import (
 )
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
-from prefect.states import Crashed
+from prefect.states import Cancelled, Crashed
 from prefect.task_engine import AsyncTaskRunEngine
 from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
@@ -57,11 +57,12 @@ from prefect_ray.task_runners import PrefectRayFuture
 from agents.adapters.llm import ChatClientPool, shared_clients
 from agents.settings import Settings
 from flows.runtime.ray_setup import init_ray
-from tasks.ask import STOPPED_BY_FLOW
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
 MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
+# The message a call is cancelled with when its flow stops it (the deadline, a cancel).
+STOPPED_BY_FLOW = "stopped by the flow"
 
 
 class BuiltSettings:
@@ -118,9 +119,7 @@ class CallHost:
                 try:
                     await asyncio.shield(job)
                 except asyncio.CancelledError:
-                    # Cancelled by the flow (ray.cancel): the call is told so, and ends
-                    # Cancelled; a bare cancel reached the engine as a crash, which it
-                    # logged as two ERROR lines on the task run's page.
+                    # Cancelled by the flow (ray.cancel): the call is told why (_drive).
                     job.cancel(STOPPED_BY_FLOW)
                     with contextlib.suppress(asyncio.CancelledError):
                         await job
@@ -192,10 +191,18 @@ async def _close(hydration: asyncio.Task[tuple[contextvars.Context, AsyncExitSta
 async def _drive(engine: AsyncTaskRunEngine[Any, Any], task_run_id: UUID) -> None:
     # prefect.task_engine.run_task_async, keeping the engine to read the run count.
     async with engine.start(task_run_id=task_run_id):
-        while engine.is_running():
-            await engine.wait_until_ready()
-            async with engine.asset_context(), engine.run_context(), engine.transaction_context() as txn:
-                await engine.call_task_fn(txn)
+        try:
+            while engine.is_running():
+                await engine.wait_until_ready()
+                async with engine.asset_context(), engine.run_context(), engine.transaction_context() as txn:
+                    await engine.call_task_fn(txn)
+        except asyncio.CancelledError as exc:
+            if exc.args != (STOPPED_BY_FLOW,):
+                raise  # the loop closing, say: the engine records a crash
+            # Stopped by its flow wherever it was (its request, a retry's wait): it ends
+            # Cancelled, where a bare cancel reached the engine as a crash, logged on the
+            # task run's page as two ERROR lines before the flow's reason.
+            await engine.set_state(Cancelled(message=STOPPED_BY_FLOW), force=True)
 
 
 class HostFuture(PrefectRayFuture[Any]):
