@@ -58,6 +58,11 @@ class EventBusError(Exception):
     """Publishing or reading events on NATS JetStream failed."""
 
 
+class BusUnreachable(EventBusError):
+    """NATS did not answer a connection (refused, or timed out): it may be back in a
+    moment, where a refused authorization or TLS files that do not load will not."""
+
+
 def is_decided(exc: object) -> bool:
     """A failure that running again cannot change (bad input or configuration, an id
     reused); anything else (a server away, a worker lost) may pass if tried again."""

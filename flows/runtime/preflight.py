@@ -8,7 +8,14 @@ from agents.adapters.llm import ChatClient, redact_url
 from agents.adapters.nats import EventBus
 from agents.adapters.secrets import model_api_key, nats_token
 from agents.config import LLMEndpoint
-from agents.errors import ConfigurationError, EventBusError, LLMError, LLMUnavailable, Unreachable
+from agents.errors import (
+    BusUnreachable,
+    ConfigurationError,
+    EventBusError,
+    LLMError,
+    LLMUnavailable,
+    Unreachable,
+)
 from agents.settings import Settings
 
 
@@ -48,5 +55,7 @@ def connect_event_bus(settings: Settings) -> EventBus:
         raise ConfigurationError("no NATS server configured: set NATS_URL (or --nats-url)")
     try:
         return EventBus.connect(settings.bus_config(nats_token(settings)))
-    except EventBusError as exc:
+    except BusUnreachable as exc:
         raise Unreachable(str(exc)) from None
+    except EventBusError as exc:
+        raise ConfigurationError(str(exc)) from None

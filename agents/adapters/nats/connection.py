@@ -9,11 +9,12 @@ import ssl
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 
 from agents.adapters.llm import redact_url
 from agents.config import BusConfig
-from agents.errors import EventBusError
+from agents.errors import BusUnreachable, EventBusError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ async def open_connection(config: BusConfig) -> NATS:
     except (TimeoutError, OSError, NatsError) as exc:
         await nc.close()
         cause = first_errors[-1] if first_errors else exc
-        raise EventBusError(
+        # A refused authorization is decided; it may also show as the reset that follows
+        # it (test_bus), which reads as unreachable: retried, then refused again.
+        refused = isinstance(cause, AuthorizationError) or "Authorization Violation" in str(cause)
+        raise (EventBusError if refused else BusUnreachable)(
             f"cannot reach NATS at {where}: {type(cause).__name__} {cause}; "
             "check NATS_URL and its credentials, and that nats-server runs with -js"
         ) from None
