@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -27,11 +28,15 @@ FLOW_RETRY_DELAY_SECONDS = 10
 
 
 def no_more_retries() -> None:
-    """Let this flow run's failure stand: no retry is left."""
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(UUID(flow_run.get_id()))
-        policy = run.empirical_policy.model_copy(update={"retries": max(run.run_count - 1, 0)})
-        client.update_flow_run(run.id, empirical_policy=policy)
+    """Let this flow run's failure stand: no retry is left. If the API cannot be told, the
+    failure is retried, and decided again; it is not replaced by the API's error."""
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run.get_id()))
+            policy = run.empirical_policy.model_copy(update={"retries": max(run.run_count - 1, 0)})
+            client.update_flow_run(run.id, empirical_policy=policy)
+    except Exception as exc:
+        get_logger("deliberation").warning("could not mark the failure final (it will be retried): %s", exc)
 
 
 @contextmanager

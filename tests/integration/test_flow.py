@@ -200,6 +200,17 @@ def test_a_decided_failure_raised_in_the_run_is_not_retried(pipeline: FakeLLMSer
         assert client.read_flow_run(state.state_details.flow_run_id).run_count == 1
 
 
+def test_a_decided_failure_on_a_retry_is_not_retried_again(pipeline: FakeLLMServer) -> None:
+    # The first run meets the server away (retried); the second finds the model unknown.
+    pipeline.script_models(503)
+    request = DeliberationRequest(task="t", roles=["DEV"], model="no-such-model")
+    state = deliberate.with_options(retry_delay_seconds=0.5)(request=request, return_state=True)
+    assert state.is_failed()
+    assert "model 'no-such-model' is not served" in str(state.message)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).run_count == 2
+
+
 def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_nothing_twice(
     pipeline: FakeLLMServer, read_events: ReadEvents, nats_url: str
 ) -> None:
