@@ -408,6 +408,15 @@ class Endpoints:
         return dispatch
 
     async def _respond(self, answer: Answer, request: Request) -> None:
+        try:
+            await self._answer(answer, request)
+        except Exception as exc:  # the reply itself not sent: the connection closing, say
+            log.warning("%s: no reply sent: %s", request.subject, exc)
+        finally:
+            self._in_flight.release()
+
+    @staticmethod
+    async def _answer(answer: Answer, request: Request) -> None:
         """The reply as JSON, or an error reply with a code and one line."""
         try:
             reply = await answer(request.data)
@@ -420,8 +429,6 @@ class Endpoints:
             await request.respond_error("500", f"{type(exc).__name__}: {exc}".splitlines()[0])
         else:
             await request.respond(reply.model_dump_json().encode())
-        finally:
-            self._in_flight.release()
 
     async def drain(self) -> None:
         """Wait for the requests being answered."""
