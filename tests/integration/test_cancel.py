@@ -6,7 +6,6 @@ cancelled, stored and announced once, and the flow run ends Cancelled."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +19,7 @@ from agents.models import DeliberationRequest, DeliberationResult, DeliberationS
 from flows.deliberate import deliberate
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
-
-
-def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.05)
+from tests.waiting import wait_until
 
 
 def test_a_deliberation_cancelled_in_prefect_drops_its_calls_and_concludes_cancelled(
@@ -44,7 +37,7 @@ def test_a_deliberation_cancelled_in_prefect_drops_its_calls_and_concludes_cance
     states: list[State[Any]] = []
     thread = threading.Thread(target=lambda: states.append(deliberate(request=request, return_state=True)))
     thread.start()
-    _wait_until(lambda: sum(1 for c in pipeline.calls if c.agent != "agent-dev-001") == 2, timeout=120)
+    wait_until(lambda: sum(1 for c in pipeline.calls if c.agent != "agent-dev-001") == 2, timeout=120)
 
     with get_client(sync_client=True) as client:
         [flow_run] = client.read_flow_runs(
@@ -62,7 +55,7 @@ def test_a_deliberation_cancelled_in_prefect_drops_its_calls_and_concludes_cance
     assert [o.agent_id for o in result.outcomes if o.proposal] == ["agent-dev-001"]
     assert result.summary.startswith("cancelled (cancelled from the UI)")
     held = [c for c in pipeline.calls if c.agent in ("agent-qa-001", "agent-data-001")]
-    _wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)  # as the server saw it
+    wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)  # as the server saw it
     assert len(held) == 2
 
     stored = assert_stream_agrees_with_stored_result(nats_url, request.deliberation_id or "")

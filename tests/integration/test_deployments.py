@@ -4,10 +4,8 @@ the API, and the schedule registered."""
 from __future__ import annotations
 
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,6 +23,7 @@ from tests.prefect_server import (
     run_deployment,
     wait_for_final_state,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +85,7 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
     request |= {"task_id": "cancelled-run", "deliberation_id": deliberation_id}
     cancelled = run_deployment(prefect_env, on_demand["id"], {"request": request})
     with PrefectWorker(startup_timeout=30, env=prefect_env):
-        _wait_until(lambda: len(fake_llm.calls_for("agent-qa-001")) == 2, timeout=300)
+        wait_until(lambda: len(fake_llm.calls_for("agent-qa-001")) == 2, timeout=300)
         api(
             prefect_env,
             "POST",
@@ -96,16 +95,9 @@ def test_deployments_from_prefect_yaml_run_on_a_worker(
         state = wait_for_final_state(prefect_env, cancelled["id"], timeout=120)
     assert state["type"] == "CANCELLED", state
     assert str(state["message"]).startswith("cancelled (cancelled from the UI)")
-    _wait_until(lambda: fake_llm.calls_for("agent-qa-001")[-1].client_disconnected, timeout=30)
+    wait_until(lambda: fake_llm.calls_for("agent-qa-001")[-1].client_disconnected, timeout=30)
     stored = assert_stream_agrees_with_stored_result(prefect_env["NATS_URL"], deliberation_id)
     assert stored.status is DeliberationStatus.CANCELLED, stored.summary
     with EventBus.connect(bus_config_for(prefect_env["NATS_URL"])) as bus:
         finals = [e.subject for e in bus.read_events(deliberation_id) if isinstance(e, DeliberationEvent)]
     assert finals == ["deliberation.cancelled"]
-
-
-def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.2)

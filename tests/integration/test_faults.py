@@ -26,6 +26,7 @@ from flows.deliberate import deliberate
 from flows.runtime.embedded import LocalNatsServer
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,7 @@ def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA", "DATA"], deliberation_id=deliberation_id)
     run = BackgroundRun(request)
-    _wait_until(lambda: any(c.ended for c in fake_llm.calls_for("agent-dev-001")), timeout=120)
+    wait_until(lambda: any(c.ended for c in fake_llm.calls_for("agent-dev-001")), timeout=120)
     own_nats.restart()
     state, result = run.finish()
     assert isinstance(result, DeliberationResult), result
@@ -79,13 +80,6 @@ def test_nats_restart_mid_deliberation_loses_and_duplicates_nothing(
     assert Counter(e.subject for e in events)["deliberation.completed"] == 1
 
 
-def _wait_until(condition: Any, timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_a_killed_ray_worker_is_retried_and_the_deliberation_completes(
     pipeline: FakeLLMServer, read_events: Any
 ) -> None:
@@ -93,7 +87,7 @@ def test_a_killed_ray_worker_is_retried_and_the_deliberation_completes(
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA"], deliberation_id=deliberation_id)
     run = BackgroundRun(request)
-    _wait_until(lambda: bool(pipeline.calls_for("agent-qa-001")), timeout=120)
+    wait_until(lambda: bool(pipeline.calls_for("agent-qa-001")), timeout=120)
     worker = _pid_with_local_port(pipeline.calls_for("agent-qa-001")[0].client_port)
     os.kill(worker, signal.SIGKILL)
     state, result = run.finish()
@@ -129,7 +123,7 @@ def test_model_server_going_down_mid_run_fails_the_agents_it_had_and_quorum_deci
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(task="t", roles=["DEV", "QA"], quorum=1, deliberation_id=deliberation_id)
     run = BackgroundRun(request)
-    _wait_until(
+    wait_until(
         lambda: (
             bool(pipeline.calls_for("agent-qa-001"))
             and any(c.ended for c in pipeline.calls_for("agent-dev-001"))

@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -25,6 +24,7 @@ from flows.schemas import SCHEMA_DIR
 from tests.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
 from tests.service import ERROR, ERROR_CODE, Service, request, running_service
+from tests.waiting import wait_until
 
 
 def conforms(document: dict[str, Any], schema: str) -> None:
@@ -156,20 +156,13 @@ def test_the_service_is_discovered_through_the_services_api(service: Service) ->
     assert {e["name"] for e in stats["endpoints"]} == {"submit", "get", "cancel"}
 
 
-def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_cancel_during_the_proposals_drops_the_calls_and_concludes_cancelled(service: Service) -> None:
     for agent in ("agent-qa-001", "agent-data-001"):
         service.llm.script(agent, HANG)
     reply = service.answer("submit", {"task": "t", "roles": ["DEV", "QA", "DATA"]})
     deliberation_id = reply["deliberation_id"]
     service.wait_for(deliberation_id, "running")
-    _wait_until(lambda: sum(1 for c in service.llm.calls if c.agent != "agent-dev-001") == 2, timeout=60)
+    wait_until(lambda: sum(1 for c in service.llm.calls if c.agent != "agent-dev-001") == 2, timeout=60)
 
     cancelling = service.answer("cancel", {"deliberation_id": deliberation_id})
     assert cancelling["status"] in ("running", "cancelled")
@@ -177,7 +170,7 @@ def test_cancel_during_the_proposals_drops_the_calls_and_concludes_cancelled(ser
     assert done["result"]["status"] == "cancelled"
     assert "cancelled through the deliberation service" in done["result"]["summary"]
     held = [c for c in service.llm.calls if c.agent != "agent-dev-001"]
-    _wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)
+    wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)
 
     from prefect import get_client
 
@@ -234,7 +227,7 @@ def test_a_request_taken_before_its_submit_recorded_it_is_still_run(service: Ser
 
     asyncio.run(store())
     # No status until the runner takes it and records it (404 until then).
-    _wait_until(
+    wait_until(
         lambda: not (service.ask("deliberation.get", {"deliberation_id": deliberation_id}).headers or {}),
         timeout=60,
     )
@@ -252,7 +245,7 @@ def test_a_runner_runs_as_many_deliberations_at_once_as_its_concurrency_says(
     with running_service(fake_llm, monkeypatch, concurrency=8) as service:
         fake_llm.script("agent-dev-001", *[HANG] * 8)
         ids = [service.answer("submit", {"task": "t", "roles": ["DEV"]})["deliberation_id"] for _ in range(8)]
-        _wait_until(lambda: len(fake_llm.calls_for("agent-dev-001")) == 8, timeout=120)
+        wait_until(lambda: len(fake_llm.calls_for("agent-dev-001")) == 8, timeout=120)
         assert fake_llm.max_in_flight == 8
         for deliberation_id in ids:
             service.answer("cancel", {"deliberation_id": deliberation_id})

@@ -9,9 +9,8 @@ import asyncio
 import json
 import logging
 import threading
-import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import nats
@@ -26,6 +25,7 @@ from agents.settings import bus_config_for
 from tests.agreement import assert_each_concluded_once
 from tests.fake_llm import FakeLLMServer, ok
 from tests.service import ERROR, ERROR_CODE, Service, request, running_service
+from tests.waiting import wait_until
 
 MAX_TRIES = 2
 # Over nats-server's default max_payload (1 MiB): the call's record cannot be stored.
@@ -199,13 +199,6 @@ def dropped() -> Iterator[list[str]]:
     logger.removeHandler(handler)
 
 
-def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_garbage_on_the_endpoints_and_the_intake_and_another_service_beside_change_nothing(
     service: Service, dropped: list[str]
 ) -> None:
@@ -230,7 +223,7 @@ def test_garbage_on_the_endpoints_and_the_intake_and_another_service_beside_chan
         assert service.answer("get", {"deliberation_id": deliberation_id})["status"] == "running"
         for name, data in INTAKE_GARBAGE.items():
             _publish(service.url, f"{INTAKE_SUBJECT}.{name}", data)
-        _wait_until(lambda: len(dropped) == len(INTAKE_GARBAGE), 30)
+        wait_until(lambda: len(dropped) == len(INTAKE_GARBAGE), 30)
 
         done = service.wait_for(deliberation_id, "completed")
         stats = json.loads(request(service.url, "$SRV.STATS.orders", b"").data)

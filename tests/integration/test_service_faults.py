@@ -31,15 +31,9 @@ from tests.processes import command_line, process_tree
 from tests.runner_process import RunnerProcess
 from tests.service import Service, request
 from tests.tcp_proxy import TcpProxy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_until(condition: Callable[[], Any], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -93,7 +87,7 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
     ]
     for deliberation_id in ids:
         service.wait_for(deliberation_id, "running")
-    _wait_until(
+    wait_until(
         lambda: (
             len(service.llm.calls_for("agent-dev-001")) == 3
             and all(c.ended for c in service.llm.calls_for("agent-dev-001"))
@@ -134,11 +128,11 @@ def test_a_runner_on_its_own_temporary_prefect_api_sees_its_deliberation_cancell
         "deliberation_id"
     ]
     service.wait_for(deliberation_id, "running")
-    _wait_until(lambda: bool(service.llm.calls_for("agent-qa-001")), 120)
+    wait_until(lambda: bool(service.llm.calls_for("agent-qa-001")), 120)
     service.answer("cancel", {"deliberation_id": deliberation_id})
     done = service.wait_for(deliberation_id, "cancelled", timeout=60)
     assert done["result"]["status"] == "cancelled"
-    _wait_until(lambda: all(c.client_disconnected for c in service.llm.calls_for("agent-qa-001")), 10)
+    wait_until(lambda: all(c.client_disconnected for c in service.llm.calls_for("agent-qa-001")), 10)
     servers = [c for pid in process_tree(laptop.process.pid) if "uvicorn" in (c := command_line(pid) or "")]
     assert len(servers) == 1 and "flows.runtime.temporary_api" in servers[0], servers
 
@@ -166,10 +160,10 @@ def test_nats_server_restarted_in_a_burst_every_deliberation_concludes_once(
         ]
         for i in range(6)
     ]
-    _wait_until(lambda: sum(1 for c in service.llm.calls_for("agent-dev-001") if c.ended) >= 4, 90)
+    wait_until(lambda: sum(1 for c in service.llm.calls_for("agent-dev-001") if c.ended) >= 4, 90)
     nats_server.restart()
     # Until the runner has reconnected, a request finds no responders (0.4 s here).
-    _wait_until(lambda: _answers_ping(service.url), 30)
+    wait_until(lambda: _answers_ping(service.url), 30)
 
     for deliberation_id in ids:
         done = service.wait_for(deliberation_id, "completed", timeout=90)
@@ -214,7 +208,7 @@ def test_the_prefect_api_unreachable_for_ten_seconds_mid_deliberation_is_ridden_
     deliberation_id = service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})[
         "deliberation_id"
     ]
-    _wait_until(lambda: any(c.ended for c in service.llm.calls_for("agent-dev-001")), 90)
+    wait_until(lambda: any(c.ended for c in service.llm.calls_for("agent-dev-001")), 90)
     proxy.down()
     time.sleep(10)
     proxy.up()
