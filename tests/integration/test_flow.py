@@ -191,24 +191,18 @@ def test_a_run_that_finds_the_model_server_away_is_retried_by_prefect_in_the_sam
     assert events_per_agent(read_events(request.deliberation_id or "")) == {"agent-dev-001": 1}
 
 
-def test_a_decided_failure_raised_in_the_run_is_not_retried(pipeline: FakeLLMServer) -> None:
+@pytest.mark.parametrize("runs_before", [0, 1], ids=["on-the-first-run", "on-a-retry"])
+def test_a_decided_failure_raised_in_the_run_is_not_retried(
+    pipeline: FakeLLMServer, runs_before: int
+) -> None:
+    # `runs_before` runs meet the server away (each retried); the next finds the model unknown.
+    pipeline.script_models(*[503] * runs_before)
     request = DeliberationRequest(task="t", roles=["DEV"], model="no-such-model")
     state = deliberate.with_options(retry_delay_seconds=0.5)(request=request, return_state=True)
     assert state.is_failed()
     assert "model 'no-such-model' is not served" in str(state.message)
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(state.state_details.flow_run_id).run_count == 1
-
-
-def test_a_decided_failure_on_a_retry_is_not_retried_again(pipeline: FakeLLMServer) -> None:
-    # The first run meets the server away (retried); the second finds the model unknown.
-    pipeline.script_models(503)
-    request = DeliberationRequest(task="t", roles=["DEV"], model="no-such-model")
-    state = deliberate.with_options(retry_delay_seconds=0.5)(request=request, return_state=True)
-    assert state.is_failed()
-    assert "model 'no-such-model' is not served" in str(state.message)
-    with get_client(sync_client=True) as client:
-        assert client.read_flow_run(state.state_details.flow_run_id).run_count == 2
+        assert client.read_flow_run(state.state_details.flow_run_id).run_count == runs_before + 1
 
 
 def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_nothing_twice(
