@@ -9,18 +9,42 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+DEFAULT_ENDPOINT = "default"
+
+# How a server constrains an answer to a JSON schema through its OpenAI API:
+# json_schema  `response_format: {"type": "json_schema", ...}` (vLLM, OpenAI)
+# json_object  `response_format: {"type": "json_object", "schema": ...}` (llama.cpp servers)
+# none         it cannot: the prompt asks for a format, and the answer is read as text
+StructuredOutput = Literal["json_schema", "json_object", "none"]
+
 
 class LLMEndpoint(BaseModel):
-    """Where and how to reach the model server. Holds no secret: the API key is read
-    from the environment variable named by `api_key_env`, in the process that calls.
-    Built by `Settings.llm_endpoint`, which holds every default."""
+    """Where and how to reach one model server, under the name a request assigns it by.
+    Holds no secret: the API key is read from the environment variable named by
+    `api_key_env` (or the Secret block), in the process that calls. Built by `Settings`,
+    which holds every default, and completed by the preflight (model, structured output)."""
 
+    name: str = DEFAULT_ENDPOINT
     url: str
     model: str
     api_key_env: str | None
     api_key_secret: str | None = Field(description="Prefect Secret block name.")
     connect_timeout: float = Field(gt=0)
     read_timeout: float = Field(gt=0)
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Calls in flight to this server from one flow process; None: the "
+        "process's DELIBERATION_LLM_CONCURRENCY.",
+    )
+    structured_output: StructuredOutput | Literal["auto"] = Field(
+        default="auto", description="auto: detected by the preflight from the server's /v1/models."
+    )
+
+    @property
+    def constrains_json(self) -> bool:
+        """Whether its answers can be held to a JSON schema (once the preflight resolved `auto`)."""
+        return self.structured_output in ("json_schema", "json_object")
 
 
 class BusConfig(BaseModel):

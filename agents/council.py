@@ -6,9 +6,12 @@ import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from agents.checks import incomplete_answer
+from agents.config import DEFAULT_ENDPOINT
 from agents.models import (
+    CHAIR_ID,
     AgentOutcome,
     AgentSpec,
     AgentStatus,
@@ -27,7 +30,6 @@ from agents.models import (
 )
 from agents.prompts import proposal_messages
 
-CHAIR_ID = "chair"
 # What a call's record keeps of the model's answer, and a proposal carries on.
 COMPLETION_FIELDS = {"content", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms"}
 
@@ -69,6 +71,7 @@ def plan_call(
     temperature: float,
     round_: int = 0,
     subject_id: str | None = None,
+    answer_schema: dict[str, Any] | None = None,
 ) -> ModelCall:
     """One model call of the deliberation, whatever its stage."""
     return ModelCall(
@@ -80,6 +83,7 @@ def plan_call(
         max_tokens=request.max_tokens,
         round=round_,
         subject_id=subject_id,
+        answer_schema=answer_schema,
     )
 
 
@@ -197,6 +201,19 @@ def plan_council(request: DeliberationRequest) -> list[AgentSpec]:
                 )
             )
     return council
+
+
+def assign_endpoints(request: DeliberationRequest, council: Sequence[AgentSpec]) -> dict[str, str]:
+    """Who speaks through which endpoint, by agent id (the chair included): the agent's own
+    assignment, else its role's, else the default endpoint."""
+    assigned = {
+        agent.agent_id: request.endpoints.get(agent.agent_id)
+        or request.endpoints.get(str(agent.role))
+        or DEFAULT_ENDPOINT
+        for agent in council
+    }
+    assigned[CHAIR_ID] = request.endpoints.get(CHAIR_ID, DEFAULT_ENDPOINT)
+    return assigned
 
 
 def tally_usage(outcomes: Sequence[AgentOutcome], calls: Sequence[StageCall]) -> UsageReport:

@@ -25,6 +25,9 @@ MAX_DEADLINE_SECONDS = 3_600.0
 MAX_REVIEW_ROUNDS = 3
 MAX_CRITICS = 8
 
+CHAIR_ID = "chair"  # who speaks for the council in the synthesis
+_AGENT_ID = re.compile(r"^agent-(?P<role>[a-z]+)-(?P<index>\d{3})$")
+
 # Ids end up in NATS message ids, subjects of key-value buckets and Prefect run names.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -120,7 +123,14 @@ class DeliberationRequest(BaseModel):
     )
     constraints: Constraints = Field(default_factory=Constraints)
     model: str | None = Field(
-        default=None, description="Served model name; empty: VLLM_MODEL, else the server's first."
+        default=None,
+        description="Served model name on the default endpoint; empty: VLLM_MODEL, else the server's first.",
+    )
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Which named model endpoint speaks for a role (DEV), one agent "
+        "(agent-dev-002) or the chair (the synthesis); the rest use the default endpoint. "
+        "Endpoints are defined by the operator (DELIBERATION_ENDPOINTS).",
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1, le=32_768, description="Per proposal.")
@@ -194,6 +204,39 @@ class DeliberationRequest(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("each role may be listed once; use agents_per_role for more agents")
         return value
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _endpoint_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        keys = {}
+        for key, name in value.items():
+            if not isinstance(key, str):
+                return value
+            normal = key.strip().upper() if key.strip().upper() in Role.__members__ else key.strip()
+            if not (normal in Role.__members__ or normal == CHAIR_ID or _AGENT_ID.match(normal)):
+                raise ValueError(
+                    f"endpoints: {key!r} is not a role ({', '.join(Role.__members__)}), "
+                    f"an agent id (agent-dev-001) or {CHAIR_ID!r}"
+                )
+            if not isinstance(name, str) or not re.match(ID_PATTERN, name):
+                raise ValueError(f"endpoints: {key}: {name!r} is not an endpoint name")
+            keys[normal] = name
+        return keys
+
+    @model_validator(mode="after")
+    def _endpoints_assign_members(self) -> DeliberationRequest:
+        for key in self.endpoints:
+            if key in Role.__members__ and key not in self.roles:
+                raise ValueError(f"endpoints: role {key} is not in the council ({', '.join(self.roles)})")
+            match = _AGENT_ID.match(key)
+            if match and (
+                match["role"].upper() not in self.roles
+                or not 1 <= int(match["index"]) <= self.agents_per_role
+            ):
+                raise ValueError(f"endpoints: {key} is not a member of this council")
+        return self
 
     @model_validator(mode="after")
     def _quorum_reachable(self) -> DeliberationRequest:
@@ -288,6 +331,10 @@ class ModelCall(BaseModel):
     max_tokens: int
     round: int = 0
     subject_id: str | None = Field(default=None, description="Whose proposal a critique or revision is on.")
+    answer_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON schema the answer must follow, where the endpoint can hold it to one.",
+    )
 
 
 class StageCall(BaseModel):
@@ -334,6 +381,10 @@ class Ballot(BaseModel):
     labels: dict[str, str] = Field(description="Label shown to the reviewer -> agent id.")
     order: list[str] = Field(default_factory=list, description="Agent ids, best first; empty if abstained.")
     abstained: str | None = Field(default=None, description="Why the ballot does not count.")
+    model: str | None = Field(default=None, description="The model that wrote it.")
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="Agent id -> the reviewer's short reason (JSON ballots)."
+    )
     notes: list[str] = Field(
         default_factory=list, description="What was left out of the ranking as written, and why."
     )

@@ -100,20 +100,33 @@ def revision_messages(
 
 
 def ranking_messages(
-    request: DeliberationRequest, reviewer: AgentSpec, labelled: dict[str, str]
+    request: DeliberationRequest, reviewer: AgentSpec, labelled: dict[str, str], as_json: bool = False
 ) -> list[dict[str, str]]:
-    """Anonymized ranking: proposals appear only under their labels, never with an author."""
+    """Anonymized ranking: proposals appear only under their labels, never with an author.
+    `as_json`: the answer is a JSON ballot (agents.ranking.ballot_schema), which the
+    reviewer's server holds it to; else it ends with a FINAL RANKING section."""
     shown = "\n\n".join(f"Proposal {name}:\n{text}" for name, text in labelled.items())
-    example = "\n".join(f"{i}. Proposal {name}" for i, name in enumerate(labelled, start=1))
+    if as_json:
+        # No filled-in example: a small model copies one word for word, order and all.
+        listed = ", ".join(f'"{name}"' for name in labelled)
+        answer = (
+            'Answer with a JSON object only. Its "ranking" lists the labels '
+            f'{listed}, each exactly once, best first. Its "reasons" gives, for each label, '
+            "one short sentence of your own on that proposal's strengths or flaws."
+        )
+    else:
+        example = "\n".join(f"{i}. Proposal {name}" for i, name in enumerate(labelled, start=1))
+        answer = (
+            "Briefly assess each one. Then end your answer with the line FINAL RANKING: "
+            "followed by a numbered list of every proposal label, best first, exactly "
+            f"in this form:\n\nFINAL RANKING:\n{example}"
+        )
     return _council_messages(
         request,
         (
             f"{_persona_line(reviewer)} Rank these anonymous proposals for the task, best "
             "first, judged by the rubric and the requirements.\n\n"
-            f"{shown}\n\n"
-            "Briefly assess each one. Then end your answer with the line FINAL RANKING: "
-            "followed by a numbered list of every proposal label, best first, exactly "
-            f"in this form:\n\nFINAL RANKING:\n{example}"
+            f"{shown}\n\n{answer}"
         ),
     )
 

@@ -4,11 +4,14 @@ deterministic checks combined into one score, and an explicit tie-break. Pure: n
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
 import re
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from agents.checks import check_score, run_checks
 from agents.models import Ballot, CheckResult, ProposalScore, Role, Winner
@@ -23,6 +26,14 @@ SCORE_DIGITS = 4
 # shift the position applied to the original.
 _MARKER = re.compile(r"FINAL\s+RANKING", re.IGNORECASE)
 _LABEL = re.compile(r"\bProposal\s+([A-Z]{1,2})\b")
+# A JSON ballot cut short (at max_tokens) still holds its ranking: it comes first.
+_JSON_RANKING = re.compile(r'"ranking"\s*:\s*\[([^\]]*)\]')
+_QUOTED = re.compile(r'"([^"]*)"')
+
+# Up to this many labels, the ballot's schema lists every order: a constrained answer then
+# names each label exactly once. Beyond, it lists labels (24 orders of 4, 120 of 5).
+EVERY_ORDER_UP_TO = 4
+REASON_CHARS = 200
 
 
 class RankingParseError(ValueError):
@@ -54,6 +65,75 @@ def anonymize(deliberation_id: str, reviewer_id: str, candidates: Sequence[str])
     return {label(i): agent for i, agent in enumerate(others)}
 
 
+@dataclass
+class ReadBallot:
+    """A ranking as read from a reviewer's answer: labels best first, notes on what was
+    left out, and the reasons given (JSON ballots), by label."""
+
+    order: list[str]
+    notes: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def ballot_schema(labels: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of a ballot over `labels`: `ranking`, the labels best first, then
+    `reasons`, a short one per label. Up to EVERY_ORDER_UP_TO labels, `ranking` is one of
+    their orders, so each label appears exactly once; beyond, any label in each place,
+    exactly as many places (a label named twice counts once, as in a text ballot)."""
+    names = list(labels)
+    ranking: dict[str, Any]
+    if len(names) <= EVERY_ORDER_UP_TO:
+        ranking = {"enum": [list(order) for order in itertools.permutations(names)]}
+    else:
+        ranking = {
+            "type": "array",
+            "items": {"type": "string", "enum": names},
+            "minItems": len(names),
+            "maxItems": len(names),
+        }
+    return {
+        "type": "object",
+        "properties": {
+            "ranking": ranking,
+            "reasons": {
+                "type": "object",
+                "properties": {name: {"type": "string", "maxLength": REASON_CHARS} for name in names},
+                "required": names,
+                "additionalProperties": False,
+            },
+        },
+        "required": ["ranking", "reasons"],
+        "additionalProperties": False,
+    }
+
+
+def parse_json_ballot(text: str, labels: Sequence[str]) -> ReadBallot:
+    """A JSON ballot (`ballot_schema`), read as `parse_ranking` reads a text one; labels may
+    be written `B` or `Proposal B`. One cut short keeps the ranking it holds. Raises
+    RankingParseError if the answer holds no JSON ranking."""
+    stripped = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        parsed = json.loads(stripped)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("ranking"), list):
+        written = [str(item) for item in parsed["ranking"]]
+        raw_reasons = parsed.get("reasons")
+    elif match := _JSON_RANKING.search(text):
+        written, raw_reasons = _QUOTED.findall(match.group(1)), None
+    else:
+        raise RankingParseError("no JSON ranking")
+    names = [item.strip().removeprefix("Proposal").strip() for item in written]
+    order, notes = _read_order(names, labels, "the JSON ranking")
+    reasons = {}
+    if isinstance(raw_reasons, dict):
+        for key, reason in raw_reasons.items():
+            name = str(key).strip().removeprefix("Proposal").strip()
+            if name in labels and isinstance(reason, str) and reason.strip():
+                reasons[name] = reason.strip()[:REASON_CHARS]
+    return ReadBallot(order, notes, reasons)
+
+
 def parse_ranking(text: str, labels: Sequence[str]) -> tuple[list[str], list[str]]:
     """The labels in ranked order, read as written from the reviewer's last FINAL RANKING
     section, and notes on what was left out: a label named again or not shown to the
@@ -62,9 +142,13 @@ def parse_ranking(text: str, labels: Sequence[str]) -> tuple[list[str], list[str
     markers = list(_MARKER.finditer(text))
     if not markers:
         raise RankingParseError(f"no {RANKING_MARKER} section")
+    return _read_order(_LABEL.findall(text[markers[-1].end() :]), labels, f"the {RANKING_MARKER} section")
+
+
+def _read_order(names: Sequence[str], labels: Sequence[str], where: str) -> tuple[list[str], list[str]]:
     order: list[str] = []
     notes: list[str] = []
-    for name in _LABEL.findall(text[markers[-1].end() :]):
+    for name in names:
         if name not in labels:
             notes.append(f"Proposal {name} was not shown: dropped")
         elif name in order:
@@ -72,19 +156,45 @@ def parse_ranking(text: str, labels: Sequence[str]) -> tuple[list[str], list[str
         else:
             order.append(name)
     if not order:
-        raise RankingParseError(f"the {RANKING_MARKER} section names no proposal shown")
+        raise RankingParseError(f"{where} names no proposal shown")
     if len(order) < len(labels):
         unranked = ", ".join(f"Proposal {name}" for name in labels if name not in order)
         notes.append(f"ranks {len(order)} of {len(labels)} proposals; unranked: {unranked}")
     return order, notes
 
 
-def ballot_from_answer(reviewer_id: str, labels: dict[str, str], answer: str) -> Ballot:
+def read_ballot(answer: str, labels: Sequence[str], as_json: bool) -> ReadBallot:
+    """The ranking in a reviewer's answer: a FINAL RANKING section, or, when a JSON ballot
+    was asked for, that ballot, else a FINAL RANKING section (a server may not hold the
+    answer to the schema). Raises RankingParseError saying what it looked for."""
+    if not as_json:
+        return ReadBallot(*parse_ranking(answer, labels))
     try:
-        order, notes = parse_ranking(answer, list(labels))
+        return parse_json_ballot(answer, labels)
+    except RankingParseError as not_json:
+        try:
+            return ReadBallot(*parse_ranking(answer, labels))
+        except RankingParseError as not_text:
+            raise RankingParseError(f"{not_json}, and {not_text}") from None
+
+
+def ballot_from_answer(
+    reviewer_id: str, labels: dict[str, str], answer: str, as_json: bool = False, model: str | None = None
+) -> Ballot:
+    try:
+        read = read_ballot(answer, list(labels), as_json)
     except RankingParseError as exc:
-        return Ballot(reviewer_id=reviewer_id, labels=labels, abstained=f"malformed ranking: {exc}")
-    return Ballot(reviewer_id=reviewer_id, labels=labels, order=[labels[name] for name in order], notes=notes)
+        return Ballot(
+            reviewer_id=reviewer_id, labels=labels, model=model, abstained=f"malformed ranking: {exc}"
+        )
+    return Ballot(
+        reviewer_id=reviewer_id,
+        labels=labels,
+        model=model,
+        order=[labels[name] for name in read.order],
+        notes=read.notes,
+        reasons={labels[name]: reason for name, reason in read.reasons.items()},
+    )
 
 
 def peer_scores(ballots: Sequence[Ballot]) -> dict[str, tuple[float, int]]:

@@ -4,6 +4,7 @@ Prefect table artifact) and a markdown report (the Prefect markdown artifact).""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from agents.models import AgentOutcome, DeliberationRequest, DeliberationResult, ProposalScore, Stage, Usage
 
@@ -26,8 +27,9 @@ def first_line(text: str, limit: int = PREVIEW_CHARS) -> str:
 
 def outcome_row(outcome: AgentOutcome, score: ProposalScore | None = None) -> dict[str, str | int]:
     proposal = outcome.proposal
-    tokens = latency = preview = ""
+    tokens = latency = preview = model = ""
     if proposal is not None:
+        model = proposal.model
         tokens = f"{proposal.prompt_tokens or 0}+{proposal.completion_tokens or 0}"
         latency = f"{proposal.latency_ms / 1000:.1f}s"
         preview = first_line(proposal.content)
@@ -36,6 +38,7 @@ def outcome_row(outcome: AgentOutcome, score: ProposalScore | None = None) -> di
     return {
         "agent": outcome.agent_id,
         "role": str(outcome.role),
+        "model": model,
         "status": str(outcome.status),
         "score": f"{score.score:.2f}" if score else "",
         "rank": score.rank if score else "",
@@ -63,7 +66,18 @@ def _quote(text: str) -> str:
     return "\n".join(f"> {line}" for line in text.strip().splitlines()) or "> (empty)"
 
 
-def settings_lines(request: DeliberationRequest, model: str) -> list[str]:
+def models_line(models: Mapping[str, str]) -> str:
+    """Which model each member speaks through, by agent id: `m` for one, else
+    `m1 (agent-dev-001, ...); m2 (...)`."""
+    speakers: dict[str, list[str]] = {}
+    for agent_id, model in models.items():
+        speakers.setdefault(model, []).append(agent_id)
+    if len(speakers) == 1:
+        return next(iter(speakers))
+    return "; ".join(f"{model} ({', '.join(agents)})" for model, agents in speakers.items())
+
+
+def settings_lines(request: DeliberationRequest, models: Mapping[str, str]) -> list[str]:
     """What the run was asked to do and under which limits."""
     roles = ", ".join(str(role) for role in request.roles)
     expects = "code" if request.code_expected else "any answer"
@@ -80,13 +94,16 @@ def settings_lines(request: DeliberationRequest, model: str) -> list[str]:
         f"| review | {request.rounds} round(s), {request.critics} critic(s) per proposal |",
         f"| synthesis | {'yes' if request.synthesize else 'no'} |",
         f"| evidence | expects {expects} ({request.expects}); code {code} |",
-        f"| model | {model}, temperature {request.temperature:g}, at most {request.max_tokens} tokens |",
+        f"| model | {models_line(models) if models else '(not chosen)'} |",
+        f"| sampling | temperature {request.temperature:g}, at most {request.max_tokens} tokens |",
         "",
     ]
 
 
 def markdown_report(
-    result: DeliberationResult, request: DeliberationRequest | None = None, model: str | None = None
+    result: DeliberationResult,
+    request: DeliberationRequest | None = None,
+    models: Mapping[str, str] | None = None,
 ) -> str:
     """The winner and why, every score and check, the critiques and ballots, what is
     missing, the token and latency totals, and (given the request) the settings."""
@@ -120,13 +137,20 @@ def markdown_report(
     if critiques:
         out += ["## Critiques", ""]
         for c in critiques:
-            out += [f"**Round {c.round}: {c.agent_id} on {c.subject_id}**", "", _quote(c.content or ""), ""]
+            out += [
+                f"**Round {c.round}: {c.agent_id} on {c.subject_id}** ({c.model})",
+                "",
+                _quote(c.content or ""),
+                "",
+            ]
     if result.ballots:
         out += ["## Ballots", ""]
         for b in result.ballots:
             verdict = f"abstained ({b.abstained})" if b.abstained else " > ".join(b.order)
             notes = f" ({'; '.join(b.notes)})" if b.notes else ""
-            out.append(f"- {b.reviewer_id}: {verdict}{notes}")
+            model = f" [{b.model}]" if b.model else ""
+            out.append(f"- {b.reviewer_id}{model}: {verdict}{notes}")
+            out += [f"  - {agent_id}: {reason}" for agent_id, reason in b.reasons.items()]
         out.append("")
     if result.incomplete:
         out += ["## Missing", "", *(f"- {gap}" for gap in result.incomplete), ""]
@@ -141,7 +165,7 @@ def markdown_report(
     out += [_usage_line(agent, u) for agent, u in usage.by_agent.items()]
     out.append(_usage_line("**total**", usage.total, result.duration_ms))
     if request is not None:
-        out += ["", *settings_lines(request, model or request.model or "(the server's first)")]
+        out += ["", *settings_lines(request, models or {})]
     return "\n".join(out) + "\n"
 
 

@@ -6,17 +6,35 @@ the names their ecosystems use (VLLM_URL, VLLM_MODEL, NATS_URL, RAY_ADDRESS, ...
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.config import BusConfig, LLMEndpoint, SandboxLimits
+from agents.config import DEFAULT_ENDPOINT, BusConfig, LLMEndpoint, SandboxLimits, StructuredOutput
+from agents.errors import ConfigurationError
+from agents.models import ID_PATTERN
 
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, f"DELIBERATION_{name}")
+
+
+class EndpointSpec(BaseModel):
+    """A named model endpoint as an operator defines it (DELIBERATION_ENDPOINTS or the
+    endpoints file); requests assign endpoints by name, never by URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    model: str | None = Field(default=None, description="Served model name; empty: the server's first.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding its API key.")
+    api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding its API key.")
+    concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    structured_output: StructuredOutput | Literal["auto"] = "auto"
 
 
 class Settings(BaseSettings):
@@ -37,6 +55,19 @@ class Settings(BaseSettings):
     )
     vllm_connect_timeout: float = Field(default=5.0, gt=0)
     vllm_read_timeout: float = Field(default=120.0, gt=0)
+    vllm_structured_output: StructuredOutput | Literal["auto"] = Field(
+        default="auto",
+        description="How the default server constrains ballots to JSON: json_schema (vLLM), "
+        "json_object (llama.cpp), none, or auto: detected from its /v1/models.",
+    )
+    endpoints: dict[str, EndpointSpec] = Field(
+        default_factory=dict,
+        description="More model endpoints, by name, as JSON: "
+        '{"coder": {"url": "http://...", "model": "...", "concurrency": 8}}.',
+    )
+    endpoints_file: Path | None = Field(
+        default=None, description="A TOML file of more endpoints: [endpoints.NAME] tables."
+    )
 
     nats_url: str | None = Field(
         default=None,
@@ -132,7 +163,14 @@ class Settings(BaseSettings):
             wall_seconds=self.sandbox_wall_seconds,
         )
 
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names(cls, value: dict[str, EndpointSpec]) -> dict[str, EndpointSpec]:
+        _check_endpoint_names(value, "DELIBERATION_ENDPOINTS")
+        return value
+
     def llm_endpoint(self, model: str) -> LLMEndpoint:
+        """The default endpoint (VLLM_URL), serving `model`."""
         if self.vllm_url is None:
             raise ValueError("vllm_url is not set")
         return LLMEndpoint(
@@ -142,7 +180,36 @@ class Settings(BaseSettings):
             api_key_secret=self.vllm_api_key_secret,
             connect_timeout=self.vllm_connect_timeout,
             read_timeout=self.vllm_read_timeout,
+            structured_output=self.vllm_structured_output,
         )
+
+    def named_endpoints(self) -> dict[str, LLMEndpoint]:
+        """Every endpoint defined besides the default, by name: DELIBERATION_ENDPOINTS and
+        the endpoints file (which may not define a name twice). Their model may still be
+        empty: the preflight picks the server's first."""
+        specs = dict(self.endpoints)
+        if self.endpoints_file is not None:
+            for name, spec in _read_endpoints_file(self.endpoints_file).items():
+                if name in specs:
+                    raise ConfigurationError(
+                        f"endpoint {name!r} is defined twice: in DELIBERATION_ENDPOINTS "
+                        f"and in {self.endpoints_file}"
+                    )
+                specs[name] = spec
+        return {
+            name: LLMEndpoint(
+                name=name,
+                url=spec.url,
+                model=spec.model or "",
+                api_key_env=spec.api_key_env,
+                api_key_secret=spec.api_key_secret,
+                connect_timeout=self.vllm_connect_timeout,
+                read_timeout=self.vllm_read_timeout,
+                concurrency=spec.concurrency,
+                structured_output=spec.structured_output,
+            )
+            for name, spec in specs.items()
+        }
 
     def bus_config(self, token: SecretStr | None = None) -> BusConfig:
         """`token` (from a Secret block) wins over NATS_TOKEN."""
@@ -172,3 +239,43 @@ def bus_config_for(url: str, **overrides: object) -> BusConfig:
     (BusConfig field names)."""
     settings = Settings().model_copy(update={"nats_url": url})
     return settings.bus_config().model_copy(update=overrides)
+
+
+_ENDPOINT_NAME = re.compile(ID_PATTERN)
+
+
+def _check_endpoint_names(specs: dict[str, EndpointSpec], where: object) -> None:
+    for name in specs:
+        if name == DEFAULT_ENDPOINT:
+            raise ValueError(
+                f"{where}: the endpoint {DEFAULT_ENDPOINT!r} is VLLM_URL's; name yours otherwise"
+            )
+        if not _ENDPOINT_NAME.match(name):
+            raise ValueError(f"{where}: endpoint name {name!r} may hold only letters, digits, '_' and '-'")
+
+
+def _read_endpoints_file(path: Path) -> dict[str, EndpointSpec]:
+    """[endpoints.NAME] tables of a TOML file, each an EndpointSpec."""
+    try:
+        tables = tomllib.loads(path.read_text()).get("endpoints", {})
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the endpoints file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"the endpoints file {path} is not TOML: {exc}") from None
+    if not isinstance(tables, dict):
+        raise ConfigurationError(
+            f"the endpoints file {path}: `endpoints` must be a table of [endpoints.NAME]"
+        )
+    specs = {}
+    for name, table in tables.items():
+        try:
+            specs[name] = EndpointSpec.model_validate(table)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in (name, *error["loc"]))
+            raise ConfigurationError(f"the endpoints file {path}: {where}: {error['msg']}") from None
+    try:
+        _check_endpoint_names(specs, path)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return specs

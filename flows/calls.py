@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefect import get_client
@@ -33,23 +33,28 @@ class CallRunner:
     """Runs a deliberation's model calls, stage by stage, within its one deadline. A call
     already in the ledger is not asked again: its record stands. Every new outcome is
     written to the ledger (`write_ledger`) before anyone else hears of it; outcomes known
-    together (calls that finished together) are handed on together."""
+    together (calls that finished together) are handed on together. Each member (and the
+    chair) speaks through its own endpoint (`speakers`, by agent id)."""
 
     def __init__(
         self,
         deliberation_id: str,
-        endpoint: LLMEndpoint,
+        speakers: Mapping[str, LLMEndpoint],
         settings: Settings,
         deadline: Deadline,
         ledger: dict[str, StageCall],
         write_ledger: Callable[[list[StageCall]], Any],
     ) -> None:
         self.deliberation_id = deliberation_id
-        self.endpoint = endpoint
+        self.speakers = speakers
         self.settings = settings
         self.deadline = deadline
         self.ledger = ledger
         self.write_ledger = write_ledger
+
+    def endpoint_for(self, agent_id: str) -> LLMEndpoint:
+        """The endpoint `agent_id` (a member or the chair) speaks through."""
+        return self.speakers[agent_id]
 
     def run(
         self, calls: Sequence[ModelCall], on_calls: Callable[[list[StageCall]], Any] | None = None
@@ -92,7 +97,7 @@ class CallRunner:
             call.call_id: ask.submit(
                 deliberation_id=self.deliberation_id,
                 call=call,
-                endpoint=self.endpoint,
+                endpoint=self.endpoint_for(call.agent_id),
                 llm_limit=self.settings.llm_concurrency_limit or None,
             )
             for call in calls

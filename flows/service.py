@@ -486,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.runtime.embedded import embedded_servers
     from flows.runtime.prefect_api import prefect_api
-    from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+    from flows.runtime.preflight import check_default_endpoint, connect_event_bus
     from flows.runtime.ray_setup import local_ray
 
     try:
         settings = Settings()
         with embedded_servers(settings) as settings, local_ray(settings) as start_ray:
-            resolve_model_endpoint(settings, None)
+            check_default_endpoint(settings)
             connect_event_bus(settings).close()
             with prefect_api(while_starting=start_ray):
 

@@ -31,6 +31,7 @@ from agents.ranking import (
     Candidate,
     anonymize,
     ballot_from_answer,
+    ballot_schema,
     choose_winner,
     no_winner_reason,
     score_candidates,
@@ -169,7 +170,8 @@ def rank_proposals(
     candidates: dict[str, Candidate],
 ) -> Ranking:
     """Every author ranks the others' latest proposals, shown under labels shuffled per
-    reviewer. Failed calls and unreadable rankings are abstentions."""
+    reviewer, as a JSON ballot where its server can be held to the ballot's schema, else
+    as text. Failed calls and unreadable rankings are abstentions."""
     if len(candidates) < MIN_PROPOSALS_TO_RANK:
         return Ranking(gaps=[f"no peer ranking: it needs at least {MIN_PROPOSALS_TO_RANK} proposals"])
     if runner.deadline.expired:
@@ -179,22 +181,31 @@ def rank_proposals(
     def shown_to(reviewer: AgentSpec) -> dict[str, str]:
         return {name: candidates[agent_id].content for name, agent_id in labels[reviewer.agent_id].items()}
 
+    # A JSON ballot where the reviewer's server can hold the answer to its schema.
+    as_json = {a.agent_id: runner.endpoint_for(a.agent_id).constrains_json for a in authors}
     calls = runner.run(
         [
             plan_call(
                 request,
                 Stage.RANKING,
                 reviewer.agent_id,
-                ranking_messages(request, reviewer, shown_to(reviewer)),
+                ranking_messages(request, reviewer, shown_to(reviewer), as_json[reviewer.agent_id]),
                 RANKING_TEMPERATURE,
+                answer_schema=ballot_schema(list(labels[reviewer.agent_id]))
+                if as_json[reviewer.agent_id]
+                else None,
             )
             for reviewer in authors
         ]
     )
     ballots = [
-        ballot_from_answer(call.agent_id, labels[call.agent_id], call.content)
+        ballot_from_answer(
+            call.agent_id, labels[call.agent_id], call.content, as_json[call.agent_id], call.model
+        )
         if call.ok and call.content is not None
-        else Ballot(reviewer_id=call.agent_id, labels=labels[call.agent_id], abstained=_why(call))
+        else Ballot(
+            reviewer_id=call.agent_id, labels=labels[call.agent_id], model=call.model, abstained=_why(call)
+        )
         for call in calls
     ]
     gaps = [f"ranking by {b.reviewer_id} abstained: {b.abstained}" for b in ballots if b.abstained]

@@ -16,11 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import concurrency
 from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
 
 from agents.adapters.llm import chat_client
 from agents.adapters.secrets import model_api_key
 from agents.config import LLMEndpoint
-from agents.errors import LLMError, LLMUnavailable
+from agents.errors import LLMError, LLMRejected, LLMUnavailable
 from agents.models import ChatCompletion, ModelCall
 
 MAX_RETRY_AFTER_SECONDS = 60.0
@@ -74,11 +75,32 @@ async def ask_model(
     # Loaded here, never passed in: parameters are visible in the Prefect API.
     # In a thread, because Secret.load is the blocking kind outside an event loop.
     api_key = await asyncio.to_thread(model_api_key, endpoint.api_key_secret, endpoint.api_key_env)
+    schema = (
+        (str(call.stage), call.answer_schema) if call.answer_schema and endpoint.constrains_json else None
+    )
     try:
         async with _llm_slot(llm_limit), chat_client(endpoint, api_key) as client:
-            return await client.complete(
-                call.messages, temperature=call.temperature, max_tokens=call.max_tokens, user=call.call_id
-            )
+            try:
+                return await client.complete(
+                    call.messages,
+                    temperature=call.temperature,
+                    max_tokens=call.max_tokens,
+                    user=call.call_id,
+                    schema=schema,
+                )
+            except LLMRejected as exc:
+                if schema is None:
+                    raise
+                # The preflight guessed the server's dialect from its model list; a server
+                # that refuses it still answers the prompt, which says the format too.
+                get_run_logger().warning(
+                    "%s; asking again without the JSON schema (set the endpoint's "
+                    "structured_output to none to skip this)",
+                    exc,
+                )
+                return await client.complete(
+                    call.messages, temperature=call.temperature, max_tokens=call.max_tokens, user=call.call_id
+                )
     except LLMUnavailable as exc:
         await _honour_retry_after(exc)
         raise

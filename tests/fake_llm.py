@@ -67,9 +67,14 @@ class FakeLLMServer:
     hang_limit: float = 120.0
     # Writes the answer from the request body (None: the default answer), like a model would.
     responder: Callable[[dict[str, Any]], str | None] | None = None
+    # What its model card says of its owner (vLLM: "vllm"), from which a client may guess
+    # how it constrains answers to a schema; and whether it refuses `response_format`.
+    owned_by: str | None = None
+    refuses_response_format: bool = False
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
+        self.refused: list[dict[str, Any]] = []  # requests refused for their response_format
         self.in_flight = 0
         self.max_in_flight = 0
         self._scripts: dict[str | None, deque[Behaviour]] = defaultdict(deque)
@@ -159,7 +164,8 @@ class FakeLLMServer:
                     await self._send(writer, code, {"error": {"message": f"scripted {code}"}})
                 else:
                     # No `created`, as llama.cpp's server does.
-                    await self._send(writer, 200, {"object": "list", "data": [{"id": self.model}]})
+                    card = {"id": self.model} | ({"owned_by": self.owned_by} if self.owned_by else {})
+                    await self._send(writer, 200, {"object": "list", "data": [card]})
             elif method == "POST" and path == "/v1/chat/completions":
                 await self._chat(reader, writer, json.loads(body or b"{}"), headers)
             else:
@@ -178,6 +184,10 @@ class FakeLLMServer:
         headers: dict[str, str],
     ) -> None:
         agent = body.get("user")
+        if self.refuses_response_format and "response_format" in body:
+            self.refused.append(body)
+            await self._send(writer, 400, {"error": {"message": "response_format is not supported"}})
+            return
         with self._lock:
             script = self._scripts[agent]
             behaviour = script.popleft() if script else self.default

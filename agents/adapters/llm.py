@@ -13,14 +13,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agents.config import LLMEndpoint
+from agents.config import LLMEndpoint, StructuredOutput
 from agents.errors import LLMBadResponse, LLMRejected, LLMUnavailable
 from agents.models import ChatCompletion
 
@@ -54,10 +55,44 @@ class _ChatResponse(_Lenient):
 
 class _ModelCard(_Lenient):
     id: str
+    owned_by: str | None = None
+    max_model_len: int | None = None  # vLLM's own field
 
 
 class _ModelList(_Lenient):
     data: list[_ModelCard]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model a server lists, with what tells which server it is."""
+
+    id: str
+    structured_output: StructuredOutput
+
+
+def _structured_output_of(card: _ModelCard) -> StructuredOutput:
+    """How the server behind a model card constrains answers to a JSON schema, as far as
+    its card tells: vLLM's cards say `owned_by: vllm` and carry `max_model_len`;
+    llama.cpp's server says `llamacpp`, llama-cpp-python's `me`. Others: none (the answer
+    is read as text); an endpoint can say otherwise (`structured_output`)."""
+    if card.owned_by == "vllm" or card.max_model_len is not None:
+        return "json_schema"
+    if card.owned_by in ("llamacpp", "me"):
+        return "json_object"
+    return "none"
+
+
+def response_format(
+    dialect: StructuredOutput | Literal["auto"], name: str, schema: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The `response_format` that asks a server of this dialect for an answer following
+    `schema`; None where it cannot constrain one."""
+    if dialect == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if dialect == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return None
 
 
 def redact_url(url: str) -> str:
@@ -125,8 +160,10 @@ class ChatClient:
         temperature: float,
         max_tokens: int,
         user: str | None = None,
+        schema: tuple[str, dict[str, Any]] | None = None,
     ) -> ChatCompletion:
-        """One chat completion. Raises LLMUnavailable, LLMRejected or LLMBadResponse."""
+        """One chat completion; `schema` (a name and a JSON schema) constrains the answer
+        where the endpoint can. Raises LLMUnavailable, LLMRejected or LLMBadResponse."""
         body: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": messages,
@@ -135,6 +172,8 @@ class ChatClient:
         }
         if user:
             body["user"] = user
+        if schema is not None and (constraint := response_format(self.endpoint.structured_output, *schema)):
+            body["response_format"] = constraint
         started = time.monotonic()
         response = await self._request("POST", "/v1/chat/completions", json=body)
         reply = self._parse(response, _ChatResponse)
@@ -154,8 +193,14 @@ class ChatClient:
         )
 
     async def list_models(self) -> list[str]:
+        return [served.id for served in await self.served_models()]
+
+    async def served_models(self) -> list[ServedModel]:
         response = await self._request("GET", "/v1/models")
-        return [card.id for card in self._parse(response, _ModelList).data]
+        return [
+            ServedModel(card.id, _structured_output_of(card))
+            for card in self._parse(response, _ModelList).data
+        ]
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -13,7 +13,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -80,17 +80,27 @@ def cell(calls: Sequence[CallProgress]) -> str:
     return f"{count}{mark} {longest:.1f}s"
 
 
-def progress_table(agents: Sequence[AgentSpec], calls: Sequence[CallProgress]) -> Table:
+def progress_table(
+    agents: Sequence[AgentSpec], calls: Sequence[CallProgress], models: Mapping[str, str] | None = None
+) -> Table:
+    """One row per agent, one column per stage; a MODEL column when the council mixes models."""
     table = Table(expand=False)
     table.add_column("AGENT")
     table.add_column("ROLE")
+    mixed = models is not None and len({models.get(agent.agent_id) for agent in agents}) > 1
+    if mixed:
+        table.add_column("MODEL")
     columns: list[str] = [*STAGES, *([TESTS] if any(c.stage == TESTS for c in calls) else [])]
     for stage in columns:
         table.add_column(str(stage).upper())
     for agent in agents:
         mine = [c for c in calls if c.agent_id == agent.agent_id]
+        model = [models.get(agent.agent_id, "") if models else ""] if mixed else []
         table.add_row(
-            agent.agent_id, str(agent.role), *(cell([c for c in mine if c.stage == s]) for s in columns)
+            agent.agent_id,
+            str(agent.role),
+            *model,
+            *(cell([c for c in mine if c.stage == s]) for s in columns),
         )
     synthesis = [c for c in calls if c.stage == Stage.SYNTHESIS]
     if synthesis:
@@ -112,8 +122,15 @@ class LiveProgress:
     """`with LiveProgress(agents, deliberation_id):` run the flow with
     `on_running=[follow_flow_run]`."""
 
-    def __init__(self, agents: Sequence[AgentSpec], deliberation_id: str, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        agents: Sequence[AgentSpec],
+        deliberation_id: str,
+        tty: bool | None = None,
+        models: Mapping[str, str] | None = None,
+    ) -> None:
         self.agents = list(agents)
+        self.models = dict(models or {})
         self.deliberation_id = deliberation_id
         self.tty = sys.stdout.isatty() if tty is None else tty
         self._flow_run_id: UUID | None = None
@@ -171,7 +188,7 @@ class LiveProgress:
         title = (
             f"deliberation {self.deliberation_id}: {done} of {len(calls)} calls done, {verb} {elapsed:.1f}s"
         )
-        return Group(Text(title), progress_table(self.agents, calls))
+        return Group(Text(title), progress_table(self.agents, calls, self.models))
 
     def _show(self, calls: list[CallProgress], final: bool) -> None:
         if self._live is not None:

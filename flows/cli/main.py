@@ -50,7 +50,6 @@ def _default(field: str) -> str:
 REQUEST_FLAGS = [
     "roles",
     "agents_per_role",
-    "model",
     "temperature",
     "max_tokens",
     "deadline_seconds",
@@ -83,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"deliberation deadline, seconds {_default('deadline_seconds')}",
     )
     parser.add_argument("--quorum", type=int, help="proposals needed (default: all)")
-    parser.add_argument("--model", help="served model name (default: VLLM_MODEL or first)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[WHO=]NAME",
+        help="NAME: the model served on the default endpoint (default: VLLM_MODEL or the first); "
+        "WHO=ENDPOINT: a role (DEV), an agent (agent-dev-002) or the chair speaks through the "
+        "named endpoint (DELIBERATION_ENDPOINTS); repeat for several",
+    )
     parser.add_argument("--temperature", type=float, help=_default("temperature"))
     parser.add_argument("--max-tokens", type=int, help=_default("max_tokens"))
     parser.add_argument("--rounds", type=int, help=f"peer-review rounds, 0: none {_default('rounds')}")
@@ -124,6 +131,21 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
             raise ConfigurationError(f"--metadata {item!r} is not KEY=VALUE")
         metadata[key] = value
     given = {name: getattr(args, name) for name in REQUEST_FLAGS if hasattr(args, name)}
+    endpoints: dict[str, str] = {}
+    for item in args.model:
+        who, sep, endpoint = item.partition("=")
+        if not sep:
+            if "model" in given:
+                raise ConfigurationError(f"--model {item!r}: a model was named already ({given['model']!r})")
+            given["model"] = item
+        elif not who or not endpoint:
+            raise ConfigurationError(f"--model {item!r} is not WHO=ENDPOINT")
+        elif who in endpoints:
+            raise ConfigurationError(f"--model {item!r}: {who} was given an endpoint already")
+        else:
+            endpoints[who] = endpoint
+    if endpoints:
+        given["endpoints"] = endpoints
     return DeliberationRequest(
         task=args.task,
         constraints=Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
@@ -178,7 +200,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
     from flows.deliberate import deliberate
     from flows.runtime.embedded import embedded_servers
     from flows.runtime.prefect_api import prefect_api
-    from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+    from flows.runtime.preflight import connect_event_bus, resolve_speakers
     from flows.runtime.ray_setup import local_ray
 
     log_file = (
@@ -188,8 +210,10 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
     with embedded_servers(settings) as settings:
         # Check before starting anything heavy: an unreachable server is a configuration
         # error. Secret blocks can only be read once there is a Prefect API.
+        models: dict[str, str] = {}
+
         def preflight() -> None:
-            resolve_model_endpoint(settings, request.model)
+            models.update((agent_id, e.model) for agent_id, e in resolve_speakers(settings, request).items())
             connect_event_bus(settings).close()
 
         uses_secret_blocks = bool(settings.vllm_api_key_secret or settings.nats_token_secret)
@@ -201,7 +225,10 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
                 preflight()
             invoked = datetime.now(UTC)
             live = LiveProgress(
-                plan_council(request), str(request.deliberation_id), sys.stdout.isatty() and not as_json
+                plan_council(request),
+                str(request.deliberation_id),
+                sys.stdout.isatty() and not as_json,
+                models=models,
             )
             with live:
                 state: State[Any] = deliberate.with_options(on_running=[follow_flow_run])(

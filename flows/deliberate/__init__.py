@@ -1,7 +1,7 @@
 """The deliberate flow.
 
-    plan the council
-    check the model server and NATS          (bad configuration publishes nothing)
+    plan the council, and who speaks through which model endpoint
+    check every model endpoint and NATS      (bad configuration publishes nothing)
     a stored result stands                   (a rerun of a concluded deliberation)
     with --run-code: check the code sandbox  (refused where a worker cannot isolate code)
     open the call ledger                     (a rerun reuses every call recorded)
@@ -39,7 +39,13 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel
 
-from agents.council import conclude, conclude_stopped, largest_stage_calls, plan_council, request_digest
+from agents.council import (
+    conclude,
+    conclude_stopped,
+    largest_stage_calls,
+    plan_council,
+    request_digest,
+)
 from agents.errors import DeliberationCancelled
 from agents.models import (
     MAX_DEADLINE_SECONDS,
@@ -61,7 +67,7 @@ from flows.futures import Deadline
 from flows.report import report
 from flows.runtime.cancellation import cancel_signal
 from flows.runtime.hosts import HostedRayTaskRunner, prepare_call_hosts
-from flows.runtime.preflight import connect_event_bus, resolve_model_endpoint
+from flows.runtime.preflight import connect_event_bus, resolve_speakers
 from flows.runtime.retries import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS, final, retried_if_transient
 from flows.runtime.sandbox_probe import check_sandbox
 from flows.stages import candidates_of, judge, propose, rank_proposals, review_rounds, synthesize
@@ -100,14 +106,15 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         council = plan_council(request)
         # The hosts load this run's context while the endpoints are checked.
         prepare_call_hosts(largest_stage_calls(request, len(council)))
-        endpoint = resolve_model_endpoint(settings, request.model)
+        speakers = resolve_speakers(settings, request)
+        models = {agent_id: endpoint.model for agent_id, endpoint in speakers.items()}
         with connect_event_bus(settings) as bus, cancel_signal(UUID(flow_run.get_id())) as cancelled:
             announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
             stored = bus.load_result(deliberation_id)
             if stored is not None:
                 logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
                 announce.concluded(stored)  # in case the run that stored it died before this
-                return final(report(stored, request, endpoint.model))
+                return final(report(stored, request, models))
             if request.run_code:
                 check_sandbox(settings.sandbox_limits())
 
@@ -117,7 +124,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at, cancelled=cancelled)
             runner = CallRunner(
                 deliberation_id,
-                endpoint,
+                speakers,
                 settings,
                 deadline,
                 ledger.calls,
@@ -154,7 +161,7 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             # Stored before it is announced: whoever reacts to the event can read it.
             bus.save_result(result)
             announce.concluded(result)
-        return final(report(result, request, endpoint.model))
+        return final(report(result, request, models))
 
 
 def review_and_judge(

@@ -55,6 +55,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
 from agents.adapters.llm import ChatClientPool, shared_clients
+from agents.config import LLMEndpoint
 from agents.settings import Settings
 from flows.runtime.ray_setup import init_ray
 
@@ -95,10 +96,14 @@ class BuiltSettings:
 
 class CallHost:
     """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
-    at once; the rest wait for a slot before their task run starts."""
+    at once per model server; the rest wait for a slot before their task run starts. An
+    endpoint with a `concurrency` of its own has that many slots over the `hosts` of the
+    pool (a share on each, as `max_calls` is the pool's share of the process's)."""
 
-    def __init__(self, max_calls: int) -> None:
-        self._slots = asyncio.Semaphore(max_calls)
+    def __init__(self, max_calls: int, hosts: int = 1) -> None:
+        self._max_calls = max_calls
+        self._hosts = hosts
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._contexts: OrderedDict[str, asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]] = (
             OrderedDict()
         )
@@ -114,7 +119,7 @@ class CallHost:
         """Run one task run to its final state; returns that state and the attempts made."""
         async with self._using(run_key, context_box[0]) as context:
             engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
-            async with self._slots:
+            async with self._slots_for(parameters.get("endpoint")):
                 job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
                 try:
                     await asyncio.shield(job)
@@ -124,6 +129,22 @@ class CallHost:
                     with contextlib.suppress(asyncio.CancelledError):
                         await job
         return engine.state, engine.task_run.run_count if engine.task_run else 0
+
+    def _slots_for(self, endpoint: Any) -> asyncio.Semaphore:
+        """The slots of the server a call goes to (by URL: one server, one limit, whatever
+        model it serves); calls without an endpoint share those of the default size."""
+        if not isinstance(endpoint, LLMEndpoint):
+            key, size = "", self._max_calls
+        else:
+            key = endpoint.url
+            size = (
+                self._max_calls
+                if endpoint.concurrency is None
+                else math.ceil(endpoint.concurrency / self._hosts)
+            )
+        if key not in self._slots:
+            self._slots[key] = asyncio.Semaphore(size)
+        return self._slots[key]
 
     async def prepare(self, run_key: str, context_box: list[Any]) -> None:
         """Hydrate a flow run's context ahead of its first call."""
@@ -295,7 +316,7 @@ class HostPool:
             for index in chosen:
                 self._users[index] += 1
             while len(self._hosts) <= max(chosen):
-                self._hosts.append(self._actor.remote(self.slots_per_host))
+                self._hosts.append(self._actor.remote(self.slots_per_host, self.size))
             return chosen
 
     def host(self, index: int) -> Any:

@@ -37,6 +37,50 @@ def test_local_model_server_answers_and_stops() -> None:
         socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
+def test_the_bundled_model_s_ballots_are_held_to_their_json_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from agents.adapters.llm import ChatClient
+    from agents.council import plan_council
+    from agents.models import DeliberationRequest
+    from agents.prompts import ranking_messages
+    from agents.ranking import ballot_from_answer, ballot_schema
+    from agents.settings import Settings
+    from flows.runtime.preflight import check_default_endpoint
+
+    request = DeliberationRequest(task="Write a Python factorial function", roles=["DEV", "QA", "ARCHITECT"])
+    reviewer = plan_council(request)[0]
+    shown = {
+        "A": "def factorial(n: int) -> int:\n    return 1 if n < 2 else n * factorial(n - 1)",
+        "B": "Use a loop.",
+    }
+    with LocalModelServer() as server:
+        monkeypatch.setenv("VLLM_URL", server.url)
+        endpoint = check_default_endpoint(Settings())
+        assert endpoint.structured_output == "json_object"  # llama-cpp-python's, from its /v1/models
+
+        async def ballots() -> list[str]:
+            async with ChatClient(endpoint) as client:
+                return [
+                    (
+                        await client.complete(
+                            ranking_messages(request, reviewer, shown, as_json=True),
+                            temperature=temperature,
+                            max_tokens=120,
+                            schema=("ranking", ballot_schema(list(shown))),
+                        )
+                    ).content
+                    for temperature in (0.2, 1.0)
+                ]
+
+        for answer in asyncio.run(ballots()):
+            ballot = ballot_from_answer(
+                reviewer.agent_id, {"A": "agent-qa-001", "B": "agent-architect-001"}, answer, True
+            )
+            assert ballot.abstained is None, answer
+            assert sorted(ballot.order) == ["agent-architect-001", "agent-qa-001"], answer
+
+
 @pytest.mark.slow
 def test_cli_deliberates_on_the_bundled_model(
     nats_url: str, read_events: Callable[[str], list[Event]]

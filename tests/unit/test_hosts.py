@@ -13,6 +13,7 @@ import pytest
 from prefect.context import SettingsContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from agents.config import LLMEndpoint
 from flows.runtime import hosts
 
 
@@ -117,7 +118,8 @@ def test_hosts_start_on_demand_and_concurrent_flow_runs_spread_over_them(
 
     class Actor:  # stands in for the Ray actor class: records each host started
         @staticmethod
-        def remote(slots: int) -> str:
+        def remote(slots: int, hosts: int) -> str:
+            assert hosts == 3  # each host sizes an endpoint's own limit by the pool's size
             started.append(slots)
             return f"host-{len(started) - 1}"
 
@@ -130,3 +132,30 @@ def test_hosts_start_on_demand_and_concurrent_flow_runs_spread_over_them(
     assert pool.take(1) == [1] and len(started) == 2  # a concurrent one gets the next
     assert pool.take(3) == [2, 0, 1] and len(started) == 3
     assert [pool.host(i) for i in range(3)] == ["host-0", "host-1", "host-2"]
+
+
+def endpoint(url: str, concurrency: int | None = None, name: str = "default") -> LLMEndpoint:
+    return LLMEndpoint(
+        name=name,
+        url=url,
+        model="m",
+        api_key_env=None,
+        api_key_secret=None,
+        connect_timeout=1,
+        read_timeout=1,
+        concurrency=concurrency,
+    )
+
+
+def test_each_model_server_has_slots_of_its_own_its_limit_shared_over_the_hosts() -> None:
+    async def scenario() -> None:
+        host = hosts.CallHost(max_calls=10, hosts=3)
+        default = host._slots_for(endpoint("http://a"))
+        small = host._slots_for(endpoint("http://b", concurrency=4, name="small"))
+        assert default._value == 10  # the process's share, as before
+        assert small._value == 2  # 4 over 3 hosts, rounded up
+        # One server, one limit, whatever the endpoint's name or model.
+        assert host._slots_for(endpoint("http://b", concurrency=4, name="other")) is small
+        assert host._slots_for(None) is not default  # a task without an endpoint
+
+    asyncio.run(scenario())

@@ -26,6 +26,7 @@ def test_rows_show_tokens_and_latency_or_the_error() -> None:
     assert rows[0] == {
         "agent": "agent-dev-001",
         "role": "DEV",
+        "model": "m",
         "status": "completed",
         "score": "",
         "rank": "",
@@ -34,11 +35,12 @@ def test_rows_show_tokens_and_latency_or_the_error() -> None:
         "latency": "1.5s",
         "proposal": "Plan:",
     }
-    assert rows[1]["proposal"] == "DeadlineExceeded: too slow" and rows[1]["tokens"] == ""
+    assert rows[1]["proposal"] == "DeadlineExceeded: too slow" and rows[1]["tokens"] == rows[1]["model"] == ""
     header, first, second = render_table(rows).splitlines()
     assert header.split() == [
         "AGENT",
         "ROLE",
+        "MODEL",
         "STATUS",
         "SCORE",
         "RANK",
