@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from agents.checks import incomplete_answer
+from agents.context import fit_context
 from agents.models import (
     AgentOutcome,
     AgentSpec,
@@ -248,7 +249,7 @@ def conclude(
 ) -> DeliberationResult:
     """The deliberation succeeds when at least `quorum` agents produced a proposal; the
     review, ranking and synthesis that followed (the verdict, if they ran) are recorded as
-    they went, gaps included."""
+    they went, gaps included; the context the prompts could not hold comes first among them."""
     verdict = verdict or Verdict()
     winner, synthesis = verdict.winner, verdict.synthesis
     completed = [o for o in outcomes if o.status is AgentStatus.COMPLETED]
@@ -281,7 +282,7 @@ def conclude(
         scores=verdict.scores,
         winner=winner,
         synthesis=synthesis,
-        incomplete=verdict.incomplete,
+        incomplete=[*fit_context(request).gaps(), *verdict.incomplete],
         usage=usage,
         prompt_tokens=usage.total.prompt_tokens,
         completion_tokens=usage.total.completion_tokens,
