@@ -2,7 +2,7 @@
 
     plan the council
     check the model server and NATS          (bad configuration publishes nothing)
-    a stored result stands                   (a rerun of a concluded deliberation)
+    a stored result stands                   (a rerun of a concluded deliberation, same request)
     with --run-code: check the code sandbox  (refused where a worker cannot isolate code)
     open the call ledger                     (a rerun reuses every call recorded)
     propose: every agent at once, on Ray     (retries and per-attempt timeouts per call)
@@ -105,6 +105,8 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
             stored = bus.load_result(deliberation_id)
             if stored is not None:
+                # The stored result answers the request first made under this id, no other.
+                bus.check_request(deliberation_id, request_digest(request))
                 logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
                 announce.concluded(stored)  # in case the run that stored it died before this
                 return final(report(stored, request, endpoint.model))
