@@ -244,6 +244,11 @@ class DeliberationRequest(BaseModel):
         if len(set(paths)) != len(paths):
             twice = next(path for path in paths if paths.count(path) > 1)
             raise ValueError(f"context path {twice[:80]!r} is given twice")
+        # The sandbox writes the files as a tree: no path may be both a file and a folder.
+        split = [path.split("/") for path in paths]
+        folders = {"/".join(parts[:end]) for parts in split for end in range(1, len(parts))}
+        if both := sorted(folders.intersection(paths)):
+            raise ValueError(f"context path {both[0][:80]!r} is both a file and a folder")
         return value
 
     @field_validator("roles", mode="before")

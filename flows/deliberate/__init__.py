@@ -11,6 +11,7 @@
         review rounds: critique, revise      (each critique published)
         rank: anonymized peer ballots        (read as written; unreadable ones abstain)
         with --run-code: run each proposal's code against the others' tests, sandboxed
+                         (the context's files beside it, read-only)
         judge: ballots + deterministic checks, winner with an explicit tie-break
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
@@ -178,7 +179,11 @@ def review_and_judge(
     if request.run_code:
         with clock("tests"):
             execution = execute_proposals(
-                review.latest, runner.deadline, settings.sandbox_limits(), request.code_expected
+                review.latest,
+                runner.deadline,
+                settings.sandbox_limits(),
+                request.code_expected,
+                request.context,
             )
     verdict = judge(request, review, ranking, execution)
     announce.ranked(verdict)

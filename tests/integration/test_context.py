@@ -1,5 +1,7 @@
-"""The code the task is about, through the real flow: part of what a deliberation id
-stands for. Real nats-server, Ray, Prefect's engine and the fake model server."""
+"""The code the task is about, through the real flow: its files in every prompt the model
+server sees, part of what a deliberation id stands for, and with --run-code beside each
+proposal's code in the sandbox. Real nats-server, Ray, Prefect's engine and the fake
+model server."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agents.adapters.confine import isolation_problem
 from agents.adapters.nats import EventBus
 from agents.council import request_digest
 from agents.events import Event
-from agents.models import ContextFile, DeliberationRequest
+from agents.models import ContextFile, DeliberationRequest, DeliberationResult
 from agents.settings import bus_config_for
 from flows.deliberate import deliberate
-from tests.fake_llm import FakeLLMServer
+from tests.fake_llm import FakeLLMServer, ok
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 ReadEvents = Callable[[str], list[Event]]
@@ -37,6 +40,33 @@ def lcm_all(numbers: list[int]) -> int:
         result = lcm(result, n)
     return result
 '''
+# The fix calls the module's own gcd without importing it: it is tested inside mathlib.
+CORRECT_FIX = """Divide by the greatest common divisor:
+
+```python
+def lcm(a: int, b: int) -> int:
+    return a * b // gcd(a, b)
+```
+"""
+WRONG_FIX = """```python
+def lcm(a: int, b: int) -> int:
+    return max(a, b)
+```
+"""
+QA_TESTS = """Tests against the project's module:
+
+```python
+from mathlib import gcd, lcm, lcm_all
+
+
+def test_lcm_of_numbers_with_a_common_factor():
+    assert lcm(4, 6) == 12 and gcd(4, 6) == 2
+
+
+def test_lcm_all_uses_the_fixed_lcm():
+    assert lcm_all([2, 3, 4]) == 12
+```
+"""
 
 
 def request_about(mathlib: str, deliberation_id: str, **fields: object) -> DeliberationRequest:
@@ -72,3 +102,28 @@ def test_a_rerun_with_other_context_under_the_same_id_is_refused(
     assert f"deliberation {deliberation_id} was started with a different request" in str(state.message)
     assert len(pipeline.calls) == calls  # nothing asked
     assert len(read_events(deliberation_id)) == events  # nothing published
+
+
+@pytest.mark.skipif(isolation_problem() is not None, reason=str(isolation_problem()))
+def test_with_run_code_tests_importing_the_contexts_module_pass_against_the_correct_fix(
+    pipeline: FakeLLMServer,
+) -> None:
+    pipeline.script("agent-dev-001", ok(CORRECT_FIX))
+    pipeline.script("agent-qa-001", ok(QA_TESTS))
+    pipeline.script("agent-architect-001", ok(WRONG_FIX))
+    request = request_about(MATHLIB, uuid.uuid4().hex, run_code=True, expects="code")
+
+    state = deliberate(request=request, return_state=True)
+    result = state.result(raise_on_failure=False)
+
+    assert isinstance(result, DeliberationResult), result
+    checks = {s.agent_id: next(c for c in s.checks if c.name == "tests_pass") for s in result.scores}
+    assert (checks["agent-dev-001"].score, checks["agent-dev-001"].detail) == (
+        1.0,
+        "2 of 2 tests by other members pass (agent-qa-001 2/2)",
+    )
+    assert checks["agent-architect-001"].score == 0.0
+    assert result.winner is not None and result.winner.agent_id == "agent-dev-001"
+    # The members saw the file too, every one of them in every call.
+    assert len(pipeline.calls) == 6  # 3 proposals, 3 rankings
+    assert all(MATHLIB.strip() in call.body["messages"][0]["content"] for call in pipeline.calls)

@@ -56,6 +56,7 @@ def _files(*paths: str, content: str = "x = 1\n") -> list[dict[str, str]]:
         ({"context": _files("")}, "at least 1 character"),
         ({"context": _files("a\x1b.py")}, "control characters"),
         ({"context": _files("a.py", "b.py", "a.py")}, "'a.py' is given twice"),
+        ({"context": _files("src/lib", "src/lib/a.py")}, "'src/lib' is both a file and a folder"),
         (
             {"context": _files("logo.png", content="\x89PNG\x00\x01")},
             "context file contains control characters",
