@@ -112,6 +112,11 @@ def test_with_run_code_tests_importing_the_contexts_module_pass_against_the_corr
     pipeline.script("agent-qa-001", ok(QA_TESTS))
     pipeline.script("agent-architect-001", ok(WRONG_FIX))
     request = request_about(MATHLIB, uuid.uuid4().hex, run_code=True, expects="code")
+    # A project conftest.py would take the sandbox's own: it is left out, and said so.
+    project_conftest = ContextFile(path="conftest.py", content="raise SystemExit('not in the sandbox')\n")
+    request = DeliberationRequest.model_validate(
+        request.model_dump() | {"context": [*request.context, project_conftest]}
+    )
 
     state = deliberate(request=request, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -124,6 +129,10 @@ def test_with_run_code_tests_importing_the_contexts_module_pass_against_the_corr
     )
     assert checks["agent-architect-001"].score == 0.0
     assert result.winner is not None and result.winner.agent_id == "agent-dev-001"
+    assert (
+        "--run-code: context files left out of the sandbox, which has its own under those names: conftest.py"
+        in result.incomplete
+    )
     # The members saw the file too, every one of them in every call.
     assert len(pipeline.calls) == 6  # 3 proposals, 3 rankings
     assert all(MATHLIB.strip() in call.body["messages"][0]["content"] for call in pipeline.calls)
