@@ -10,6 +10,7 @@ from typing import Any
 
 from agents.checks import incomplete_answer
 from agents.config import DEFAULT_ENDPOINT
+from agents.context import fit_context
 from agents.models import (
     CHAIR_ID,
     AgentOutcome,
@@ -265,7 +266,7 @@ def conclude(
 ) -> DeliberationResult:
     """The deliberation succeeds when at least `quorum` agents produced a proposal; the
     review, ranking and synthesis that followed (the verdict, if they ran) are recorded as
-    they went, gaps included."""
+    they went, gaps included; the context the prompts could not hold comes first among them."""
     verdict = verdict or Verdict()
     winner, synthesis = verdict.winner, verdict.synthesis
     completed = [o for o in outcomes if o.status is AgentStatus.COMPLETED]
@@ -298,7 +299,7 @@ def conclude(
         scores=verdict.scores,
         winner=winner,
         synthesis=synthesis,
-        incomplete=verdict.incomplete,
+        incomplete=[*fit_context(request).gaps(), *verdict.incomplete],
         usage=usage,
         prompt_tokens=usage.total.prompt_tokens,
         completion_tokens=usage.total.completion_tokens,

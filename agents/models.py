@@ -24,6 +24,13 @@ MAX_AGENTS_PER_ROLE = 10
 MAX_DEADLINE_SECONDS = 3_600.0
 MAX_REVIEW_ROUNDS = 3
 MAX_CRITICS = 8
+# The code a request is about: at most this many files, and this many characters in all
+# (files and diff), so a request stays well inside what Prefect, Ray and NATS carry.
+MAX_CONTEXT_FILES = 500
+MAX_CONTEXT_CHARS = 200_000
+MAX_CONTEXT_PATH_CHARS = 255
+DEFAULT_CONTEXT_TOKENS = 4_000
+MAX_CONTEXT_TOKENS = 100_000
 
 CHAIR_ID = "chair"  # who speaks for the council in the synthesis
 _AGENT_ID = re.compile(r"^agent-(?P<role>[a-z]+)-(?P<index>\d{3})$")
@@ -47,10 +54,43 @@ def asks_for_code(task: str) -> bool:
     return bool(_CODE_TASK.search(task))
 
 
+def is_plain_text(text: str) -> bool:
+    """Text a request may carry: no control characters but tab, newline and carriage return."""
+    return not _CONTROL_CHARS.search(text)
+
+
 def _printable(text: str, what: str) -> str:
-    if _CONTROL_CHARS.search(text):
+    if not is_plain_text(text):
         raise ValueError(f"{what} contains control characters; use plain text")
     return text
+
+
+class ContextFile(BaseModel):
+    """One file of the code the task is about, as the member sees it and, with run_code,
+    as the sandbox holds it: a relative path under the project's top and its text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_CONTEXT_PATH_CHARS,
+        description="Relative to the project's top, with / between parts, e.g. 'src/mathlib.py'.",
+    )
+    content: str = Field(description="The file's text.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_safe(cls, value: str) -> str:
+        # The sandbox writes the file under this path: nothing may point out of its directory.
+        parts = value.split("/")
+        if value.startswith("/") or "\\" in value or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"context path {value[:80]!r} is not a relative path of names joined by /")
+        return _printable(value, "context path")
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_text(cls, value: str) -> str:
+        return _printable(value, "context file")
 
 
 class Constraints(BaseModel):
@@ -172,6 +212,23 @@ class DeliberationRequest(BaseModel):
         "in a sandbox on a Ray worker (Linux with Landlock; see the README); the share of tests "
         "passed becomes the tests_pass check.",
     )
+    context: list[ContextFile] = Field(
+        default_factory=list,
+        max_length=MAX_CONTEXT_FILES,
+        description="The code the task is about: files shown to every member, and with run_code "
+        "present, read-only, in the sandbox's working directory.",
+    )
+    diff: str = Field(
+        default="",
+        description="A diff the task is about (the CLI's --diff REV: `git diff REV`), shown to every member.",
+    )
+    context_tokens: int = Field(
+        default=DEFAULT_CONTEXT_TOKENS,
+        ge=1,
+        le=MAX_CONTEXT_TOKENS,
+        description="Most tokens of the diff and files in each prompt, estimated as characters / 4; "
+        "what does not fit is left out and said in the result's incomplete.",
+    )
 
     @property
     def code_expected(self) -> bool:
@@ -183,6 +240,25 @@ class DeliberationRequest(BaseModel):
         value = _printable(value.strip(), "task")
         if not value:
             raise ValueError("task is empty; describe the work to deliberate on")
+        return value
+
+    @field_validator("diff")
+    @classmethod
+    def _diff_is_text(cls, value: str) -> str:
+        return _printable(value, "diff")
+
+    @field_validator("context")
+    @classmethod
+    def _context_is_bounded(cls, value: list[ContextFile]) -> list[ContextFile]:
+        paths = [file.path for file in value]
+        if len(set(paths)) != len(paths):
+            twice = next(path for path in paths if paths.count(path) > 1)
+            raise ValueError(f"context path {twice[:80]!r} is given twice")
+        # The sandbox writes the files as a tree: no path may be both a file and a folder.
+        split = [path.split("/") for path in paths]
+        folders = {"/".join(parts[:end]) for parts in split for end in range(1, len(parts))}
+        if both := sorted(folders.intersection(paths)):
+            raise ValueError(f"context path {both[0][:80]!r} is both a file and a folder")
         return value
 
     @field_validator("roles", mode="before")
@@ -242,6 +318,15 @@ class DeliberationRequest(BaseModel):
     def _quorum_reachable(self) -> DeliberationRequest:
         if self.quorum is not None and self.quorum > self.agent_count:
             raise ValueError(f"quorum {self.quorum} is more than the {self.agent_count} agents requested")
+        return self
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> DeliberationRequest:
+        size = len(self.diff) + sum(len(file.content) for file in self.context)
+        if size > MAX_CONTEXT_CHARS:
+            raise ValueError(
+                f"context and diff hold {size:,} characters, over the {MAX_CONTEXT_CHARS:,} a request carries"
+            )
         return self
 
     @property

@@ -1,12 +1,13 @@
 """The one place that turns a request and an agent into chat messages.
 
 The system message holds what every agent of a deliberation shares (the council's
-instructions, the task, the constraints), word for word, so vLLM's prefix cache serves it
-once; the role-specific part comes last, in the user message.
+instructions, the task, the constraints, the code the task is about), word for word, so
+vLLM's prefix cache serves it once; the role-specific part comes last, in the user message.
 """
 
 from __future__ import annotations
 
+from agents.context import FittedContext, ShownText, fit_context, named
 from agents.models import AgentSpec, Constraints, DeliberationRequest
 from agents.roles import PERSONAS
 
@@ -33,11 +34,33 @@ def render_constraints(constraints: Constraints) -> str:
     return "\n\n".join(parts)
 
 
+def _tagged(tag: str, shown: ShownText, attributes: str = "") -> str:
+    if shown.cut:
+        attributes += f' shown="lines 1-{shown.lines_shown} of {shown.lines}"'
+    return f"<{tag}{attributes}>\n{shown.text.rstrip(chr(10))}\n</{tag}>"
+
+
+def render_code(fitted: FittedContext) -> str:
+    """The diff and the files, each in its own tags, and what did not fit, in so many words."""
+    parts = []
+    if fitted.diff is not None:
+        parts.append("The changes the task is about:\n" + _tagged("diff", fitted.diff))
+    if fitted.files:
+        listed = "\n".join(_tagged("file", shown, f' path="{shown.path}"') for shown in fitted.files)
+        parts.append(f"The project's files:\n{listed}")
+    if fitted.left_out:
+        parts.append(f"(Left out for length: {named(fitted.left_out)}.)")
+    return "\n\n".join(parts)
+
+
 def shared_context(request: DeliberationRequest) -> str:
     sections = [COUNCIL_PREAMBLE, f"Task:\n{request.task}"]
     constraints = render_constraints(request.constraints)
     if constraints:
         sections.append(constraints)
+    code = render_code(fit_context(request))
+    if code:
+        sections.append(code)
     return "\n\n".join(sections)
 
 

@@ -96,8 +96,17 @@ def settings_lines(request: DeliberationRequest, models: Mapping[str, str]) -> l
         f"| evidence | expects {expects} ({request.expects}); code {code} |",
         f"| model | {models_line(models) if models else '(not chosen)'} |",
         f"| sampling | temperature {request.temperature:g}, at most {request.max_tokens} tokens |",
+        *([f"| context | {context_line(request)} |"] if request.context or request.diff else []),
         "",
     ]
+
+
+def context_line(request: DeliberationRequest) -> str:
+    """How much code the request carried, and the budget each prompt showed it within."""
+    chars = sum(len(file.content) for file in request.context)
+    parts = [f"{len(request.context)} file(s), {chars:,} characters"] if request.context else []
+    parts += [f"a diff of {len(request.diff):,} characters"] if request.diff else []
+    return "; ".join(parts) + f"; at most {request.context_tokens} tokens of it per prompt"
 
 
 def markdown_report(

@@ -1,17 +1,19 @@
 """Evidence by execution (`--run-code`): each proposal's code run against the other members'
-tests, as `run_tests` task runs on Ray workers, all at once until the deadline."""
+tests, beside the request's context files, as `run_tests` task runs on Ray workers, all at
+once until the deadline."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from agents.adapters.sandbox import left_out_of_sandbox
 from agents.config import SandboxLimits
 from agents.evidence import SuiteRun, check_tests_pass, plan_suites
-from agents.models import CheckResult
+from agents.models import CheckResult, ContextFile
 from agents.ranking import Candidate
 from flows.futures import Deadline, collect, settle
 from tasks.run_tests import run_tests
@@ -26,14 +28,24 @@ class Execution:
 
 
 def execute_proposals(
-    candidates: Mapping[str, Candidate], deadline: Deadline, limits: SandboxLimits, code_expected: bool
+    candidates: Mapping[str, Candidate],
+    deadline: Deadline,
+    limits: SandboxLimits,
+    code_expected: bool,
+    context: Sequence[ContextFile] = (),
 ) -> Execution:
-    """Every proposal with Python code run against the tests the other members wrote."""
+    """Every proposal with Python code run against the tests the other members wrote, with
+    the context's files in its working directory."""
     deadline.check()
     suites = plan_suites({agent_id: candidate.content for agent_id, candidate in candidates.items()})
     runnable = {agent_id: suite for agent_id, suite in suites.items() if suite.runnable}
     runs: dict[str, SuiteRun] = {}
     execution = Execution()
+    if shadowed := left_out_of_sandbox(context):
+        execution.gaps.append(
+            "--run-code: context files left out of the sandbox, which has its own under those names: "
+            + ", ".join(shadowed)
+        )
 
     def finished(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
         for agent_id, future in batch:
@@ -50,7 +62,9 @@ def execute_proposals(
         {}
         if deadline.expired
         else {
-            agent_id: run_tests.with_options(task_run_name=f"{agent_id}.tests").submit(suite, limits)
+            agent_id: run_tests.with_options(task_run_name=f"{agent_id}.tests").submit(
+                suite, limits, list(context)
+            )
             for agent_id, suite in runnable.items()
         }
     )

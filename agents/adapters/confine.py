@@ -7,10 +7,12 @@ exec and binds the program and anything it loads:
 
 - resource limits: CPU seconds, address space, file size, open files, no core files;
 - as root, an empty capability bounding set (exec then grants no capability);
-- no_new_privs, then Landlock: files are written only under the work directory and read or
-  executed only there and under the given read-only paths (Python's own prefixes and the
-  system's libraries), so neither /proc/<pid>/environ nor anything else of the host's is
-  readable; on ABI 6+ also no signals out of the sandbox;
+- no_new_privs, then Landlock: files are written only under the given write paths (the
+  scratch directory) and read or executed only there, in the work directory and under the
+  given read-only paths (Python's own prefixes and the system's libraries), so neither
+  /proc/<pid>/environ nor anything else of the host's is readable, and the work directory
+  (the suite, the project's files) cannot be changed; on ABI 6+ also no signals out of the
+  sandbox;
 - seccomp: no sockets (so no network, not even a Unix socket), no io_uring, no new
   processes (threads are allowed), no ptrace or reading another process's memory or file
   descriptors, signals only to itself, no mount, namespace, module or BPF calls.
@@ -189,8 +191,9 @@ def restrict_files(config: dict) -> None:
         _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), 0), "Landlock"
     )
     try:
-        _add_path_rule(ruleset, config["workdir"], handled)
-        for path in config["read_paths"]:
+        for path in config["write_paths"]:
+            _add_path_rule(ruleset, path, handled)
+        for path in [config["workdir"], *config["read_paths"]]:
             _add_path_rule(ruleset, path, handled & (FS_EXECUTE | FS_READ_FILE | FS_READ_DIR))
         _add_path_rule(ruleset, "/dev/null", handled & (FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE))
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")

@@ -24,6 +24,7 @@ from agents.errors import ConfigurationError, describe_validation_error
 from agents.models import Constraints, DeliberationRequest, DeliberationResult
 from agents.report import outcome_rows, render_table
 from agents.settings import Settings
+from flows.cli.context import read_context, read_diff, skipped_note
 from flows.cli.parsing import UsageParser
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -59,6 +60,7 @@ REQUEST_FLAGS = [
     "synthesize",
     "expects",
     "run_code",
+    "context_tokens",
     "task_id",
 ]
 
@@ -107,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each proposal's Python code against the other members' tests, in a sandbox "
         "(off by default; see the README for what runs, where, and the risk)",
     )
+    parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or directory the task is about, shown to every member (repeat for several)",
+    )
+    parser.add_argument(
+        "--context-exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files and directories whose name or path matches (repeat for several)",
+    )
+    parser.add_argument("--diff", metavar="REV", help="show every member `git diff REV` of this repository")
+    parser.add_argument(
+        "--context-tokens",
+        type=int,
+        help=f"most tokens of diff and files per prompt, as characters / 4 {_default('context_tokens')}",
+    )
     parser.add_argument("--task-id")
     parser.add_argument("--deliberation-id", help="reuse to resume a deliberation")
     parser.add_argument("--vllm-url", help="OpenAI-compatible server (env VLLM_URL)")
@@ -146,9 +168,21 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
             endpoints[who] = endpoint
     if endpoints:
         given["endpoints"] = endpoints
+    if args.context_exclude and not args.context:
+        raise ConfigurationError(
+            "--context-exclude leaves out files of --context PATH; give the paths to read"
+        )
+    context = read_context(args.context, args.context_exclude)
+    if (note := skipped_note(context)) is not None:
+        print(f"deliberate: {note}", file=sys.stderr)
+    diff = read_diff(args.diff) if hasattr(args, "diff") else ""
+    if hasattr(args, "diff") and not diff:
+        print(f"deliberate: --diff {args.diff}: no changes, so no diff to show", file=sys.stderr)
     return DeliberationRequest(
         task=args.task,
         constraints=Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
+        context=context.files,
+        diff=diff,
         # Fixed here so that a retried flow run reuses proposals and event ids.
         deliberation_id=getattr(args, "deliberation_id", None) or uuid.uuid4().hex,
         **given,

@@ -2,15 +2,16 @@
 
     plan the council, and who speaks through which model endpoint
     check every model endpoint and NATS      (bad configuration publishes nothing)
-    a stored result stands                   (a rerun of a concluded deliberation)
+    a stored result stands                   (a rerun of a concluded deliberation, same request)
     with --run-code: check the code sandbox  (refused where a worker cannot isolate code)
     open the call ledger                     (a rerun reuses every call recorded)
     propose: every agent at once, on Ray     (retries and per-attempt timeouts per call)
     gather until the deadline                (each outcome recorded, then published)
     if the quorum is met:
         review rounds: critique, revise      (each critique published)
-        rank: anonymized peer ballots        (read as written; unreadable ones abstain)
+        rank: anonymized peer ballots        (JSON where the server can; unreadable ones abstain)
         with --run-code: run each proposal's code against the others' tests, sandboxed
+                         (the context's files beside it, read-only)
         judge: ballots + deterministic checks, winner with an explicit tie-break
         synthesize (optional)
     conclude, store the result (key-value), publish it last, show it as artifacts
@@ -112,6 +113,8 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
             stored = bus.load_result(deliberation_id)
             if stored is not None:
+                # The stored result answers the request first made under this id, no other.
+                bus.check_request(deliberation_id, request_digest(request))
                 logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
                 announce.concluded(stored)  # in case the run that stored it died before this
                 return final(report(stored, request, models))
@@ -183,7 +186,11 @@ def review_and_judge(
     if request.run_code:
         with clock("tests"):
             execution = execute_proposals(
-                review.latest, runner.deadline, settings.sandbox_limits(), request.code_expected
+                review.latest,
+                runner.deadline,
+                settings.sandbox_limits(),
+                request.code_expected,
+                request.context,
             )
     verdict = judge(request, review, ranking, execution)
     announce.ranked(verdict)

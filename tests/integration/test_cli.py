@@ -15,10 +15,10 @@ import pytest
 
 from agents.council import conclude
 from agents.events import AgentResponseEvent, Event
-from agents.models import DeliberationRequest
+from agents.models import MAX_CONTEXT_CHARS, DeliberationRequest
 from agents.report import outcome_row
 from agents.roles import Role
-from flows.cli.main import calls_made, main
+from flows.cli.main import build_parser, calls_made, main, request_from_args
 from flows.result import main as result_main
 from flows.runtime.embedded import free_port
 from tests.factories import completed, failed
@@ -38,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
         (["t", "--metadata", "novalue"], "is not KEY=VALUE"),
         (["t", "--agents-per-role", "two"], "invalid int value"),
         (["t", "--bogus"], "unrecognized arguments"),
+        (["t", "--context", "no/such/path"], "--context no/such/path: no such file or directory"),
+        (["t", "--context-exclude", "*.md"], "--context-exclude leaves out files of --context PATH"),
+        (["t", "--diff=--output=/tmp/x"], "--diff --output=/tmp/x: give a revision"),
+        (["t", "--context-tokens", "0"], "invalid context_tokens"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -48,6 +52,88 @@ def test_bad_input_exits_2_with_one_line(
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err
+
+
+@pytest.mark.parametrize(
+    ("repository", "message"),
+    [
+        (False, "--diff HEAD: not a git repository (or any of the parent directories): .git"),
+        (True, "--diff HEAD: bad revision 'HEAD'"),  # a repository without a commit yet
+    ],
+)
+def test_a_diff_without_a_repository_or_revision_exits_2_with_one_line(
+    repository: bool,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above either
+    if repository:
+        subprocess.run(["git", "init", "-q"], check=True)
+    assert exit_code(["t", "--diff", "HEAD"]) == 2
+    assert capsys.readouterr().err == f"deliberate: {message}\n"
+
+
+def test_context_too_large_for_a_request_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "big.txt").write_text("x\n" * (MAX_CONTEXT_CHARS // 2 + 1))
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["t", "--context", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deliberate: --context: the files hold more than 200,000 characters")
+    assert len(err.splitlines()) == 1
+
+
+def test_context_reads_a_tree_by_relative_names_skipping_hidden_caches_excluded_and_not_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {
+        "src/mathlib.py": "def gcd(a, b): ...\n",
+        "src/pkg/__init__.py": "",
+        "src/.secrets/key.txt": "hidden",
+        "src/__pycache__/mathlib.cpython-311.pyc": "cache",
+        "src/notes.md": "# excluded\n",
+        "src/build/out.py": "excluded = True\n",
+        "outside/util.py": "def util(): ...\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "src/logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    argv = ["t", "--context", "../src", "--context", str(tmp_path / "outside/util.py")]
+    argv += ["--context-exclude", "*.md", "--context-exclude", "src/build/"]
+
+    request = request_from_args(build_parser().parse_args(argv))
+
+    # Outside the current directory, named from the path given: src/..., util.py.
+    assert {f.path: f.content for f in request.context} == {
+        "src/mathlib.py": files["src/mathlib.py"],
+        "src/pkg/__init__.py": "",
+        "util.py": files["outside/util.py"],
+    }
+    assert capsys.readouterr().err == (
+        "deliberate: --context: skipped 1 file(s) not plain UTF-8 text: src/logo.png\n"
+    )
+
+
+def test_diff_is_git_diff_of_the_current_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "mathlib.py").write_text("def lcm(a, b):\n    return a * b\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    (tmp_path / "mathlib.py").write_text("def lcm(a, b):\n    return a * b // gcd(a, b)\n")
+
+    request = request_from_args(build_parser().parse_args(["t", "--diff", "HEAD"]))
+
+    assert "-    return a * b\n+    return a * b // gcd(a, b)\n" in request.diff
+    assert request.diff.startswith("diff --git a/mathlib.py b/mathlib.py")
 
 
 def exit_code(argv: list[str]) -> int | str | None:

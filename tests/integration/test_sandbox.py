@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from agents.adapters import confine
-from agents.adapters.sandbox import run_suite
+from agents.adapters.sandbox import left_out_of_sandbox, run_suite
 from agents.config import SandboxLimits
 from agents.evidence import SuiteRun, TestSuite, check_tests_pass, plan_suites
+from agents.models import ContextFile
 
 pytestmark = pytest.mark.skipif(
     confine.isolation_problem() is not None, reason=str(confine.isolation_problem())
@@ -33,12 +34,16 @@ LIMITS = SandboxLimits(cpu_seconds=2, memory_mb=512, file_mb=4, wall_seconds=20)
 QA = "agent-qa-001"
 
 
-def run(solution: str, tests: str, limits: SandboxLimits = LIMITS) -> SuiteRun:
-    """DEV's `solution` run against QA's `tests`, both as they would be written in proposals."""
+def run(
+    solution: str, tests: str, limits: SandboxLimits = LIMITS, context: dict[str, str] | None = None
+) -> SuiteRun:
+    """DEV's `solution` run against QA's `tests`, both as they would be written in proposals,
+    beside the `context` files (path -> text)."""
     suite = plan_suites({"agent-dev-001": f"```python\n{solution}```", QA: f"```python\n{tests}```"})
     planned = suite["agent-dev-001"]
     assert planned.runnable
-    return run_suite(planned, limits)
+    files = [ContextFile(path=path, content=text) for path, text in (context or {}).items()]
+    return run_suite(planned, limits, files)
 
 
 def score(result: SuiteRun) -> float:
@@ -237,3 +242,80 @@ def test_a_confinement_that_fails_says_why_on_its_pipe_and_runs_nothing(tmp_path
     with os.fdopen(read_end, "rb") as pipe:
         assert pipe.read().decode().startswith("cannot confine the program: [Errno 2]")
     assert not marker.exists()
+
+
+MATHLIB = """
+def gcd(a, b):
+    return a if b == 0 else gcd(b, a % b)
+
+
+def lcm(a, b):
+    return a * b  # the bug the task is about
+
+
+def lcm_all(numbers):
+    result = 1
+    for n in numbers:
+        result = lcm(result, n)
+    return result
+"""
+
+
+def test_context_files_are_readable_in_the_working_directory_but_not_writable() -> None:
+    solution = """
+import os, tempfile
+
+def attempts():
+    outcomes = {}
+    for name, path in [("context", "mathlib.py"), ("new", "new.txt"),
+                       ("scratch", os.path.join(tempfile.gettempdir(), "new.txt"))]:
+        try:
+            with open(path, "a") as file:
+                file.write("changed")
+            outcomes[name] = "written"
+        except PermissionError:
+            outcomes[name] = "refused"
+    return outcomes
+"""
+    tests = """
+from mathlib import gcd
+
+def test_attempts():
+    assert attempts() == {"context": "refused", "new": "refused", "scratch": "written"}
+    assert open("lib/data.txt").read() == "42\\n" and gcd(12, 18) == 6
+"""
+    result = run(solution, tests, context={"mathlib.py": MATHLIB, "lib/data.txt": "42\n"})
+    assert (result.outcome, result.passed, result.failures) == ("finished", {QA: 1}, [])
+
+
+def test_the_candidates_definition_wins_over_the_context_modules_and_the_rest_of_it_stays() -> None:
+    # The fix uses the module's own gcd without importing it: it runs inside mathlib.
+    fix = "def lcm(a, b):\n    return a * b // gcd(a, b)\n"
+    tests = """
+import mathlib
+from mathlib import lcm, lcm_all
+
+def test_lcm():
+    assert lcm(4, 6) == 12
+
+def test_the_rest_of_the_project_sees_the_fix():
+    assert lcm_all([2, 3, 4]) == 12 and mathlib.gcd(4, 6) == 2
+"""
+    fixed = run(fix, tests, context={"mathlib.py": MATHLIB})
+    assert (fixed.passed, fixed.failures) == ({QA: 2}, [])
+    unrelated = run("def double(x):\n    return 2 * x\n", tests, context={"mathlib.py": MATHLIB})
+    assert unrelated.failed == {QA: 2}  # mathlib as it is: its bug stands
+
+
+def test_the_suites_own_files_win_over_context_files_of_their_names_and_project_tests_stay_out() -> None:
+    exits = "import os\nos._exit(3)\n"  # if pytest loaded it, the run would end with no report
+    context = {
+        "conftest.py": exits,
+        "solution.py": "x = 0\n",
+        "test_project.py": exits,
+        "tests/conftest.py": exits,
+    }
+    files = [ContextFile(path=path, content=text) for path, text in context.items()]
+    assert left_out_of_sandbox(files) == ["conftest.py", "solution.py"]
+    result = run("x = 1\n", "def test_x():\n    assert x == 1\n", context=context)
+    assert (result.outcome, result.passed) == ("finished", {QA: 1})

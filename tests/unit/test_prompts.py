@@ -1,6 +1,13 @@
 from agents.council import plan_council
-from agents.models import Constraints, DeliberationRequest
-from agents.prompts import DIVERGE_INSTRUCTION, proposal_messages
+from agents.models import Constraints, ContextFile, DeliberationRequest
+from agents.prompts import (
+    DIVERGE_INSTRUCTION,
+    critique_messages,
+    proposal_messages,
+    ranking_messages,
+    revision_messages,
+    synthesis_messages,
+)
 from agents.roles import PERSONAS, Role
 
 REQUEST = DeliberationRequest(
@@ -45,3 +52,31 @@ def test_only_diverging_agents_are_told_to_take_another_approach() -> None:
 
 def test_every_role_has_a_persona() -> None:
     assert set(PERSONAS) == set(Role)
+
+
+def test_a_context_file_reaches_every_stage_prompt_once_the_same_for_every_member() -> None:
+    mathlib = "def gcd(a: int, b: int) -> int:\n    return a if b == 0 else gcd(b, a % b)\n"
+    request = DeliberationRequest.model_validate(
+        REQUEST.model_dump()
+        | {"context": [ContextFile(path="src/mathlib.py", content=mathlib)], "diff": "+ def lcm(): ...\n"}
+    )
+    council = plan_council(request)
+    dev, qa = council[0], council[2]
+    every_stage = [
+        *(proposal_messages(request, agent) for agent in council),
+        critique_messages(request, qa, "Proposal text"),
+        revision_messages(request, dev, "Proposal text", ["A critique"]),
+        ranking_messages(request, qa, {"A": "one", "B": "two"}),
+        synthesis_messages(request, ["one", "two"]),
+    ]
+    systems = {messages[0]["content"] for messages in every_stage}
+    assert len(systems) == 1  # word for word: one prefix for vLLM's cache
+    (system,) = systems
+    assert system.count(mathlib) == 1 and '<file path="src/mathlib.py">' in system
+    assert system.count("+ def lcm(): ...") == 1
+    assert all(mathlib not in messages[1]["content"] for messages in every_stage)
+
+
+def test_a_request_without_context_has_no_context_section() -> None:
+    system = proposal_messages(REQUEST, plan_council(REQUEST)[0])[0]["content"]
+    assert "<file" not in system and "<diff" not in system and "Left out" not in system

@@ -1,5 +1,5 @@
-from agents.models import AgentStatus, ErrorInfo
-from agents.report import first_line, outcome_row, render_table
+from agents.models import AgentStatus, ContextFile, DeliberationRequest, ErrorInfo
+from agents.report import first_line, outcome_row, render_table, settings_lines
 from agents.roles import Role
 from tests.factories import completed, failed, proposal
 
@@ -50,3 +50,14 @@ def test_rows_show_tokens_and_latency_or_the_error() -> None:
         "PROPOSAL",
     ]
     assert first.index("completed") == second.index("timed_out") == header.index("STATUS")
+
+
+def test_the_settings_say_how_much_context_the_request_carried_and_only_if_it_did() -> None:
+    files = [ContextFile(path="a.py", content="x" * 1500), ContextFile(path="b.py", content="")]
+    request = DeliberationRequest(task="t", context=files, diff="+y\n", context_tokens=800)
+    row = (
+        "| context | 2 file(s), 1,500 characters; a diff of 3 characters; "
+        "at most 800 tokens of it per prompt |"
+    )
+    assert row in settings_lines(request, {"agent-dev-001": "m"})
+    assert not any(line.startswith("| context") for line in settings_lines(DeliberationRequest(task="t"), {}))

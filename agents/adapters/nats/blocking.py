@@ -81,6 +81,9 @@ class EventBus:
     def open_ledger(self, deliberation_id: str, request_digest: str, started_at: datetime) -> Ledger:
         return self._run(self._client.open_ledger(deliberation_id, request_digest, started_at))
 
+    def check_request(self, deliberation_id: str, request_digest: str) -> None:
+        self._run(self._client.check_request(deliberation_id, request_digest))
+
     def record_calls(self, deliberation_id: str, calls: Sequence[StageCall]) -> None:
         self._run(self._client.record_calls(deliberation_id, calls))
 

@@ -70,6 +70,10 @@ class JetStreamBus:
         """This deliberation's call ledger, new or as recorded (see `ledger.open_ledger`)."""
         return await ledger.open_ledger(self._buckets, deliberation_id, request_digest, started_at)
 
+    async def check_request(self, deliberation_id: str, request_digest: str) -> None:
+        """Refuse an id first used for another request (see `ledger.check_request`)."""
+        await ledger.check_request(self._buckets, deliberation_id, request_digest)
+
     async def record_calls(self, deliberation_id: str, calls: Sequence[StageCall]) -> None:
         """Record finished calls in the ledger, before anything is published about them."""
         await ledger.record_calls(self._buckets, deliberation_id, calls)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, Field, ValidationError
 
 from agents.adapters.nats.buckets import Buckets
@@ -57,11 +57,7 @@ async def open_ledger(
         except KeyWrongLastSequenceError:
             entry = await bucket.get(deliberation_id)
         first = LedgerHeader.model_validate_json(entry.value or b"")
-        if first.request_digest != request_digest:
-            raise ConfigurationError(
-                f"deliberation {deliberation_id} was started with a different request; "
-                "reuse a deliberation id only to resume it, or choose a new one"
-            )
+        _refuse_another_request(first, request_digest)
         ledger = Ledger(started_at=first.started_at)
         watcher = await bucket.watch(f"{deliberation_id}.>", ignore_deletes=True)
         try:
@@ -84,6 +80,33 @@ async def open_ledger(
     if ledger.unreadable:
         log.warning("%d unreadable record(s) in the ledger of %s skipped", ledger.unreadable, deliberation_id)
     return ledger
+
+
+async def check_request(buckets: Buckets, deliberation_id: str, request_digest: str) -> None:
+    """Raise ConfigurationError if the id was first used for another request; nothing if it
+    was never used. Reads the ledger's first record only: for a deliberation whose result
+    stands, where the calls are not needed."""
+    try:
+        bucket = await buckets.open(CALLS_BUCKET)
+        try:
+            entry = await bucket.get(deliberation_id)
+        except KeyNotFoundError:
+            return
+        first = LedgerHeader.model_validate_json(entry.value or b"")
+    except (NatsError, TimeoutError, ValidationError) as exc:
+        raise EventBusError(
+            f"reading the call ledger of {deliberation_id} in {CALLS_BUCKET} failed: "
+            f"{type(exc).__name__} {exc}"
+        ) from None
+    _refuse_another_request(first, request_digest)
+
+
+def _refuse_another_request(first: LedgerHeader, request_digest: str) -> None:
+    if first.request_digest != request_digest:
+        raise ConfigurationError(
+            f"deliberation {first.deliberation_id} was started with a different request; "
+            "reuse a deliberation id only to resume it, or choose a new one"
+        )
 
 
 async def record_calls(buckets: Buckets, deliberation_id: str, calls: Sequence[StageCall]) -> None:
