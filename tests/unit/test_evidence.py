@@ -4,7 +4,8 @@ measure what the task asks for, and a tie-break reported as it was decided."""
 from __future__ import annotations
 
 from agents.checks import check_has_code, check_requirements
-from agents.evidence import SuiteRun, check_tests_pass, plan_suites, python_blocks
+from agents.code_split import python_blocks
+from agents.evidence import SuiteRun, check_tests_pass, plan_suites
 from agents.models import Ballot, CheckResult, DeliberationRequest, asks_for_code
 from agents.ranking import (
     Candidate,
