@@ -251,3 +251,57 @@ def test_the_check_is_the_share_of_tests_passed_and_fails_when_killed() -> None:
     late = SuiteRun(candidate_id="agent-dev-001", outcome="not_run", detail="deadline of 60 s reached")
     not_run = check_tests_pass(suite, late, code_expected=True)
     assert not not_run.applicable and not_run.detail == "not run: deadline of 60 s reached"
+
+
+# -- issue 25: tests only are no solution ------------------------------------------------
+
+DEV_WITHOUT_TESTS = "```python\ndef factorial(n):\n    return 1 if n < 2 else n * factorial(n - 1)\n```"
+QA_CHECK_HELPER = """```python
+from factorial import factorial
+
+CASES = [(0, 1), (5, 120)]
+
+
+def check(candidate):
+    for n, expected in CASES:
+        assert candidate(n) == expected
+
+
+def test_factorial():
+    check(factorial)
+```"""
+
+
+def test_a_check_helper_and_constants_beside_tests_are_no_solution() -> None:
+    suites = plan_suites({"agent-dev-001": DEV_WITHOUT_TESTS, "agent-qa-001": QA_CHECK_HELPER})
+    qa = suites["agent-qa-001"]
+    assert qa.solution == "" and not qa.runnable
+    # The helper and its constants still go with QA's tests, run against DEV's factorial.
+    assert "def check(candidate)" in suites["agent-dev-001"].tests["agent-qa-001"]
+    assert "CASES = " in suites["agent-dev-001"].tests["agent-qa-001"]
+
+
+def test_a_helper_handed_the_code_under_test_serves_the_tests_only() -> None:
+    results_helper = (
+        "```python\nfrom factorial import factorial\n\ndef results(candidate):\n"
+        "    return [candidate(n) for n in range(3)]\n\n"
+        "def test_small():\n    assert results(factorial) == [1, 1, 2]\n```"
+    )
+    assert plan_suites({"agent-qa-001": results_helper})["agent-qa-001"].solution == ""
+
+
+def test_a_helper_the_solution_calls_and_a_stand_in_stay_solutions() -> None:
+    validated = (
+        "```python\ndef _require_natural(n):\n    assert n >= 0\n\n"
+        "def factorial(n):\n    _require_natural(n)\n    return 1 if n < 2 else n * factorial(n - 1)\n\n"
+        "def test_five():\n    assert factorial(5) == 120\n```"
+    )
+    solution = plan_suites({"agent-dev-001": validated})["agent-dev-001"].solution
+    assert "def _require_natural" in solution and "def factorial" in solution
+    # QA's stand-in asserts and returns nothing, but it is what the tests import: a solution.
+    stand_in = (
+        "```python\nfrom greet import greet\n\ndef greet(name):\n    assert name\n    print(name)\n\n"
+        "def test_greet():\n    greet('x')\n```"
+    )
+    assert "def greet" in plan_suites({"agent-qa-001": stand_in})["agent-qa-001"].solution
+
