@@ -33,6 +33,7 @@ class TestSuite(BaseModel):
     solution: str
     tests: dict[str, str] = Field(description="Test module source by its author's agent id.")
     expected: dict[str, int] = Field(description="Tests counted in each author's source.")
+    own_tests: int = Field(default=0, description="Tests the candidate wrote (not run against it).")
 
     @property
     def runnable(self) -> bool:
@@ -63,6 +64,7 @@ def plan_suites(proposals: Mapping[str, str]) -> dict[str, TestSuite]:
             solution=split.solution + "\n" if split.solution else "",
             tests={author: s.tests_for(split.defined) for author, s in others.items()},
             expected={author: s.test_count for author, s in others.items()},
+            own_tests=split.test_count,
         )
     return suites
 
@@ -75,17 +77,22 @@ def module_name(author_id: str) -> str:
 def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool) -> CheckResult:
     """The `tests_pass` check: the share of the other members' tests the proposal passes.
     For a code task, a proposal with no solution to run them against (say, tests only)
-    fails it: it gives no evidence of doing the task."""
+    fails it: it gives no evidence of doing the task. Tests only fail it even when no other
+    member wrote tests: they are not a solution that no test reached."""
 
     def not_applicable(detail: str) -> CheckResult:
         return CheckResult(name=CHECK_NAME, applicable=False, score=1.0, detail=detail)
 
+    if code_expected and not suite.solution and (suite.tests or suite.own_tests):
+        detail = (
+            "tests only: no Python solution to run tests against"
+            if suite.own_tests
+            else "no Python solution to run the other members' tests against"
+        )
+        return CheckResult(name=CHECK_NAME, applicable=True, score=0.0, detail=detail)
     if not suite.tests:
         return not_applicable("no tests by other members to run it against")
     if not suite.solution:
-        if code_expected:
-            detail = "no Python solution to run the other members' tests against"
-            return CheckResult(name=CHECK_NAME, applicable=True, score=0.0, detail=detail)
         return not_applicable("no Python code to run")
     if run is None:
         return not_applicable("not run")

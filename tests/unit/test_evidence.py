@@ -275,7 +275,7 @@ def test_factorial():
 def test_a_check_helper_and_constants_beside_tests_are_no_solution() -> None:
     suites = plan_suites({"agent-dev-001": DEV_WITHOUT_TESTS, "agent-qa-001": QA_CHECK_HELPER})
     qa = suites["agent-qa-001"]
-    assert qa.solution == "" and not qa.runnable
+    assert qa.solution == "" and not qa.runnable and qa.own_tests == 1
     # The helper and its constants still go with QA's tests, run against DEV's factorial.
     assert "def check(candidate)" in suites["agent-dev-001"].tests["agent-qa-001"]
     assert "CASES = " in suites["agent-dev-001"].tests["agent-qa-001"]
@@ -305,3 +305,11 @@ def test_a_helper_the_solution_calls_and_a_stand_in_stay_solutions() -> None:
     )
     assert "def greet" in plan_suites({"agent-qa-001": stand_in})["agent-qa-001"].solution
 
+
+def test_tests_only_fail_a_code_task_even_when_no_other_member_wrote_tests() -> None:
+    suites = plan_suites({"agent-dev-001": DEV_WITHOUT_TESTS, "agent-qa-001": QA_CHECK_HELPER})
+    qa = suites["agent-qa-001"]
+    assert not qa.tests  # DEV wrote none
+    check = check_tests_pass(qa, None, code_expected=True)
+    assert (check.applicable, check.score) == (True, 0.0) and check.detail.startswith("tests only")
+    assert not check_tests_pass(qa, None, code_expected=False).applicable
