@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agents.code_split import CodeSplit
-from agents.models import CheckResult
+from agents.models import CheckResult, Tested
 
 CHECK_NAME = "tests_pass"
 MAX_FAILURES_SHOWN = 3
@@ -111,3 +111,12 @@ def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool
     if run.failures:
         detail += "; failed: " + "; ".join(run.failures[:MAX_FAILURES_SHOWN])
     return CheckResult(name=CHECK_NAME, applicable=True, score=passed / (passed + failed), detail=detail)
+
+
+def tested_standing(check: CheckResult | None) -> Tested:
+    """What a `tests_pass` check (or its absence) says of a proposal's code: it passed every
+    test the other members wrote, none of them reached it, or it failed (a test, a run cut
+    short, or no solution to run)."""
+    if check is None or not check.applicable:
+        return "untested"
+    return "passed" if check.passed else "failed"
