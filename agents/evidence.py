@@ -5,22 +5,21 @@ Each proposal's Python code is split into its solution (everything but tests) an
 proposal is then tested only with the tests the *other* members wrote: its own tests would
 let it mark its own work. The pass and fail counts become the `tests_pass` check.
 
-No I/O here: agents/adapters/sandbox.py runs a TestSuite, tasks/run_tests.py does so on a Ray worker.
+How the code splits: agents/code_split.py. No I/O here: agents/adapters/sandbox.py runs a
+TestSuite, tasks/run_tests.py does so on a Ray worker.
 """
 
 from __future__ import annotations
 
-import ast
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agents.checks import code_blocks
-from agents.models import CheckResult
+from agents.code_split import CodeSplit
+from agents.models import CheckResult, Tested
 
-PYTHON_TAGS = frozenset({"python", "py", "python3"})
 CHECK_NAME = "tests_pass"
 MAX_FAILURES_SHOWN = 3
 
@@ -34,6 +33,7 @@ class TestSuite(BaseModel):
     solution: str
     tests: dict[str, str] = Field(description="Test module source by its author's agent id.")
     expected: dict[str, int] = Field(description="Tests counted in each author's source.")
+    own_tests: int = Field(default=0, description="Tests the candidate wrote (not run against it).")
 
     @property
     def runnable(self) -> bool:
@@ -52,120 +52,10 @@ class SuiteRun(BaseModel):
     seconds: float = 0.0
 
 
-def python_blocks(text: str) -> list[str]:
-    """The Python code of a proposal: blocks tagged python, and untagged blocks that parse."""
-    blocks = []
-    for language, code in code_blocks(text):
-        if language in PYTHON_TAGS or not language and code.strip() and _parses(code):
-            blocks.append(code)
-    return blocks
-
-
-def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
-def _decorator_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    names = set()
-    for decorator in node.decorator_list:
-        target = decorator.func if isinstance(decorator, ast.Call) else decorator
-        names.add(ast.unparse(target).rsplit(".", 1)[-1])
-    return names
-
-
-def _is_test(node: ast.stmt) -> bool:
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        return node.name.startswith("test") or "fixture" in _decorator_names(node)
-    if isinstance(node, ast.ClassDef):
-        return node.name.startswith("Test") or any("TestCase" in ast.unparse(base) for base in node.bases)
-    return False
-
-
-def _is_main_guard(node: ast.stmt) -> bool:
-    return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
-
-
-def _defined_name(node: ast.stmt) -> str | None:
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        return node.name
-    return None
-
-
-def _count_tests(nodes: Sequence[ast.stmt]) -> int:
-    count = 0
-    for node in nodes:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"):
-            count += 1
-        elif isinstance(node, ast.ClassDef) and _is_test(node):
-            count += sum(
-                isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name.startswith("test")
-                for item in node.body
-            )
-    return count
-
-
-def _self_import(node: ast.stmt, defined: set[str]) -> bool:
-    """`from factorial import factorial` beside the definition of factorial: in the solution
-    it would import the solution itself."""
-    return isinstance(node, ast.ImportFrom) and all(alias.name in defined for alias in node.names)
-
-
-class _Split:
-    """A proposal's Python, split: its solution, and the statements of its tests."""
-
-    def __init__(self, text: str) -> None:
-        solution: list[ast.stmt] = []
-        broken: list[str] = []
-        self.test_side: list[ast.stmt] = []
-        for code in python_blocks(text):
-            try:
-                tree = ast.parse(code)
-            except (SyntaxError, ValueError):
-                broken.append(code)  # broken code stays: running it is the evidence
-                continue
-            has_tests = any(_is_test(node) for node in tree.body)
-            for node in tree.body:
-                if not has_tests:
-                    solution.append(node)
-                elif _is_test(node):
-                    self.test_side.append(node)
-                elif not (_is_main_guard(node) or isinstance(node, ast.Expr)):
-                    # Code beside tests serves both: an implementation is part of the
-                    # solution (a candidate's own definition replaces it in the tests it
-                    # is run against), imports and helpers are part of the tests.
-                    solution.append(node)
-                    self.test_side.append(node)
-        self.defined = {name for node in solution if (name := _defined_name(node))}
-        solution = [node for node in solution if not _self_import(node, self.defined)]
-        runnable = bool(broken) or any(not isinstance(n, ast.Import | ast.ImportFrom) for n in solution)
-        self.solution = "\n\n".join([ast.unparse(node) for node in solution] + broken) if runnable else ""
-        self.test_count = _count_tests(self.test_side)
-
-    def tests_for(self, defined: set[str]) -> str:
-        """This proposal's tests as a module testing a solution that defines `defined`: a
-        helper of the same name as the solution's definition is left out."""
-        kept = [
-            node
-            for node in self.test_side
-            if _is_test(node)
-            or isinstance(node, ast.Import | ast.ImportFrom)
-            or _defined_name(node) not in defined
-        ]
-        return (
-            "from solution import *  # noqa: F403\n\n"
-            + "\n\n".join(ast.unparse(node) for node in kept)
-            + "\n"
-        )
-
-
 def plan_suites(proposals: Mapping[str, str]) -> dict[str, TestSuite]:
     """For each proposal (by agent id), the suite that tests it with the other members'
     tests. A suite is run only if it has both a solution and tests (`runnable`)."""
-    splits = {agent_id: _Split(text) for agent_id, text in proposals.items()}
+    splits = {agent_id: CodeSplit(text) for agent_id, text in proposals.items()}
     suites: dict[str, TestSuite] = {}
     for candidate_id, split in splits.items():
         others = {a: s for a, s in splits.items() if a != candidate_id and s.test_count}
@@ -174,6 +64,7 @@ def plan_suites(proposals: Mapping[str, str]) -> dict[str, TestSuite]:
             solution=split.solution + "\n" if split.solution else "",
             tests={author: s.tests_for(split.defined) for author, s in others.items()},
             expected={author: s.test_count for author, s in others.items()},
+            own_tests=split.test_count,
         )
     return suites
 
@@ -186,17 +77,22 @@ def module_name(author_id: str) -> str:
 def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool) -> CheckResult:
     """The `tests_pass` check: the share of the other members' tests the proposal passes.
     For a code task, a proposal with no solution to run them against (say, tests only)
-    fails it: it gives no evidence of doing the task."""
+    fails it: it gives no evidence of doing the task. Tests only fail it even when no other
+    member wrote tests: they are not a solution that no test reached."""
 
     def not_applicable(detail: str) -> CheckResult:
         return CheckResult(name=CHECK_NAME, applicable=False, score=1.0, detail=detail)
 
+    if code_expected and not suite.solution and (suite.tests or suite.own_tests):
+        detail = (
+            "tests only: no Python solution to run tests against"
+            if suite.own_tests
+            else "no Python solution to run the other members' tests against"
+        )
+        return CheckResult(name=CHECK_NAME, applicable=True, score=0.0, detail=detail)
     if not suite.tests:
         return not_applicable("no tests by other members to run it against")
     if not suite.solution:
-        if code_expected:
-            detail = "no Python solution to run the other members' tests against"
-            return CheckResult(name=CHECK_NAME, applicable=True, score=0.0, detail=detail)
         return not_applicable("no Python code to run")
     if run is None:
         return not_applicable("not run")
@@ -215,3 +111,12 @@ def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool
     if run.failures:
         detail += "; failed: " + "; ".join(run.failures[:MAX_FAILURES_SHOWN])
     return CheckResult(name=CHECK_NAME, applicable=True, score=passed / (passed + failed), detail=detail)
+
+
+def tested_standing(check: CheckResult | None) -> Tested:
+    """What a `tests_pass` check (or its absence) says of a proposal's code: it passed every
+    test the other members wrote, none of them reached it, or it failed (a test, a run cut
+    short, or no solution to run)."""
+    if check is None or not check.applicable:
+        return "untested"
+    return "passed" if check.passed else "failed"

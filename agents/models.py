@@ -489,6 +489,10 @@ class CheckResult(BaseModel):
         return self.applicable and self.score == 1.0
 
 
+# How the other members' tests went for a proposal's code, best first (agents/evidence.py).
+Tested = Literal["passed", "untested", "failed"]
+
+
 class ProposalScore(BaseModel):
     agent_id: str
     role: Role
@@ -499,6 +503,11 @@ class ProposalScore(BaseModel):
     check_score: float
     score: float
     rank: int = Field(ge=1)
+    tested: Tested | None = Field(
+        default=None,
+        description="On a code task with its code run: whether it passed the other members' tests, "
+        "none reached it, or it failed tests_pass; ranks before the score, in that order.",
+    )
 
 
 class Winner(BaseModel):

@@ -1,5 +1,9 @@
 """Peer ranking and the verdict: anonymized ballots, their parsing, Borda aggregation,
 deterministic checks combined into one score, and an explicit tie-break. Pure: no I/O.
+
+The order: a proposal that fails a required check ranks below every one that passes them
+all; on a code task whose code was run, code that passed the other members' tests ranks
+above code none of them reached, which ranks above code that failed; then the score.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.checks import check_score, run_checks
-from agents.models import Ballot, CheckResult, ProposalScore, Role, Winner
+from agents.evidence import tested_standing
+from agents.models import Ballot, CheckResult, ProposalScore, Role, Tested, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
 RANKING_MARKER = "FINAL RANKING"
 # Scores are compared at the precision they are reported with, so a tie the report shows is
 # the tie the ranking saw.
 SCORE_DIGITS = 4
+TESTED_ORDER: tuple[Tested, ...] = ("passed", "untested", "failed")
+_TESTED_SAYS: dict[Tested, str] = {
+    "passed": "passed the other members' tests",
+    "untested": "was reached by none of the other members' tests",
+    "failed": "failed tests_pass",
+}
 
 # Found in the text as written: upper-casing first can change lengths ("ß" -> "SS") and
 # shift the position applied to the original.
@@ -221,42 +232,51 @@ def score_candidates(
     """Every candidate scored and ranked, best first; `executed` adds a check made by
     running a candidate's code (by agent id). A candidate that fails a required
     check (say, no code for a code task) ranks below every one that passes them all,
-    whatever its score. Ties on the score are broken by the checks, then by the peer
-    score, then by council order (the order of `candidates`)."""
+    whatever its score. On a code task with `executed`, how the other members' tests went
+    (`tested`: passed, untested, failed) ranks next, then the score. Ties on the score are
+    broken by the checks, then by the peer score, then by council order (the order of
+    `candidates`)."""
     peers = peer_scores(ballots)
-    unranked = []
-    for order, candidate in enumerate(candidates):
+    scores = []
+    for candidate in candidates:
         checks = run_checks(candidate.content, candidate.finish_reason, requirements, code_expected)
-        if executed is not None and candidate.agent_id in executed:
-            checks.append(executed[candidate.agent_id])
+        ran = executed.get(candidate.agent_id) if executed is not None else None
+        if ran is not None:
+            checks.append(ran)
         checked = check_score(checks)
         peer, counted = peers.get(candidate.agent_id, (None, 0))
         score = checked if peer is None else PEER_WEIGHT * peer + (1 - PEER_WEIGHT) * checked
-        failed_required = any(c.required and not c.passed for c in checks)
-        unranked.append(
-            (
-                (
-                    failed_required,
-                    -round(score, SCORE_DIGITS),
-                    -round(checked, SCORE_DIGITS),
-                    -round(peer or 0.0, SCORE_DIGITS),
-                    order,
-                ),
-                ProposalScore(
-                    agent_id=candidate.agent_id,
-                    role=candidate.role,
-                    version=candidate.version,
-                    peer_score=None if peer is None else round(peer, SCORE_DIGITS),
-                    ballots=counted,
-                    checks=checks,
-                    check_score=round(checked, SCORE_DIGITS),
-                    score=round(score, SCORE_DIGITS),
-                    rank=1,
-                ),
+        scores.append(
+            ProposalScore(
+                agent_id=candidate.agent_id,
+                role=candidate.role,
+                version=candidate.version,
+                peer_score=None if peer is None else round(peer, SCORE_DIGITS),
+                ballots=counted,
+                checks=checks,
+                check_score=round(checked, SCORE_DIGITS),
+                score=round(score, SCORE_DIGITS),
+                rank=1,
+                tested=tested_standing(ran) if code_expected and executed is not None else None,
             )
         )
-    unranked.sort(key=lambda item: item[0])
-    return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(unranked, start=1)]
+    # Compared as reported (rounded), so a tie the report shows is the tie the ranking saw.
+    ranked = sorted(
+        enumerate(scores),
+        key=lambda item: (
+            *_standing(item[1]),
+            -item[1].score,
+            -item[1].check_score,
+            -(item[1].peer_score or 0.0),
+            item[0],
+        ),
+    )
+    return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(ranked, start=1)]
+
+
+def _standing(score: ProposalScore) -> tuple[bool, int]:
+    """What ranks before the score: required checks passed, then how the tests went."""
+    return _fails_required(score), TESTED_ORDER.index(score.tested) if score.tested else 0
 
 
 def no_winner_reason(scores: Sequence[ProposalScore]) -> str | None:
@@ -278,13 +298,20 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
         return None
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
     runner_up = tied[0]
-    if first.check_score != runner_up.check_score:
+    if first.tested != runner_up.tested:
+        both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
+        how = f"the tests ({both})"
+    elif first.check_score != runner_up.check_score:
         how = "the better check score"
     elif (first.peer_score or 0.0) != (runner_up.peer_score or 0.0):
         how = "the better peer score"
     else:
         how = "council order (the earlier agent)"
     return f"tie at score {first.score:.2f} between {names}, broken by {how}"
+
+
+def _tested_says(score: ProposalScore) -> str:
+    return _TESTED_SAYS[score.tested] if score.tested else "was not tested"
 
 
 def _fails_required(score: ProposalScore) -> bool:
@@ -304,13 +331,18 @@ def choose_winner(scores: Sequence[ProposalScore], candidates: Sequence[Candidat
         if best.peer_score is not None
         else "no peer ballots"
     )
+    reason = f"{best.agent_id} ({best.role}) ranks first with score {best.score:.2f}: {peer}; checks {checks}"
+    # Only the tests rank a proposal above a better score: say so, or the order looks wrong.
+    outscored = [s for s in scores[1:] if s.score > best.score and not _fails_required(s)]
+    if outscored:
+        others = ", ".join(f"{s.agent_id} (score {s.score:.2f}, {_tested_says(s)})" for s in outscored)
+        reason += f"; it {_tested_says(best)}, which ranks it above {others}"
     return Winner(
         agent_id=best.agent_id,
         role=best.role,
         score=best.score,
         version=best.version,
         content=content,
-        reason=f"{best.agent_id} ({best.role}) ranks first with score {best.score:.2f}: "
-        f"{peer}; checks {checks}",
+        reason=reason,
         tie_break=tie_break(scores),
     )

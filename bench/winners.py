@@ -8,6 +8,12 @@ scripted three ways: all abstaining (what a tiny model does), random, and inform
 noisy; each without and with `run_code` (the proposals' code run against the tests the
 other members wrote). Printed beside two baselines: the first agent, and a random pick.
 
+A second set plays issue 25's councils of five, with `run_code` and abstaining ballots:
+the correct code, two variants with a bug, all three without tests of their own; tests
+only, in the common style of a `check(candidate)` helper holding the asserts, called from
+a `test_*` function; and no code. The correct code takes every position in turn: council
+order must not decide between it and the tests.
+
     .venv/bin/python -m bench.winners            # 20 tasks
     .venv/bin/python -m bench.winners --quick    # 5 tasks (CI runs this)
 """
@@ -30,6 +36,8 @@ REQUIREMENTS = ["Type hints", "Docstring"]
 BALLOTS = ["abstaining", "random", "informative"]
 # Quality order of the kinds, best first: what an informative reviewer prefers.
 KINDS = ["correct", "buggy", "restated", "truncated", "no_code"]
+# Issue 25's council: only the tests-only member writes tests.
+TESTS_ONLY_COUNCIL = ["correct", "buggy", "buggy", "tests_only", "no_code"]
 # An informative reviewer perceives each proposal's quality rank plus Gaussian noise of
 # this deviation: neighbours in quality swap places about 12 % of the time.
 NOISE = 0.6
@@ -189,6 +197,17 @@ def _code(name: str, purpose: str, body: str) -> str:
     return f'```python\ndef {name}({params}) -> object:\n    """{purpose}."""\n    {body}\n```'
 
 
+def _tests_only(name: str, purpose: str) -> str:
+    """A member who writes only tests: the asserts in a helper handed the function under test."""
+    _, checks = SIGNATURES[name]
+    cases = "\n".join(f"    assert {check.replace(f'{name}(', 'candidate(')}" for check in checks)
+    return (
+        f"Tests for `{name}`, which {purpose}; they expect type hints and a docstring.\n\n"
+        f"```python\nfrom {name} import {name}\n\n\ndef check(candidate):\n{cases}\n\n\n"
+        f"def test_{name}():\n    check({name})\n```"
+    )
+
+
 def _tests(name: str) -> str:
     """Tests written from the task's examples, as members with code write them (correct for
     the task: the evaluation measures whether the evidence is used, not test quality)."""
@@ -197,14 +216,20 @@ def _tests(name: str) -> str:
     return f"\n\nTests:\n\n```python\nfrom {name} import {name}\n\n\ndef test_{name}():\n{cases}\n```"
 
 
-def proposal(kind: str, name: str, purpose: str, good: str, bad: str) -> tuple[str, str]:
-    """A proposal of this kind for a function, and its finish reason."""
+def proposal(
+    kind: str, name: str, purpose: str, good: str, bad: str, own_tests: bool = True
+) -> tuple[str, str]:
+    """A proposal of this kind for a function, and its finish reason; code of the correct
+    and buggy kinds comes with its author's tests unless `own_tests` is false."""
     intro = f"`{name}` {purpose}. It has type hints and a docstring.\n\n"
     untyped = SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
+    tests = _tests(name) if own_tests else ""
     if kind == "correct":
-        return intro + _code(name, purpose, good) + _tests(name), "stop"
+        return intro + _code(name, purpose, good) + tests, "stop"
     if kind == "buggy":
-        return intro + _code(name, purpose, bad) + _tests(name), "stop"
+        return intro + _code(name, purpose, bad) + tests, "stop"
+    if kind == "tests_only":
+        return _tests_only(name, purpose), "stop"
     if kind == "restated":
         return (
             f"Requirements:\n1. Type hints\n2. Docstring\n\n```python\ndef {name}({untyped}):\n    {good}\n```",
@@ -227,6 +252,20 @@ def evaluation_set(count: int) -> list[Case]:
         rng.shuffle(kinds)
         task = f"Write a Python function `{name}` that {purpose}."
         cases.append(Case(task, [(kind, *proposal(kind, name, purpose, good, bad)) for kind in kinds]))
+    return cases
+
+
+def tests_only_set(count: int) -> list[Case]:
+    """Councils of five: correct, buggy twice, tests only, no code; the correct code at
+    position `index % 5` of case `index`, the others in a seeded order."""
+    cases = []
+    for index, (name, purpose, good, bad) in enumerate(FUNCTIONS[:count]):
+        kinds = TESTS_ONLY_COUNCIL[1:]
+        random.Random(f"tests-only-{index}").shuffle(kinds)
+        kinds.insert(index % len(TESTS_ONLY_COUNCIL), "correct")
+        task = f"Write a Python function `{name}` that {purpose}."
+        proposals = [(kind, *proposal(kind, name, purpose, good, bad, own_tests=False)) for kind in kinds]
+        cases.append(Case(task, proposals))
     return cases
 
 
@@ -258,45 +297,52 @@ def ballot_writer(mode: str, case: Case, rng: random.Random) -> Script:
     )
 
 
-def run(cases: list[Case], modes: list[tuple[str, bool]]) -> dict[tuple[str, bool], Counter[str]]:
-    """Winner kinds per ballot mode, without and with `run_code`, each case played through
-    the real flow."""
+@dataclass(frozen=True)
+class Evaluation:
+    """A set of cases, each played in every mode: (ballots, run_code)."""
+
+    title: str
+    cases: list[Case]
+    modes: list[tuple[str, bool]]
+
+
+def run(evaluations: list[Evaluation]) -> list[dict[tuple[str, bool], Counter[str]]]:
+    """Winner kinds per mode of each evaluation, each case played through the real flow,
+    all on one warm pipeline."""
     from bench.run import warm_pipeline
 
-    outcomes: dict[tuple[str, bool], Counter[str]] = {mode: Counter() for mode in modes}
+    results = []
     with ScriptedServer() as server, warm_pipeline(server.url):
         from flows.deliberate import deliberate
 
-        for mode, run_code in modes:
-            for index, case in enumerate(cases):
-                server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
-                roles = list(Role)[: len(case.proposals)]
-                request = DeliberationRequest(
-                    task=case.task,
-                    roles=roles,
-                    rounds=0,
-                    constraints=Constraints(requirements=REQUIREMENTS),
-                    run_code=run_code,
-                    deliberation_id=uuid.uuid4().hex,
-                )
-                result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
-                winner = getattr(result, "winner", None)
-                agents = [f"agent-{role.lower()}-001" for role in roles]
-                kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
-                outcomes[mode, run_code][kind] += 1
-    return outcomes
+        for evaluation in evaluations:
+            outcomes: dict[tuple[str, bool], Counter[str]] = {mode: Counter() for mode in evaluation.modes}
+            for mode, run_code in evaluation.modes:
+                for index, case in enumerate(evaluation.cases):
+                    server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
+                    roles = list(Role)[: len(case.proposals)]
+                    request = DeliberationRequest(
+                        task=case.task,
+                        roles=roles,
+                        rounds=0,
+                        constraints=Constraints(requirements=REQUIREMENTS),
+                        run_code=run_code,
+                        deliberation_id=uuid.uuid4().hex,
+                    )
+                    result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
+                    winner = getattr(result, "winner", None)
+                    agents = [f"agent-{role.lower()}-001" for role in roles]
+                    kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
+                    outcomes[mode, run_code][kind] += 1
+            results.append(outcomes)
+    return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    cases = evaluation_set(5 if args.quick else len(FUNCTIONS))
-    outcomes = run(cases, [(mode, run_code) for run_code in (False, True) for mode in BALLOTS])
+def print_table(evaluation: Evaluation, outcomes: dict[tuple[str, bool], Counter[str]]) -> None:
+    cases = evaluation.cases
     first = sum(case.best == 0 for case in cases) / len(cases)
     chance = sum(1 / len(case.proposals) for case in cases) / len(cases)
-    print(f"# winner accuracy: {len(cases)} tasks, 3-5 proposals each; the known best is the correct code")
+    print(f"# {evaluation.title}")
     print(
         f"{'ballots':<12} {'run code':<9} {'winner':>7} {'first agent':>12} {'random pick':>12}  winners by kind"
     )
@@ -305,6 +351,31 @@ def main(argv: list[str] | None = None) -> int:
         spread = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
         flag = "yes" if run_code else "no"
         print(f"{mode:<12} {flag:<9} {accuracy:>7.2f} {first:>12.2f} {chance:>12.2f}  {spread}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    count = 5 if args.quick else len(FUNCTIONS)
+    evaluations = [
+        Evaluation(
+            f"winner accuracy: {count} tasks, 3-5 proposals each; the known best is the correct code",
+            evaluation_set(count),
+            [(mode, run_code) for run_code in (False, True) for mode in BALLOTS],
+        ),
+        Evaluation(
+            f"tests-only councils: {count} tasks, 5 proposals each (correct, buggy twice, tests only "
+            "in a check(candidate) helper, no code); only the tests-only member writes tests",
+            tests_only_set(count),
+            [("abstaining", True)],
+        ),
+    ]
+    for index, (evaluation, outcomes) in enumerate(zip(evaluations, run(evaluations), strict=True)):
+        if index:
+            print()
+        print_table(evaluation, outcomes)
     sys.stdout.flush()
     return 0
 

@@ -4,7 +4,8 @@ measure what the task asks for, and a tie-break reported as it was decided."""
 from __future__ import annotations
 
 from agents.checks import check_has_code, check_requirements
-from agents.evidence import SuiteRun, check_tests_pass, plan_suites, python_blocks
+from agents.code_split import python_blocks
+from agents.evidence import SuiteRun, check_tests_pass, plan_suites
 from agents.models import Ballot, CheckResult, DeliberationRequest, asks_for_code
 from agents.ranking import (
     Candidate,
@@ -250,3 +251,65 @@ def test_the_check_is_the_share_of_tests_passed_and_fails_when_killed() -> None:
     late = SuiteRun(candidate_id="agent-dev-001", outcome="not_run", detail="deadline of 60 s reached")
     not_run = check_tests_pass(suite, late, code_expected=True)
     assert not not_run.applicable and not_run.detail == "not run: deadline of 60 s reached"
+
+
+# -- issue 25: tests only are no solution ------------------------------------------------
+
+DEV_WITHOUT_TESTS = "```python\ndef factorial(n):\n    return 1 if n < 2 else n * factorial(n - 1)\n```"
+QA_CHECK_HELPER = """```python
+from factorial import factorial
+
+CASES = [(0, 1), (5, 120)]
+
+
+def check(candidate):
+    for n, expected in CASES:
+        assert candidate(n) == expected
+
+
+def test_factorial():
+    check(factorial)
+```"""
+
+
+def test_a_check_helper_and_constants_beside_tests_are_no_solution() -> None:
+    suites = plan_suites({"agent-dev-001": DEV_WITHOUT_TESTS, "agent-qa-001": QA_CHECK_HELPER})
+    qa = suites["agent-qa-001"]
+    assert qa.solution == "" and not qa.runnable and qa.own_tests == 1
+    # The helper and its constants still go with QA's tests, run against DEV's factorial.
+    assert "def check(candidate)" in suites["agent-dev-001"].tests["agent-qa-001"]
+    assert "CASES = " in suites["agent-dev-001"].tests["agent-qa-001"]
+
+
+def test_a_helper_handed_the_code_under_test_serves_the_tests_only() -> None:
+    results_helper = (
+        "```python\nfrom factorial import factorial\n\ndef results(candidate):\n"
+        "    return [candidate(n) for n in range(3)]\n\n"
+        "def test_small():\n    assert results(factorial) == [1, 1, 2]\n```"
+    )
+    assert plan_suites({"agent-qa-001": results_helper})["agent-qa-001"].solution == ""
+
+
+def test_a_helper_the_solution_calls_and_a_stand_in_stay_solutions() -> None:
+    validated = (
+        "```python\ndef _require_natural(n):\n    assert n >= 0\n\n"
+        "def factorial(n):\n    _require_natural(n)\n    return 1 if n < 2 else n * factorial(n - 1)\n\n"
+        "def test_five():\n    assert factorial(5) == 120\n```"
+    )
+    solution = plan_suites({"agent-dev-001": validated})["agent-dev-001"].solution
+    assert "def _require_natural" in solution and "def factorial" in solution
+    # QA's stand-in asserts and returns nothing, but it is what the tests import: a solution.
+    stand_in = (
+        "```python\nfrom greet import greet\n\ndef greet(name):\n    assert name\n    print(name)\n\n"
+        "def test_greet():\n    greet('x')\n```"
+    )
+    assert "def greet" in plan_suites({"agent-qa-001": stand_in})["agent-qa-001"].solution
+
+
+def test_tests_only_fail_a_code_task_even_when_no_other_member_wrote_tests() -> None:
+    suites = plan_suites({"agent-dev-001": DEV_WITHOUT_TESTS, "agent-qa-001": QA_CHECK_HELPER})
+    qa = suites["agent-qa-001"]
+    assert not qa.tests  # DEV wrote none
+    check = check_tests_pass(qa, None, code_expected=True)
+    assert (check.applicable, check.score) == (True, 0.0) and check.detail.startswith("tests only")
+    assert not check_tests_pass(qa, None, code_expected=False).applicable

@@ -3,7 +3,7 @@
 import pytest
 
 from agents.council import plan_council
-from agents.models import Ballot, DeliberationRequest
+from agents.models import Ballot, CheckResult, DeliberationRequest
 from agents.prompts import ranking_messages
 from agents.ranking import (
     Candidate,
@@ -136,3 +136,55 @@ def test_equal_scores_are_broken_by_checks_then_peer_then_council_order() -> Non
 
 def test_no_candidates_no_winner() -> None:
     assert choose_winner([], []) is None
+
+
+# -- issue 25: tested code before untested code before failed code -----------------------
+
+CODE = "```python\ndef f(x: int) -> int:\n    return x\n```"
+PASSED = CheckResult(
+    name="tests_pass", applicable=True, score=1.0, detail="1 of 1 tests by other members pass"
+)
+UNTESTED = CheckResult(name="tests_pass", applicable=False, score=1.0, detail="no tests by other members")
+FAILED = CheckResult(
+    name="tests_pass", applicable=True, score=0.5, detail="1 of 2 tests by other members pass"
+)
+
+
+def test_on_a_code_task_code_that_passed_the_tests_ranks_above_untested_code_above_failed_code() -> None:
+    candidates = [_candidate("failed", CODE), _candidate("untested", CODE), _candidate("passed", CODE)]
+    # Every ballot puts them in the opposite order: the tests still decide.
+    labels = {"A": "failed", "B": "untested", "C": "passed"}
+    ballots = [
+        Ballot(reviewer_id=f"r{i}", labels=labels, order=["failed", "untested", "passed"]) for i in range(3)
+    ]
+    executed = {"failed": FAILED, "untested": UNTESTED, "passed": PASSED}
+    scores = score_candidates(candidates, ballots, [], code_expected=True, executed=executed)
+    assert [(s.agent_id, s.tested) for s in scores] == [
+        ("passed", "passed"),
+        ("untested", "untested"),
+        ("failed", "failed"),
+    ]
+    assert scores[0].score < scores[1].score
+    winner = choose_winner(scores, candidates)
+    assert winner is not None and winner.agent_id == "passed" and winner.tie_break is None
+    assert winner.reason.endswith(
+        "; it passed the other members' tests, which ranks it above untested (score 0.75, "
+        "was reached by none of the other members' tests), failed (score 0.94, failed tests_pass)"
+    )
+    # Without a code task the score alone decides, as before.
+    plain = score_candidates(candidates, ballots, [], code_expected=False, executed=executed)
+    assert plain[0].agent_id == "failed" and {s.tested for s in plain} == {None}
+
+
+def test_a_tie_between_tested_and_untested_code_is_broken_by_the_tests_not_council_order() -> None:
+    # Issue 25: an untested proposal earlier in the council tied the code that passed.
+    candidates = [_candidate("agent-qa-001", CODE), _candidate("agent-dev-001", CODE)]
+    executed = {"agent-qa-001": UNTESTED, "agent-dev-001": PASSED}
+    scores = score_candidates(candidates, [], [], code_expected=True, executed=executed)
+    assert [s.agent_id for s in scores] == ["agent-dev-001", "agent-qa-001"]
+    assert scores[0].score == scores[1].score == 1.0
+    winner = choose_winner(scores, candidates)
+    assert winner is not None and winner.tie_break == (
+        "tie at score 1.00 between agent-dev-001, agent-qa-001, broken by the tests (agent-dev-001 "
+        "passed the other members' tests; agent-qa-001 was reached by none of the other members' tests)"
+    )
