@@ -237,6 +237,18 @@ class _CandidateModules(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_loader(fullname, _ProxyLoader(self._candidate, remote))
 
 
+class _Proxies:
+    """A pytest plugin: the proxies are found once pytest has loaded its own plugins, whose
+    imports of optional modules must fail as they would anywhere."""
+
+    def __init__(self, candidate: Candidate, names: Sequence[str]) -> None:
+        self._candidate, self._names = candidate, names
+
+    def pytest_sessionstart(self) -> None:
+        sys.meta_path.insert(0, _CandidateModules(self._candidate, self._names))
+        sys.meta_path.append(_CandidateModules(self._candidate, [], fallback=True))
+
+
 class _Results:
     """A pytest plugin: each test's outcome, and each module that did not import, as a line
     of JSON."""
@@ -270,8 +282,8 @@ def main() -> None:
     wire.allow_long_ints()
     sys.path.insert(1, os.getcwd())  # the context's modules; -I puts no directory of its own
     candidate = Candidate(os.fdopen(config["requests_fd"], "wb"), os.fdopen(config["answers_fd"], "rb"))
-    sys.meta_path.insert(0, _CandidateModules(candidate, [SOLUTION, *config["taken_over"]]))
-    sys.meta_path.append(_CandidateModules(candidate, [], fallback=True))
+    proxies = _Proxies(candidate, [SOLUTION, *config["taken_over"]])
     with open(config["results"], "w", encoding="utf-8") as results:
-        code = pytest.main(["-q", "-p", "no:cacheprovider", config["tests"]], plugins=[_Results(results)])
+        plugins = [proxies, _Results(results)]
+        code = pytest.main(["-q", "-p", "no:cacheprovider", config["tests"]], plugins=plugins)
     sys.exit(int(code))
