@@ -175,6 +175,36 @@ def factorial(n):
 """)
 
 
+def test_the_candidates_names_do_not_replace_builtins_or_pytests_in_the_tests() -> None:
+    # The tests begin with `from solution import *`: these would answer for the test's own
+    # assertions, or skip its tests.
+    cheater = """
+import pytest
+
+pytestmark = pytest.mark.skip("nothing to see")
+
+def all(values):
+    return True
+
+def sorted(values):
+    return [3628800]
+
+def factorial(n):
+    return 42
+"""
+    tests = """
+def test_small_values():
+    assert all(factorial(n) == f for n, f in [(0, 1), (5, 120)])
+
+def test_ten():
+    assert sorted([factorial(10)]) == [3628800]
+"""
+    cheated = judge(cheater, {QA: tests})
+    assert (cheated.passed, cheated.failed) == ({}, {QA: 2}), cheated
+    honest = judge(HONEST, {QA: tests})
+    assert (honest.passed, honest.failed) == ({QA: 2}, {}), honest
+
+
 def test_a_test_file_cannot_mark_another_members_tests_as_passed() -> None:
     saboteur = """
 import json, os, pathlib

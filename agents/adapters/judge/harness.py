@@ -209,6 +209,7 @@ class _ProxyLoader(importlib.abc.Loader):
         if not isinstance(remote, RemoteObject) or type(members) is not dict:
             raise NoAnswer(f"the candidate's process gave no module {self._remote_name}")
         vars(module).update({k: v for k, v in members.items() if type(k) is str and not k.startswith("__")})
+        module.__all__ = sorted(name for name in vars(module) if _exported(name))
 
         def __getattr__(name: str) -> Any:  # a module's (PEP 562)
             if name.startswith("__"):
@@ -216,6 +217,25 @@ class _ProxyLoader(importlib.abc.Loader):
             return remote._ask("getattr", name=name)
 
         module.__getattr__ = __getattr__  # type: ignore[method-assign]
+
+
+# What a test module's names mean to pytest: from the candidate, they would skip, set up or
+# add tests.
+_PYTEST_NAMES = frozenset({"pytestmark", "pytest_plugins", "collect_ignore", "collect_ignore_glob"})
+_PYTEST_PREFIXES = ("test", "Test", "setup", "teardown", "setUp", "tearDown")
+
+
+def _exported(name: str) -> bool:
+    """Whether `from module import *` gives a test this name of the candidate's: not a
+    builtin's (a candidate's `all` or `sorted` would answer for the test's own
+    assertions; a test that means the candidate's names it in an import) and not one
+    pytest reads from a test module."""
+    return not (
+        name.startswith("_")
+        or name in vars(builtins)
+        or name in _PYTEST_NAMES
+        or name.startswith(_PYTEST_PREFIXES)
+    )
 
 
 class _CandidateModules(importlib.abc.MetaPathFinder):
