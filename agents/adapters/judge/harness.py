@@ -209,7 +209,7 @@ class _ProxyLoader(importlib.abc.Loader):
         if not isinstance(remote, RemoteObject) or type(members) is not dict:
             raise NoAnswer(f"the candidate's process gave no module {self._remote_name}")
         vars(module).update({k: v for k, v in members.items() if type(k) is str and not k.startswith("__")})
-        module.__all__ = sorted(name for name in vars(module) if _exported(name))
+        vars(module)["__all__"] = sorted(name for name in vars(module) if _exported(name))
 
         def __getattr__(name: str) -> Any:  # a module's (PEP 562)
             if name.startswith("__"):
