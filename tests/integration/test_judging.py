@@ -108,6 +108,25 @@ def factorial(n):
     assert not Path(outside).exists()
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        'b"\\xff\\xff\\xff\\xff"',  # a message larger than any allowed
+        'struct.pack(">I", 9) + b"not json!"',
+        'struct.pack(">I", 21) + b\'{"value":{"eval":1}}\'',  # no such form of a value
+    ],
+)
+def test_a_candidate_that_answers_garbage_on_its_pipe_fails_the_tests(garbage: str) -> None:
+    # Its pipe's number is in its own process's arguments: it writes there before answering.
+    assert_cheat_fails(f"""
+import json, os, struct, sys
+
+def factorial(n):
+    os.write(json.loads(sys.argv[1])["answers_fd"], {garbage})
+    return 1 if n < 2 else n * factorial(n - 1)
+""")
+
+
 def test_patching_builtins_in_the_candidates_process_passes_nothing() -> None:
     assert_cheat_fails("""
 import builtins

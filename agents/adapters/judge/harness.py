@@ -80,7 +80,9 @@ class Candidate:
         try:
             return wire.decode(answer["value"], self._remote)
         except (KeyError, wire.WireError, RecursionError) as exc:
-            raise NoAnswer(f"the candidate's process answered garbage: {exc}") from None
+            # Nothing it sends after garbage is taken for the answer to a later request.
+            self._gone = f"the candidate's process answered garbage: {exc}"
+            raise NoAnswer(self._gone) from None
 
     def encode(self, value: Any) -> Any:
         try:
