@@ -3,7 +3,8 @@ context files, in the sandbox, as one Prefect task run.
 
 A sync task, so the Ray task runner runs it as a plain Ray task with one CPU on some
 worker of the cluster, beside (never on) the call hosts' event loops; the confined child
-process is that worker's. Not retried: the same code gives the same verdict."""
+processes (a candidate's process and a harness per author of tests) are that worker's.
+Not retried: the same code gives the same verdict."""
 
 from __future__ import annotations
 

@@ -1,35 +1,47 @@
-"""Run a TestSuite in a confined child process and read what it gave.
+"""Run a TestSuite confined, with the judged code and its judges in separate processes, and
+count what the tests gave from outside both.
 
-The suite is written to a fresh temporary directory, its working directory: the request's
-context files under their paths, the solution as `solution.py`, each author's tests as
-`test_by_<author>.py`. pytest runs those tests in a child process that
-agents/adapters/confine.py confines before exec: no network, no new processes, the working
-directory and Python's own installation readable only, files written only in a scratch
-directory beside it (HOME, TMPDIR, the report), CPU, memory, file-size and open-file
-limits, an empty environment. This process adds the wall-clock limit and reads pytest's
-JUnit XML report. See the README, "Running proposals' code", for the risk.
+For each author of tests, two processes, each confined by agents/adapters/confine.py before
+exec (no network, no new processes, files read only in their own working directory and
+Python's installation and written only in a scratch directory of their own, CPU, memory,
+file-size and open-file limits, an empty environment):
 
-Which code a test gets, by the module it imports: a context module is the context's file,
-except that if it defines a name the candidate's solution also defines, the solution runs
-in it after the file's own code (as if appended to the file), so the candidate's
-definitions win and the rest of the project sees them; a module neither the context nor
-Python has is the solution (`from factorial import factorial`).
+- the candidate's process (judge/candidate.py): the request's context files and the
+  solution as `solution.py` in its working directory, nothing of the tests;
+- the harness (judge/harness.py): pytest over that author's `test_by_<author>.py`, beside
+  the context files, where the modules the tests import from the candidate are proxies
+  whose calls cross a pair of pipes to the candidate's process as JSON values (judge/wire.py).
+
+The candidate's code never runs where the tests are run or counted, so whatever it does to
+its own process can only make its own answers wrong or missing; an author's tests run
+apart from every other author's, so they can only change their own outcomes. This process
+keeps the count: it reads each harness's results file, counts every test of the author's
+that gave no outcome as failed, and adds the wall-clock limit. See the README, "Running
+proposals' code".
+
+Which code a test gets, by the module it imports: `solution`, and any top-level module
+neither the context nor Python has (`from factorial import factorial`), is the candidate's
+solution; a context module that defines a name the solution also defines is that module as
+the candidate's process has it, with the solution run in it after the file's own code (the
+candidate's definitions win, and the rest of the project, in that process, sees them);
+any other context module is the context's file, imported in the harness.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from string import Template
-from xml.etree import ElementTree
 
 from agents.adapters import confine
 from agents.config import SandboxLimits
@@ -37,83 +49,17 @@ from agents.evidence import SuiteRun, TestSuite, module_name
 from agents.models import ContextFile
 
 OUTPUT_SHOWN = 300
-REPORT = "report.xml"
+RESULTS = "results.jsonl"
+RUNTIME_PACKAGE = "_sandbox_judge"  # judge/, as the confined processes import it
+JUDGE = Path(__file__).with_name("judge")
 TEST_MODULE_PREFIX = module_name("")
-# The suite's own names at the top of the working directory (and `__init__.py`, which
-# would make pytest import the tests as a package under another name, and `solution/`,
-# which would shadow solution.py): a context path under one of them is left out.
+# The suite's own names at the top of a working directory (and `__init__.py`, which would
+# make pytest import the tests as a package under another name, and `solution/`, which
+# would shadow solution.py): a context path under one of them is left out.
 OWN_NAMES = ("solution.py", "solution", "conftest.py", "pytest.ini", "__init__.py")
-
-# Two finders. Before every other: a context module that defines a name the solution also
-# defines gets the solution run in it after its own code. After every other: a module no
-# one has is the solution, under whatever name a test imports it.
-_CONFTEST = Template("""\
-import ast
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import pathlib
-import sys
-
-_HERE = pathlib.Path(__file__).parent
-_SOLUTION = _HERE / "solution.py"
-_SOURCE = _SOLUTION.read_text()
-_OWN, _TESTS = $own, $tests
-
-
-def _defined(source):
-    try:
-        body = ast.parse(source).body
-    except (SyntaxError, ValueError):
-        return set()
-    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return {node.name for node in body if isinstance(node, kinds)}
-
-
-_DEFINED = _defined(_SOURCE)
-
-
-class _CandidateOverContext(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        if _DEFINED & vars(module).keys():
-            exec(compile(_SOURCE, str(_SOLUTION), "exec"), vars(module))
-
-
-class _ContextModules(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        if spec is None or spec.origin is None or spec.loader is None:
-            return None
-        origin = pathlib.Path(spec.origin)
-        if not origin.is_relative_to(_HERE):
-            return None
-        top = origin.relative_to(_HERE).parts[0]
-        if top in _OWN or top.startswith(_TESTS):
-            return None
-        spec.loader = _CandidateOverContext(spec.loader)
-        return spec
-
-
-class _SolutionUnderAnyName(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if path is None and "." not in name:
-            return importlib.util.spec_from_file_location(name, _SOLUTION)
-        return None
-
-
-sys.meta_path.insert(0, _ContextModules())
-sys.meta_path.append(_SolutionUnderAnyName())
-""").substitute(own=repr(OWN_NAMES), tests=repr(TEST_MODULE_PREFIX))
+# After its harness has ended, how long a candidate's process has to see the closed pipe.
+CANDIDATE_GRACE_SECONDS = 2.0
+LAUNCH = "import sys; sys.path.insert(0, {runtime!r}); from {package}.{module} import main; main()"
 
 
 def left_out_of_sandbox(context: Sequence[ContextFile]) -> list[str]:
@@ -126,6 +72,30 @@ def _own_path(path: str) -> bool:
     return top in OWN_NAMES or top.startswith(TEST_MODULE_PREFIX)
 
 
+def _defined(source: str) -> set[str]:
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return {node.name for node in body if isinstance(node, kinds)}
+
+
+def taken_over(solution: str, context: Sequence[ContextFile]) -> list[str]:
+    """The context modules that define a name the solution also defines, by module name: in
+    them the candidate's definitions win."""
+    defined, names = _defined(solution), []
+    for file in context:
+        parts = file.path.removesuffix(".py").split("/")
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if _own_path(file.path) or not file.path.endswith(".py") or not parts:
+            continue
+        if all(part.isidentifier() for part in parts) and defined & _defined(file.content):
+            names.append(".".join(parts))
+    return names
+
+
 def _read_paths() -> list[str]:
     """What the confined Python may read and execute: its own installation and the system's
     shared libraries, nothing of the project or the user's."""
@@ -135,102 +105,196 @@ def _read_paths() -> list[str]:
     return sorted(p for p in paths if os.path.exists(p))
 
 
-def _write_suite(suite: TestSuite, context: Sequence[ContextFile], workdir: Path) -> dict[str, str]:
-    """The files of a suite and the context beside them; returns the author of each test
-    module."""
+def _write_context(context: Sequence[ContextFile], workdir: Path) -> None:
     for file in context:
         if not _own_path(file.path):
             path = workdir / file.path
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(file.content, encoding="utf-8")
-    (workdir / "solution.py").write_text(suite.solution)
-    (workdir / "conftest.py").write_text(_CONFTEST)
-    (workdir / "pytest.ini").write_text("[pytest]\n")  # the rootdir: pytest looks no higher
-    authors = {}
-    for author, source in suite.tests.items():
-        module = module_name(author)
-        (workdir / f"{module}.py").write_text(source)
-        authors[module] = author
-    return authors
 
 
-def run_suite(suite: TestSuite, limits: SandboxLimits, context: Sequence[ContextFile] = ()) -> SuiteRun:
-    """Run the other members' tests against the suite's solution, beside the context's
-    files, confined."""
-    problem = confine.isolation_problem()
-    if problem is not None:
-        return SuiteRun(candidate_id=suite.candidate_id, outcome="not_run", detail=problem)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="deliberation-sandbox-") as root:
-        workdir, scratch = Path(root, "work"), Path(root, "scratch")
-        workdir.mkdir()
+@dataclass
+class _Confined:
+    """A confined process, and the pipe on which its launcher says why it could not confine it."""
+
+    process: subprocess.Popen[bytes]
+    confine_failure: int
+    output: Path
+    killed: bool = False
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.killed = True
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def not_confined(self) -> str:
+        with os.fdopen(self.confine_failure, "rb") as pipe:
+            return pipe.read().decode(errors="replace")
+
+
+class _Launcher:
+    """Starts the confined processes of one suite run, each with a directory of its own."""
+
+    def __init__(self, root: Path, limits: SandboxLimits) -> None:
+        self._root, self._limits = root, limits
+        runtime = root / "runtime"
+        shutil.copytree(JUDGE, runtime / RUNTIME_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+        self._runtime = str(runtime)
+        self._read_paths = [*_read_paths(), self._runtime]
+        venv = sys.prefix != sys.base_prefix
+        self._python = sys.executable if venv else os.path.realpath(sys.executable)
+
+    def start(self, name: str, workdir: Path, module: str, config: dict, fds: tuple[int, ...]) -> _Confined:
+        """Run judge/<module>.py's main with `config` (which names `fds`, passed to it) in
+        `workdir`, confined; its scratch directory is `<name>-scratch` beside."""
+        scratch = self._root / f"{name}-scratch"
         (scratch / "tmp").mkdir(parents=True)
-        authors = _write_suite(suite, context, workdir)
-        config = {
+        env = {
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch / "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if module == "harness":
+            env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        failures, failure_fd = os.pipe()
+        limits = self._limits
+        confinement = {
             "workdir": str(workdir),
             "write_paths": [str(scratch)],
-            "read_paths": _read_paths(),
+            "read_paths": self._read_paths,
             "cpu_seconds": limits.cpu_seconds,
             "memory_bytes": limits.memory_mb * 2**20,
             "file_bytes": limits.file_mb * 2**20,
             "open_files": limits.open_files,
-            "env": {
-                "HOME": str(scratch),
-                "TMPDIR": str(scratch / "tmp"),
-                "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-            },
+            "env": env,
+            "failure_fd": failure_fd,
         }
-        python = os.path.realpath(sys.executable) if sys.prefix == sys.base_prefix else sys.executable
-        report = scratch / REPORT
+        code = LAUNCH.format(runtime=self._runtime, package=RUNTIME_PACKAGE, module=module)
         # -B: the working directory is read-only, and -I ignores PYTHONDONTWRITEBYTECODE.
-        # The test modules are named: the context's own tests and conftest files stay out.
-        pytest = [python, "-I", "-B", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
-        pytest += [f"{module}.py" for module in authors]
-        output_path = Path(root, "output.txt")  # outside the work directory: not the program's
-        failures, failure_fd = os.pipe()
-        config["failure_fd"] = failure_fd
-        with open(output_path, "wb") as output, os.fdopen(failures, "rb") as confine_failure:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-S", confine.__file__, json.dumps(config), *pytest],
+        program = [self._python, "-I", "-B", "-c", code, json.dumps(config)]
+        output = self._root / f"{name}-output.txt"  # outside its directories: not the program's
+        with open(output, "wb") as stream:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", confine.__file__, json.dumps(confinement), *program],
                 cwd=workdir,
                 env={},
                 stdin=subprocess.DEVNULL,
-                stdout=output,
+                stdout=stream,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
-                pass_fds=(failure_fd,),
+                pass_fds=(failure_fd, *fds),
                 start_new_session=True,
             )
-            os.close(failure_fd)
-            try:
-                returncode = child.wait(timeout=limits.wall_seconds)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                returncode = child.wait()
-                timed_out = True
-            not_confined = confine_failure.read().decode(errors="replace")
-        seconds = round(time.monotonic() - started, 3)
-        tail = _tail(output_path)
-        run = SuiteRun(candidate_id=suite.candidate_id, outcome="finished", seconds=seconds)
+        os.close(failure_fd)
+        return _Confined(process, failures, output)
+
+
+@dataclass
+class _Judgment:
+    """One author's tests against the candidate: the harness, and the candidate's process
+    it talks to."""
+
+    author: str
+    module: str
+    harness: _Confined
+    candidate: _Confined
+    results: Path
+
+
+def _judge(
+    launcher: _Launcher,
+    root: Path,
+    author: str,
+    tests: str,
+    context: Sequence[ContextFile],
+    names: list[str],
+    candidate_dir: Path,
+) -> _Judgment:
+    module = module_name(author)
+    workdir = root / module
+    workdir.mkdir()
+    _write_context(context, workdir)
+    (workdir / f"{module}.py").write_text(tests)
+    (workdir / "pytest.ini").write_text("[pytest]\n")  # the rootdir: pytest looks no higher
+    requests_read, requests_write = os.pipe()
+    answers_read, answers_write = os.pipe()
+    candidate_config = {"requests_fd": requests_read, "answers_fd": answers_write, "taken_over": names}
+    candidate = launcher.start(
+        f"candidate-{module}", candidate_dir, "candidate", candidate_config, (requests_read, answers_write)
+    )
+    results = root / f"{module}-scratch" / RESULTS
+    harness_config = {
+        "requests_fd": requests_write,
+        "answers_fd": answers_read,
+        "taken_over": names,
+        "tests": f"{module}.py",
+        "results": str(results),
+    }
+    harness = launcher.start(module, workdir, "harness", harness_config, (requests_write, answers_read))
+    for fd in (requests_read, requests_write, answers_read, answers_write):
+        os.close(fd)  # each end is its process's alone: a closed pipe then means it ended
+    return _Judgment(author, module, harness, candidate, results)
+
+
+def run_suite(suite: TestSuite, limits: SandboxLimits, context: Sequence[ContextFile] = ()) -> SuiteRun:
+    """Run each other member's tests against the suite's solution, beside the context's
+    files, confined, and count them here."""
+    problem = confine.isolation_problem()
+    if problem is not None:
+        return SuiteRun(candidate_id=suite.candidate_id, outcome="not_run", detail=problem)
+    started = time.monotonic()
+    deadline = started + limits.wall_seconds
+    with tempfile.TemporaryDirectory(prefix="deliberation-sandbox-") as name:
+        root = Path(name)
+        launcher = _Launcher(root, limits)
+        candidate_dir = root / "candidate"
+        candidate_dir.mkdir()
+        _write_context(context, candidate_dir)
+        (candidate_dir / "solution.py").write_text(suite.solution)
+        names = taken_over(suite.solution, context)
+        judgments: list[_Judgment] = []
+        try:
+            for author, tests in suite.tests.items():
+                judgments.append(_judge(launcher, root, author, tests, context, names, candidate_dir))
+            timed_out = _wait(judgments, deadline)
+        finally:
+            for judgment in judgments:
+                judgment.harness.kill()
+                judgment.candidate.kill()
+        run = SuiteRun(
+            candidate_id=suite.candidate_id, outcome="finished", seconds=round(time.monotonic() - started, 3)
+        )
+        processes = [process for j in judgments for process in (j.harness, j.candidate)]
+        not_confined = [why for why in (process.not_confined() for process in processes) if why]
         if not_confined:
-            return run.model_copy(update={"outcome": "not_run", "detail": not_confined})
+            return run.model_copy(update={"outcome": "not_run", "detail": not_confined[0]})
         if timed_out:
-            return run.model_copy(
-                update={
-                    "outcome": "killed",
-                    "detail": f"killed at the wall-clock limit of {limits.wall_seconds:g} s",
-                }
-            )
-        if returncode < 0:
-            return run.model_copy(update={"outcome": "killed", "detail": _killed_by(-returncode, limits)})
-        if not report.is_file():
-            return run.model_copy(
-                update={"outcome": "killed", "detail": f"no test report (exit code {returncode}): {tail}"}
-            )
-        return _read_report(report, authors, suite, run)
+            detail = f"killed at the wall-clock limit of {limits.wall_seconds:g} s"
+            return run.model_copy(update={"outcome": "killed", "detail": detail})
+        for judgment in judgments:
+            code = judgment.candidate.process.returncode
+            if code < 0 and not judgment.candidate.killed:
+                return run.model_copy(update={"outcome": "killed", "detail": _killed_by(-code, limits)})
+        return _count(judgments, suite, limits, run)
+
+
+def _wait(judgments: list[_Judgment], deadline: float) -> bool:
+    """Wait for every harness, then give each candidate's process a moment to end; True if
+    the deadline came first (whatever is left is killed by the caller)."""
+    for judgment in judgments:
+        try:
+            judgment.harness.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return True
+    grace = min(time.monotonic() + CANDIDATE_GRACE_SECONDS, deadline)
+    for judgment in judgments:
+        try:
+            judgment.candidate.process.wait(timeout=max(0.0, grace - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            judgment.candidate.kill()  # it had nothing left to answer: not held against it
+    return False
 
 
 def _killed_by(signum: int, limits: SandboxLimits) -> str:
@@ -245,37 +309,74 @@ def _tail(path: Path) -> str:
     return " | ".join(lines[-3:])[-OUTPUT_SHOWN:]
 
 
-def _read_report(report: Path, authors: dict[str, str], suite: TestSuite, run: SuiteRun) -> SuiteRun:
-    """Counts per author from pytest's JUnit XML. A module that failed to import counts all
-    the tests its author wrote as failed."""
-    try:
-        cases = ElementTree.parse(report).getroot().iter("testcase")
-    except ElementTree.ParseError as exc:
-        return run.model_copy(update={"outcome": "killed", "detail": f"unreadable test report: {exc}"})
+def _brief(message: object) -> str:
+    return re.sub(r"\s+", " ", str(message)).strip()[:120]
+
+
+def _outcomes(judgment: _Judgment, limits: SandboxLimits) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """What the harness wrote: each test's outcome (a failure in any phase stands) and why,
+    and the messages of the test module's failures to import. Lines not of the form, or
+    about another module's tests, are ignored: the harness is the author's, not a witness
+    for anyone else."""
+    outcomes: dict[str, tuple[str, str]] = {}
+    import_errors: list[str] = []
+    if not judgment.results.is_file():
+        return {}, []
+    with open(judgment.results, "rb") as stream:
+        lines = stream.read(limits.file_mb * 2**20).decode("utf-8", "replace").splitlines()
+    prefix = f"{judgment.module}.py::"
+    for line in lines:
+        try:
+            report = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if type(report) is not dict:
+            continue
+        test, outcome, message = report.get("test"), report.get("outcome"), report.get("message", "")
+        if outcome == "error" and test is None:
+            import_errors.append(_brief(message))
+        elif (
+            type(test) is str
+            and test.startswith(prefix)
+            and outcome in ("passed", "failed", "skipped")
+            and outcomes.get(test, ("",))[0] != "failed"
+        ):
+            outcomes[test] = (outcome, _brief(message))
+    return outcomes, import_errors
+
+
+def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, run: SuiteRun) -> SuiteRun:
+    """Counts per author. A test module that did not import counts all the tests its author
+    wrote as failed; so does a harness that ended before reporting them all."""
     passed: dict[str, int] = {}
     failed: dict[str, int] = {}
     failures: list[str] = []
-    for case in cases:
-        classname, name = case.get("classname", ""), case.get("name", "")
-        module = (classname or name).split(".")[0]
-        author = authors.get(module)
-        if author is None:
+    details: list[str] = []
+    for judgment in judgments:
+        author, expected = judgment.author, suite.expected.get(judgment.author, 1)
+        outcomes, import_errors = _outcomes(judgment, limits)
+        if judgment.candidate.process.returncode > 0:
+            details.append(
+                f"the candidate's process for {author}'s tests exited with code "
+                f"{judgment.candidate.process.returncode}"
+            )
+        if import_errors:
+            failed[author] = failed.get(author, 0) + expected
+            failures.append(f"{author}'s tests did not import: {import_errors[-1]}")
             continue
-        problem = case.find("failure")
-        if problem is None:
-            problem = case.find("error")
-        if case.find("skipped") is not None:
-            continue
-        if problem is None:
-            passed[author] = passed.get(author, 0) + 1
-            continue
-        collected = bool(classname)
-        failed[author] = failed.get(author, 0) + (1 if collected else suite.expected.get(author, 1))
-        message = problem.get("message") or ""
-        if not collected:  # the message only says "collection failure"; the error is last
-            errors = [line[1:] for line in (problem.text or "").splitlines() if line.startswith("E ")]
-            message = errors[-1] if errors else message
-        message = re.sub(r"\s+", " ", message).strip()[:120]
-        where = f"{name} ({author})" if collected else f"{author}'s tests did not import"
-        failures.append(f"{where}: {message}")
-    return run.model_copy(update={"passed": passed, "failed": failed, "failures": failures})
+        for test, (kind, message) in outcomes.items():
+            if kind == "passed":
+                passed[author] = passed.get(author, 0) + 1
+            elif kind == "failed":
+                failed[author] = failed.get(author, 0) + 1
+                failures.append(f"{test.rsplit('::', 1)[-1]} ({author}): {message}")
+        missing = expected - len(outcomes)
+        if missing > 0:
+            failed[author] = failed.get(author, 0) + missing
+            code = judgment.harness.process.returncode
+            why = _killed_by(-code, limits) if code < 0 else f"exit code {code}"
+            why += f": {_tail(judgment.harness.output)}"
+            failures.append(f"{missing} of {author}'s tests gave no result ({why})")
+    return run.model_copy(
+        update={"passed": passed, "failed": failed, "failures": failures, "detail": "; ".join(details)}
+    )

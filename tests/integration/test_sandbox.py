@@ -209,8 +209,9 @@ def test_a_flood_of_output_stops_at_the_file_size_limit() -> None:
 
 
 def test_the_environment_is_empty_but_for_the_sandbox_own() -> None:
-    solution = "import os\nnames = sorted(set(os.environ) - {'PYTEST_VERSION'})  # pytest's own\n"
-    expected = ["HOME", "LANG", "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTHONDONTWRITEBYTECODE", "TMPDIR"]
+    # The candidate's process runs no pytest: nothing of pytest's is in its environment.
+    solution = "import os\nnames = sorted(os.environ)\n"
+    expected = ["HOME", "LANG", "PYTHONDONTWRITEBYTECODE", "TMPDIR"]
     tests = f"def test_names():\n    assert names == {expected}\n"
     assert score(run(solution, tests)) == 1.0
 
@@ -225,7 +226,10 @@ def test_refusal_says_why_when_isolation_is_unavailable(monkeypatch: pytest.Monk
 def test_a_program_exiting_as_a_failed_confinement_would_still_fails_its_tests() -> None:
     # 125 is the launcher's exit code when it cannot confine; only its pipe says so.
     result = run("import os\nos._exit(125)\n", "def test_x():\n    assert True\n")
-    assert result.outcome == "killed" and "exit code 125" in result.detail
+    assert result.outcome == "finished" and "exited with code 125" in result.detail
+    assert result.failures == [
+        f"{QA}'s tests did not import: judge.NoAnswer: no answer from the candidate: it closed its pipe"
+    ]
     assert score(result) == 0.0
 
 
