@@ -12,7 +12,7 @@ TestSuite, tasks/run_tests.py does so on a Ray worker.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -33,11 +33,21 @@ class TestSuite(BaseModel):
     solution: str
     tests: dict[str, str] = Field(description="Test module source by its author's agent id.")
     expected: dict[str, int] = Field(description="Tests counted in each author's source.")
-    own_tests: int = Field(default=0, description="Tests the candidate wrote (not run against it).")
+    own_tests: int = Field(default=0, description="Tests the candidate wrote (not counted for it).")
+    own: str = Field(
+        default="",
+        description="The candidate's own tests as a module, run against its solution only to "
+        "weigh its tests by agreement: they never count for its own score.",
+    )
 
     @property
     def runnable(self) -> bool:
-        return bool(self.solution and self.tests)
+        return bool(self.solution and (self.tests or self.own))
+
+    @property
+    def modules(self) -> dict[str, str]:
+        """Every test module run against the solution, by author: the others', then its own."""
+        return self.tests | ({self.candidate_id: self.own} if self.own else {})
 
 
 class SuiteRun(BaseModel):
@@ -48,6 +58,11 @@ class SuiteRun(BaseModel):
     passed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failures: list[str] = Field(default_factory=list, description="The first failures, briefly.")
+    results: dict[str, dict[str, bool]] = Field(
+        default_factory=dict,
+        description="Each test that reported, by author then name: passed or not (the "
+        "candidate's own included; it is not in `passed` and `failed`).",
+    )
     detail: str = ""
     seconds: float = 0.0
 
@@ -65,6 +80,7 @@ def plan_suites(proposals: Mapping[str, str]) -> dict[str, TestSuite]:
             tests={author: s.tests_for(split.defined) for author, s in others.items()},
             expected={author: s.test_count for author, s in others.items()},
             own_tests=split.test_count,
+            own=split.tests_for(split.defined) if split.solution and split.test_count else "",
         )
     return suites
 
@@ -74,11 +90,14 @@ def module_name(author_id: str) -> str:
     return "test_by_" + re.sub(r"\W", "_", author_id)
 
 
-def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool) -> CheckResult:
-    """The `tests_pass` check: the share of the other members' tests the proposal passes.
-    For a code task, a proposal with no solution to run them against (say, tests only)
-    fails it: it gives no evidence of doing the task. Tests only fail it even when no other
-    member wrote tests: they are not a solution that no test reached."""
+def check_tests_pass(
+    suite: TestSuite, run: SuiteRun | None, code_expected: bool, agreed: Agreement | None = None
+) -> CheckResult:
+    """The `tests_pass` check: the share of the other members' tests the proposal passes,
+    weighed by `agreed` when given (`weighted_share`). For a code task, a proposal with no
+    solution to run them against (say, tests only) fails it: it gives no evidence of doing
+    the task. Tests only fail it even when no other member wrote tests: they are not a
+    solution that no test reached."""
 
     def not_applicable(detail: str) -> CheckResult:
         return CheckResult(name=CHECK_NAME, applicable=False, score=1.0, detail=detail)
@@ -108,9 +127,64 @@ def check_tests_pass(suite: TestSuite, run: SuiteRun | None, code_expected: bool
         for author in suite.tests
     )
     detail = f"{passed} of {passed + failed} tests by other members pass ({per_author})"
+    score = passed / (passed + failed)
+    if agreed is not None:
+        weighted, unheard = weighted_share(suite, run, agreed)
+        if unheard:
+            detail += f"; left out, agreeing with no solution: the tests of {', '.join(unheard)}"
+        if weighted is None:
+            return not_applicable(detail + "; no test left to count")
+        if round(weighted, 4) != round(score, 4):
+            detail += f"; by agreement {weighted:.2f}"
+        score = weighted
     if run.failures:
         detail += "; failed: " + "; ".join(run.failures[:MAX_FAILURES_SHOWN])
-    return CheckResult(name=CHECK_NAME, applicable=True, score=passed / (passed + failed), detail=detail)
+    return CheckResult(name=CHECK_NAME, applicable=True, score=round(score, 4), detail=detail)
+
+
+# Author -> test -> the share of the solutions it ran on that pass it.
+Agreement = dict[str, dict[str, float]]
+
+
+def agreement(runs: Iterable[SuiteRun]) -> Agreement:
+    """How far each test agrees with the solutions: the share of those it ran on (its
+    author's own included) that pass it, as in CodeT's dual execution agreement. A test
+    that fails every solution (`assert False`) agrees with none: 0."""
+    ran: dict[str, dict[str, list[bool]]] = {}
+    for run in runs:
+        if run.outcome != "finished":
+            continue
+        for author, tests in run.results.items():
+            for test, ok in tests.items():
+                ran.setdefault(author, {}).setdefault(test, []).append(ok)
+    return {
+        author: {test: sum(oks) / len(oks) for test, oks in tests.items()} for author, tests in ran.items()
+    }
+
+
+def weighted_share(suite: TestSuite, run: SuiteRun, agreed: Agreement) -> tuple[float | None, list[str]]:
+    """The share of the other members' tests a solution passes, each test weighed by its
+    agreement, each author by the mean agreement of their tests: one test that fails every
+    solution, or a flood of tests only one solution passes, cannot outweigh the tests the
+    solutions agree on. A test that gave no result counts as failed, at its author's mean.
+    Returns the share (None if no test is left to count) and the authors left out because
+    none of their tests agrees with any solution."""
+    total = weight = 0.0
+    unheard = []
+    for author in suite.tests:
+        agreements = agreed.get(author, {})
+        author_weight = sum(agreements.values()) / len(agreements) if agreements else 0.0
+        if agreements and author_weight == 0:
+            unheard.append(author)
+        reported = run.results.get(author, {})
+        missing = max(0, suite.expected.get(author, 0) - len(reported))
+        counted = sum(agreements.get(test, 0.0) for test in reported) + missing * author_weight
+        if author_weight == 0 or counted == 0:
+            continue
+        share = sum(agreements.get(test, 0.0) for test, ok in reported.items() if ok) / counted
+        total += author_weight * share
+        weight += author_weight
+    return (total / weight if weight else None), unheard
 
 
 def tested_standing(check: CheckResult | None) -> Tested:

@@ -293,11 +293,11 @@ class DeliberationRequest(BaseModel):
             normal = key.strip().upper() if key.strip().upper() in Role.__members__ else key.strip()
             if not (normal in Role.__members__ or normal == CHAIR_ID or _AGENT_ID.match(normal)):
                 raise ValueError(
-                    f"endpoints: {key!r} is not a role ({', '.join(Role.__members__)}), "
+                    f"{key!r} is not a role ({', '.join(Role.__members__)}), "
                     f"an agent id (agent-dev-001) or {CHAIR_ID!r}"
                 )
             if not isinstance(name, str) or not re.match(ID_PATTERN, name):
-                raise ValueError(f"endpoints: {key}: {name!r} is not an endpoint name")
+                raise ValueError(f"{key}: {name!r} is not an endpoint name")
             keys[normal] = name
         return keys
 

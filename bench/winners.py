@@ -38,6 +38,10 @@ BALLOTS = ["abstaining", "random", "informative"]
 KINDS = ["correct", "buggy", "restated", "truncated", "no_code"]
 # Issue 25's council: only the tests-only member writes tests.
 TESTS_ONLY_COUNCIL = ["correct", "buggy", "buggy", "tests_only", "no_code"]
+# Issue 24: a saboteur (a copy without type hints, beside a test no solution passes) among an
+# honest tester; and a tester whose test only the buggy code passes.
+SABOTEUR_COUNCIL = ["correct", "buggy", "saboteur", "tests_only", "no_code"]
+QUIRK_COUNCIL = ["correct", "buggy", "restated", "quirk_tests", "no_code"]
 # An informative reviewer perceives each proposal's quality rank plus Gaussian noise of
 # this deviation: neighbours in quality swap places about 12 % of the time.
 NOISE = 0.6
@@ -208,6 +212,37 @@ def _tests_only(name: str, purpose: str) -> str:
     )
 
 
+def _saboteur(name: str, good: str) -> str:
+    """A copy of the correct body without the type hints and docstring asked for, beside a
+    test no solution can pass: counted plainly, it fails everyone but its author."""
+    untyped = SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
+    return (
+        f"```python\ndef {name}({untyped}):\n    {good}\n```\n\nTests:\n\n"
+        f"```python\nfrom {name} import {name}\n\n\ndef test_{name}_edge_case():\n    assert False\n```"
+    )
+
+
+def _quirk_tests(name: str, purpose: str, good: str, bad: str) -> str:
+    """Tests only the buggy body passes: the first of the task's checks the bug fails,
+    asserting the buggy answer instead (computed here, from our own bench code)."""
+    params = SIGNATURES[name][0]
+    scope: dict[str, object] = {}
+    exec(f"def {name}({params}):\n    {bad}\n", scope)  # noqa: S102 (the bench's own code)
+    correct: dict[str, object] = {}
+    exec(f"def {name}({params}):\n    {good}\n", correct)  # noqa: S102
+    for check in SIGNATURES[name][1]:
+        call = check.split(" == ")[0].removeprefix("not ")
+        if eval(call, scope) != eval(call, correct):  # noqa: S307
+            quirk = f"{call} == {eval(call, scope)!r}"  # noqa: S307
+            break
+    else:
+        raise ValueError(f"the bug in {name} fails none of its checks")
+    return (
+        f"Tests for `{name}`, which {purpose}.\n\n```python\nfrom {name} import {name}\n\n\n"
+        f"def test_{name}():\n    assert {quirk}\n```"
+    )
+
+
 def _tests(name: str) -> str:
     """Tests written from the task's examples, as members with code write them (correct for
     the task: the evaluation measures whether the evidence is used, not test quality)."""
@@ -230,6 +265,10 @@ def proposal(
         return intro + _code(name, purpose, bad) + tests, "stop"
     if kind == "tests_only":
         return _tests_only(name, purpose), "stop"
+    if kind == "saboteur":
+        return _saboteur(name, good), "stop"
+    if kind == "quirk_tests":
+        return _quirk_tests(name, purpose, good, bad), "stop"
     if kind == "restated":
         return (
             f"Requirements:\n1. Type hints\n2. Docstring\n\n```python\ndef {name}({untyped}):\n    {good}\n```",
@@ -255,16 +294,16 @@ def evaluation_set(count: int) -> list[Case]:
     return cases
 
 
-def tests_only_set(count: int) -> list[Case]:
-    """Councils of five: correct, buggy twice, tests only, no code; the correct code at
-    position `index % 5` of case `index`, the others in a seeded order."""
+def council_set(council: list[str], count: int, own_tests: bool = False) -> list[Case]:
+    """Councils of these kinds, one per task: the correct code at position `index % len`
+    of case `index` (so every position), the others in a seeded order."""
     cases = []
     for index, (name, purpose, good, bad) in enumerate(FUNCTIONS[:count]):
-        kinds = TESTS_ONLY_COUNCIL[1:]
-        random.Random(f"tests-only-{index}").shuffle(kinds)
-        kinds.insert(index % len(TESTS_ONLY_COUNCIL), "correct")
+        kinds = council[1:]
+        random.Random(f"{'-'.join(council)}-{index}").shuffle(kinds)
+        kinds.insert(index % len(council), "correct")
         task = f"Write a Python function `{name}` that {purpose}."
-        proposals = [(kind, *proposal(kind, name, purpose, good, bad, own_tests=False)) for kind in kinds]
+        proposals = [(kind, *proposal(kind, name, purpose, good, bad, own_tests)) for kind in kinds]
         cases.append(Case(task, proposals))
     return cases
 
@@ -368,7 +407,19 @@ def main(argv: list[str] | None = None) -> int:
         Evaluation(
             f"tests-only councils: {count} tasks, 5 proposals each (correct, buggy twice, tests only "
             "in a check(candidate) helper, no code); only the tests-only member writes tests",
-            tests_only_set(count),
+            council_set(TESTS_ONLY_COUNCIL, count),
+            [("abstaining", True)],
+        ),
+        Evaluation(
+            f"saboteur councils: {count} tasks, 5 proposals each (correct, buggy, a saboteur: a copy "
+            "without type hints beside a test no solution passes, honest tests only, no code)",
+            council_set(SABOTEUR_COUNCIL, count),
+            [("abstaining", True)],
+        ),
+        Evaluation(
+            f"quirk councils: {count} tasks, 5 proposals each (correct and buggy with their tests, "
+            "a restated copy, tests only the buggy code passes, no code)",
+            council_set(QUIRK_COUNCIL, count, own_tests=True),
             [("abstaining", True)],
         ),
     ]

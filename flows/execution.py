@@ -12,7 +12,7 @@ from prefect.futures import PrefectFuture
 
 from agents.adapters.sandbox import left_out_of_sandbox
 from agents.config import SandboxLimits
-from agents.evidence import SuiteRun, check_tests_pass, plan_suites
+from agents.evidence import SuiteRun, agreement, check_tests_pass, plan_suites
 from agents.models import CheckResult, ContextFile
 from agents.ranking import Candidate
 from flows.futures import Deadline, collect, settle
@@ -71,8 +71,10 @@ def execute_proposals(
     late = collect(futures, deadline, finished) if futures else list(runnable)
     for agent_id in late:
         runs[agent_id] = SuiteRun(candidate_id=agent_id, outcome="not_run", detail=deadline.reason())
+    # Each test weighed by how far the solutions agree with it (agents/evidence.py).
+    agreed = agreement(runs.values())
     for agent_id in candidates:
-        check = check_tests_pass(suites[agent_id], runs.get(agent_id), code_expected)
+        check = check_tests_pass(suites[agent_id], runs.get(agent_id), code_expected, agreed)
         execution.checks[agent_id] = check
         if agent_id in runs and runs[agent_id].outcome == "not_run":
             execution.gaps.append(f"tests of {agent_id}: {check.detail}")

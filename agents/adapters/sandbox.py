@@ -256,7 +256,7 @@ def run_suite(suite: TestSuite, limits: SandboxLimits, context: Sequence[Context
         names = taken_over(suite.solution, context)
         judgments: list[_Judgment] = []
         try:
-            for author, tests in suite.tests.items():
+            for author, tests in suite.modules.items():
                 judgments.append(_judge(launcher, root, author, tests, context, names, candidate_dir))
             timed_out = _wait(judgments, deadline)
         finally:
@@ -346,15 +346,25 @@ def _outcomes(judgment: _Judgment, limits: SandboxLimits) -> tuple[dict[str, tup
 
 
 def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, run: SuiteRun) -> SuiteRun:
-    """Counts per author. A test module that did not import counts all the tests its author
-    wrote as failed; so does a harness that ended before reporting them all."""
+    """Counts per other author, and each test's result by author (the candidate's own
+    tests, run for agreement only, there alone). A test module that did not import counts
+    all the tests its author wrote as failed; so does a harness that ended before reporting
+    them all."""
     passed: dict[str, int] = {}
     failed: dict[str, int] = {}
     failures: list[str] = []
     details: list[str] = []
+    results: dict[str, dict[str, bool]] = {}
     for judgment in judgments:
         author, expected = judgment.author, suite.expected.get(judgment.author, 1)
         outcomes, import_errors = _outcomes(judgment, limits)
+        results[author] = {
+            test.split("::", 1)[-1]: kind == "passed"
+            for test, (kind, _) in outcomes.items()
+            if kind != "skipped"
+        }
+        if author == suite.candidate_id:
+            continue
         if judgment.candidate.process.returncode > 0:
             details.append(
                 f"the candidate's process for {author}'s tests exited with code "
@@ -378,5 +388,11 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
             why += f": {_tail(judgment.harness.output)}"
             failures.append(f"{missing} of {author}'s tests gave no result ({why})")
     return run.model_copy(
-        update={"passed": passed, "failed": failed, "failures": failures, "detail": "; ".join(details)}
+        update={
+            "passed": passed,
+            "failed": failed,
+            "failures": failures,
+            "results": results,
+            "detail": "; ".join(details),
+        }
     )

@@ -99,7 +99,11 @@ def test_the_other_members_tests_pick_the_correct_code_when_every_ballot_abstain
     assert checks["agent-architect-001"].score == 1.0
     assert checks["agent-architect-001"].detail.startswith("3 of 3 tests by other members pass")
     # Only the other members' tests count: QA's two (its own passing test is not run).
-    assert checks["agent-dev-001"].score == pytest.approx(1 / 2)
+    # Weighed by agreement: the one it fails, the correct code passes (1/2 of the solutions
+    # agree with it), the one it passes, both do (1): 1 / 1.5.
+    assert checks["agent-dev-001"].detail.startswith("1 of 2 tests by other members pass")
+    assert checks["agent-dev-001"].score == pytest.approx(2 / 3, abs=1e-4)
+    assert "by agreement 0.67" in checks["agent-dev-001"].detail
     assert "test_small_values (agent-qa-001)" in checks["agent-dev-001"].detail
     # The hostile code's signal was refused, so its tests failed; the worker lived on.
     assert checks["agent-data-001"].applicable and checks["agent-data-001"].score == 0.0

@@ -1,0 +1,81 @@
+"""Tests weighed by agreement (CodeT's dual execution agreement): a saboteur's test, or a
+flood of tests only a buggy solution passes, cannot sink the code the tests agree on."""
+
+from __future__ import annotations
+
+from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass
+
+CORRECT, BUGGY, QA = "agent-dev-001", "agent-architect-001", "agent-qa-001"
+
+
+def suite(candidate: str, expected: dict[str, int]) -> TestSuite:
+    return TestSuite(
+        candidate_id=candidate,
+        solution="def f(): ...\n",
+        tests={author: "..." for author in expected},
+        expected=expected,
+    )
+
+
+def run(candidate: str, results: dict[str, dict[str, bool]]) -> SuiteRun:
+    others = {a: r for a, r in results.items() if a != candidate}
+    return SuiteRun(
+        candidate_id=candidate,
+        outcome="finished",
+        passed={a: sum(r.values()) for a, r in others.items()},
+        failed={a: sum(not ok for ok in r.values()) for a, r in others.items()},
+        results=results,
+    )
+
+
+def test_a_test_that_fails_every_solution_counts_for_nothing() -> None:
+    runs = {
+        CORRECT: run(CORRECT, {BUGGY: {"test_f": True}, QA: {"test_sabotage": False}}),
+        BUGGY: run(BUGGY, {CORRECT: {"test_f": False}, QA: {"test_sabotage": False}}),
+        QA: run(QA, {CORRECT: {"test_f": True}, BUGGY: {"test_f": True}, QA: {"test_sabotage": False}}),
+    }
+    agreed = agreement(runs.values())
+    assert agreed[QA] == {"test_sabotage": 0.0}
+    check = check_tests_pass(suite(CORRECT, {BUGGY: 1, QA: 1}), runs[CORRECT], True, agreed)
+    assert check.score == 1.0 and check.passed
+    assert "left out, agreeing with no solution: the tests of agent-qa-001" in check.detail
+    # Counted plainly, the saboteur's test halves the correct code's share.
+    assert check_tests_pass(suite(CORRECT, {BUGGY: 1, QA: 1}), runs[CORRECT], True).score == 0.5
+
+
+def test_a_flood_of_tests_only_the_buggy_solution_passes_weighs_as_one_doubtful_member() -> None:
+    flood = {f"test_quirk_{i}": True for i in range(10)}
+    against_correct = {name: False for name in flood}
+    runs = {
+        CORRECT: run(CORRECT, {BUGGY: {"test_f": True}, QA: against_correct, CORRECT: {"test_f": True}}),
+        BUGGY: run(BUGGY, {CORRECT: {"test_f": False}, QA: flood, BUGGY: {"test_f": False}}),
+        "agent-data-001": run(
+            "agent-data-001", {CORRECT: {"test_f": True}, BUGGY: {"test_f": True}, QA: against_correct}
+        ),
+    }
+    agreed = agreement(runs.values())
+    expected = {BUGGY: 1, QA: 10}
+    correct = check_tests_pass(suite(CORRECT, expected), runs[CORRECT], True, agreed)
+    buggy = check_tests_pass(suite(BUGGY, {CORRECT: 1, QA: 10}), runs[BUGGY], True, agreed)
+    assert correct.score > buggy.score
+    # Counted plainly, the flood decides.
+    assert check_tests_pass(suite(CORRECT, expected), runs[CORRECT], True).score < 0.1
+
+
+def test_a_test_that_gave_no_result_counts_as_failed_at_its_author_s_weight() -> None:
+    runs = {
+        CORRECT: run(CORRECT, {QA: {"test_a": True, "test_b": True}}),
+        BUGGY: run(BUGGY, {QA: {"test_a": True}}),  # test_b gave no result
+    }
+    agreed = agreement(runs.values())
+    check = check_tests_pass(suite(BUGGY, {QA: 2}), runs[BUGGY], True, agreed)
+    assert check.score == 0.5 and not check.passed
+
+
+def test_when_no_test_agrees_with_any_solution_the_code_is_untested() -> None:
+    runs = {
+        CORRECT: run(CORRECT, {QA: {"test_sabotage": False}}),
+        BUGGY: run(BUGGY, {QA: {"test_sabotage": False}}),
+    }
+    check = check_tests_pass(suite(CORRECT, {QA: 1}), runs[CORRECT], True, agreement(runs.values()))
+    assert not check.applicable and "no test left to count" in check.detail
