@@ -84,6 +84,13 @@ def _self_import(node: ast.stmt, defined: set[str]) -> bool:
     return isinstance(node, ast.ImportFrom) and all(alias.name in defined for alias in node.names)
 
 
+def _bound_names(node: ast.stmt) -> set[str]:
+    """The names an import statement binds."""
+    if not isinstance(node, ast.Import | ast.ImportFrom):
+        return set()
+    return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+
+
 def _own_scope(node: ast.AST) -> Iterator[ast.AST]:
     """The nodes of a function's body, not those of the functions and classes inside it."""
     for child in ast.iter_child_nodes(node):
@@ -189,12 +196,16 @@ class CodeSplit:
         solved = False  # a statement that does the task, not only an import or a constant
         self.test_side: list[ast.stmt] = []
         self.helpers: set[str] = set()
+        # Every block's imports: a test may use a module its author imported beside the
+        # solution, which it must get as itself, not from the candidate it tests.
+        self.imports: list[ast.stmt] = []
         for code in python_blocks(text):
             try:
                 tree = ast.parse(code)
             except (SyntaxError, ValueError):
                 broken.append(code)  # broken code stays: running it is the evidence
                 continue
+            self.imports += [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
             has_tests = any(_is_test(node) for node in tree.body)
             helpers = _test_helpers(tree.body) if has_tests else set()
             self.helpers |= helpers
@@ -230,8 +241,11 @@ class CodeSplit:
             or _defined_name(node) in self.helpers
             or _defined_name(node) not in defined
         ]
+        # Not one that would take the place of the candidate's own (`from math import gcd`
+        # beside a test of the candidate's `gcd`).
+        imports = [node for node in self.imports if node not in kept and not _bound_names(node) & defined]
         return (
             "from solution import *  # noqa: F403\n\n"
-            + "\n\n".join(ast.unparse(node) for node in kept)
+            + "\n\n".join(ast.unparse(node) for node in [*imports, *kept])
             + "\n"
         )

@@ -58,10 +58,10 @@ class SuiteRun(BaseModel):
     passed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failures: list[str] = Field(default_factory=list, description="The first failures, briefly.")
-    results: dict[str, dict[str, bool]] = Field(
+    results: dict[str, dict[str, bool | None]] = Field(
         default_factory=dict,
-        description="Each test that reported, by author then name: passed or not (the "
-        "candidate's own included; it is not in `passed` and `failed`).",
+        description="Each test that reported, by author then name: passed, failed, or None "
+        "if skipped (the candidate's own included; it is not in `passed` and `failed`).",
     )
     detail: str = ""
     seconds: float = 0.0
@@ -149,16 +149,26 @@ Agreement = dict[str, dict[str, float]]
 def agreement(runs: Iterable[SuiteRun]) -> Agreement:
     """How far each test agrees with the solutions: the share of those it ran on (its
     author's own included) that pass it, as in CodeT's dual execution agreement. A test
-    that fails every solution (`assert False`) agrees with none: 0."""
-    ran: dict[str, dict[str, list[bool]]] = {}
-    for run in runs:
-        if run.outcome != "finished":
-            continue
+    that fails every solution (`assert False`) agrees with none: 0. Where an author's tests
+    ran, a test of theirs that gave no result failed (a module that did not import, a run
+    cut short); one skipped there does not count either way."""
+    finished = [run for run in runs if run.outcome == "finished"]
+    names: dict[str, set[str]] = {}
+    for run in finished:
         for author, tests in run.results.items():
-            for test, ok in tests.items():
-                ran.setdefault(author, {}).setdefault(test, []).append(ok)
+            names.setdefault(author, set()).update(tests)
+    ran: dict[str, dict[str, list[bool]]] = {
+        author: {name: [] for name in tests} for author, tests in names.items()
+    }
+    for run in finished:
+        for author, tests in run.results.items():
+            for name in names[author]:
+                ok = tests.get(name, False)
+                if ok is not None:
+                    ran[author][name].append(ok)
     return {
-        author: {test: sum(oks) / len(oks) for test, oks in tests.items()} for author, tests in ran.items()
+        author: {name: sum(oks) / len(oks) for name, oks in tests.items() if oks}
+        for author, tests in ran.items()
     }
 
 
@@ -168,16 +178,17 @@ def weighted_share(suite: TestSuite, run: SuiteRun, agreed: Agreement) -> tuple[
     solution, or a flood of tests only one solution passes, cannot outweigh the tests the
     solutions agree on. A test that gave no result counts as failed, at its author's mean.
     Returns the share (None if no test is left to count) and the authors left out because
-    none of their tests agrees with any solution."""
+    none of their tests agrees with any solution (or reported on any)."""
     total = weight = 0.0
     unheard = []
     for author in suite.tests:
         agreements = agreed.get(author, {})
         author_weight = sum(agreements.values()) / len(agreements) if agreements else 0.0
-        if agreements and author_weight == 0:
+        if author_weight == 0:
             unheard.append(author)
-        reported = run.results.get(author, {})
-        missing = max(0, suite.expected.get(author, 0) - len(reported))
+        results = run.results.get(author, {})
+        reported = {test: ok for test, ok in results.items() if ok is not None}
+        missing = max(0, suite.expected.get(author, 0) - len(results))
         counted = sum(agreements.get(test, 0.0) for test in reported) + missing * author_weight
         if author_weight == 0 or counted == 0:
             continue

@@ -354,7 +354,7 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
     failed: dict[str, int] = {}
     failures: list[str] = []
     details: list[str] = []
-    results: dict[str, dict[str, bool]] = {}
+    results: dict[str, dict[str, bool | None]] = {}
     for judgment in judgments:
         author, expected = judgment.author, suite.expected.get(judgment.author, 1)
         outcomes, import_errors = _outcomes(judgment, limits)

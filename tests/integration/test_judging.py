@@ -370,3 +370,28 @@ def test_what_the_proxy_carries_passes_and_what_it_does_not_fails() -> None:
     ], run.failures
     assert "judge.CandidateError: EmptyInput: nothing" in " ".join(run.failures)
     assert "judge.NoAnswer: a function cannot be passed" in " ".join(run.failures)
+
+
+def test_a_call_that_raises_stop_iteration_cannot_end_the_tests_own_loop() -> None:
+    tests = {
+        QA: "from factorial import factorial\n\ndef test_all():\n    assert all(map(factorial, [3, 4]))\n"
+    }
+    cheated = judge("def factorial(n):\n    raise StopIteration\n", tests)
+    assert (cheated.outcome, cheated.passed, cheated.failed) == ("finished", {}, {QA: 1}), cheated
+    honest = judge(HONEST, tests)
+    assert (honest.passed, honest.failed) == ({QA: 1}, {}), honest
+
+
+def test_a_module_the_tests_use_is_the_real_one_not_the_candidates() -> None:
+    # QA imported math beside its own solution, in another block than its test; the
+    # candidate's `math`, patched in its own process, must not answer for the assertion.
+    qa = (
+        "```python\nimport math\n\ndef factorial(n):\n    return math.factorial(n)\n```\n\n"
+        "```python\ndef test_three():\n    assert math.isclose(factorial(3), 6)\n```"
+    )
+    for solution, passed in (("return 0", {}), ("return 1 if n < 2 else n * factorial(n - 1)", {QA: 1})):
+        patch = "import math\nmath.isclose = lambda *a, **k: True\n"
+        dev = f"```python\n{patch}\ndef factorial(n):\n    {solution}\n```"
+        suite = plan_suites({DEV: dev, QA: qa})[DEV]
+        ran = run_suite(suite, LIMITS)
+        assert (ran.outcome, ran.passed) == ("finished", passed), ran

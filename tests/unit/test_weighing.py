@@ -17,13 +17,13 @@ def suite(candidate: str, expected: dict[str, int]) -> TestSuite:
     )
 
 
-def run(candidate: str, results: dict[str, dict[str, bool]]) -> SuiteRun:
+def run(candidate: str, results: dict[str, dict[str, bool | None]]) -> SuiteRun:
     others = {a: r for a, r in results.items() if a != candidate}
     return SuiteRun(
         candidate_id=candidate,
         outcome="finished",
-        passed={a: sum(r.values()) for a, r in others.items()},
-        failed={a: sum(not ok for ok in r.values()) for a, r in others.items()},
+        passed={a: sum(ok is True for ok in r.values()) for a, r in others.items()},
+        failed={a: sum(ok is False for ok in r.values()) for a, r in others.items()},
         results=results,
     )
 
@@ -62,14 +62,28 @@ def test_a_flood_of_tests_only_the_buggy_solution_passes_weighs_as_one_doubtful_
     assert check_tests_pass(suite(CORRECT, expected), runs[CORRECT], True).score < 0.1
 
 
-def test_a_test_that_gave_no_result_counts_as_failed_at_its_author_s_weight() -> None:
+def test_a_test_that_gave_no_result_failed_there_and_counts_as_failed_at_its_author_s_weight() -> None:
     runs = {
         CORRECT: run(CORRECT, {QA: {"test_a": True, "test_b": True}}),
         BUGGY: run(BUGGY, {QA: {"test_a": True}}),  # test_b gave no result
     }
     agreed = agreement(runs.values())
+    # Where its author's tests ran and it gave nothing, it did not pass: no agreement of 1.0
+    # from the runs that happened to report it.
+    assert agreed[QA] == {"test_a": 1.0, "test_b": 0.5}
     check = check_tests_pass(suite(BUGGY, {QA: 2}), runs[BUGGY], True, agreed)
-    assert check.score == 0.5 and not check.passed
+    assert check.score == round(1 / 1.75, 4) and not check.passed
+
+
+def test_a_skipped_test_counts_neither_way() -> None:
+    runs = {
+        CORRECT: run(CORRECT, {QA: {"test_a": True, "test_b": None}}),
+        BUGGY: run(BUGGY, {QA: {"test_a": True, "test_b": None}}),
+    }
+    agreed = agreement(runs.values())
+    assert agreed[QA] == {"test_a": 1.0}
+    check = check_tests_pass(suite(CORRECT, {QA: 2}), runs[CORRECT], True, agreed)
+    assert check.score == 1.0 and check.passed
 
 
 def test_when_no_test_agrees_with_any_solution_the_code_is_untested() -> None:

@@ -76,7 +76,8 @@ class Candidate:
             self._gone = f"no answer from the candidate: {exc}"
             raise NoAnswer(self._gone) from None
         if type(answer.get("error")) is dict:
-            raise _raised(answer["error"])
+            iterating = request.get("op") == "apply" and request.get("function") == "next"
+            raise _raised(answer["error"], iterating)
         try:
             return wire.decode(answer["value"], self._remote)
         except (KeyError, wire.WireError, RecursionError) as exc:
@@ -96,11 +97,17 @@ class Candidate:
         return RemoteObject(self, node["ref"], wire.text(node.get("type"))[:100])
 
 
-def _raised(error: dict[str, Any]) -> BaseException:
+# Raised by a call, these would end the test's own loop (`all(map(f, xs))` true at once).
+_ENDS_ITERATION = (StopIteration, StopAsyncIteration)
+
+
+def _raised(error: dict[str, Any], iterating: bool = False) -> BaseException:
     """The candidate's exception as this side raises it: a builtin exception type by its
-    name, anything else as CandidateError."""
+    name, anything else as CandidateError; StopIteration only as the answer to `next`."""
     name, message = wire.text(error.get("type")), wire.text(error.get("message"))
     builtin = vars(builtins).get(name)
+    if isinstance(builtin, type) and issubclass(builtin, _ENDS_ITERATION) and not iterating:
+        return CandidateError(f"{name}: {message}")
     if isinstance(builtin, type) and issubclass(builtin, Exception):
         try:
             return builtin(message)
@@ -229,12 +236,13 @@ _PYTEST_PREFIXES = ("test", "Test", "setup", "teardown", "setUp", "tearDown")
 
 def _exported(name: str) -> bool:
     """Whether `from module import *` gives a test this name of the candidate's: not a
-    builtin's (a candidate's `all` or `sorted` would answer for the test's own
-    assertions; a test that means the candidate's names it in an import) and not one
-    pytest reads from a test module."""
+    builtin's or a standard module's (a candidate's `all`, `sorted` or `math` would answer
+    for the test's own assertions; a test that means the candidate's names it in an
+    import) and not one pytest reads from a test module."""
     return not (
         name.startswith("_")
         or name in vars(builtins)
+        or name in sys.stdlib_module_names
         or name in _PYTEST_NAMES
         or name.startswith(_PYTEST_PREFIXES)
     )
