@@ -198,10 +198,32 @@ def weighted_share(suite: TestSuite, run: SuiteRun, agreed: Agreement) -> tuple[
     return (total / weight if weight else None), unheard
 
 
-def tested_standing(check: CheckResult | None) -> Tested:
-    """What a `tests_pass` check (or its absence) says of a proposal's code: it passed every
-    test the other members wrote, none of them reached it, or it failed (a test, a run cut
-    short, or no solution to run)."""
+# A test more than half the solutions it ran on pass: one the solutions agree on.
+CONSENSUS = 0.5
+
+
+def tested_standing(
+    check: CheckResult | None,
+    suite: TestSuite | None = None,
+    run: SuiteRun | None = None,
+    agreed: Agreement | None = None,
+) -> Tested:
+    """What a `tests_pass` check (or its absence) says of a proposal's code: it passed the
+    other members' tests, none of them reached it, or it failed (a test, a run cut short,
+    or no solution to run). With the tests' agreement, only the tests most solutions pass
+    decide it: a test only its author's own solution passes weighs little in the score,
+    and must not put every other solution among the failed."""
     if check is None or not check.applicable:
         return "untested"
-    return "passed" if check.passed else "failed"
+    if suite is None or run is None or agreed is None or run.outcome != "finished":
+        return "passed" if check.passed else "failed"
+    reached = False
+    for author in suite.tests:
+        results = run.results.get(author, {})
+        for test, share in agreed.get(author, {}).items():
+            if share <= CONSENSUS or (ok := results.get(test, False)) is None:
+                continue
+            if not ok:
+                return "failed"
+            reached = True
+    return "passed" if reached else "untested"

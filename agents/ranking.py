@@ -228,12 +228,14 @@ def score_candidates(
     requirements: Sequence[str],
     code_expected: bool = False,
     executed: Mapping[str, CheckResult] | None = None,
+    tested: Mapping[str, Tested] | None = None,
 ) -> list[ProposalScore]:
     """Every candidate scored and ranked, best first; `executed` adds a check made by
     running a candidate's code (by agent id). A candidate that fails a required
     check (say, no code for a code task) ranks below every one that passes them all,
     whatever its score. On a code task with `executed`, how the other members' tests went
-    (`tested`: passed, untested, failed) ranks next, then the score. Ties on the score are
+    (`tested`, given or read from the check: passed, untested, failed) ranks next, then
+    the score. Ties on the score are
     broken by the checks, then by the peer score, then by council order (the order of
     `candidates`)."""
     peers = peer_scores(ballots)
@@ -257,7 +259,9 @@ def score_candidates(
                 check_score=round(checked, SCORE_DIGITS),
                 score=round(score, SCORE_DIGITS),
                 rank=1,
-                tested=tested_standing(ran) if code_expected and executed is not None else None,
+                tested=(tested or {}).get(candidate.agent_id, tested_standing(ran))
+                if code_expected and executed is not None
+                else None,
             )
         )
     # Compared as reported (rounded), so a tie the report shows is the tie the ranking saw.

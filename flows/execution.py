@@ -12,8 +12,8 @@ from prefect.futures import PrefectFuture
 
 from agents.adapters.sandbox import left_out_of_sandbox
 from agents.config import SandboxLimits
-from agents.evidence import SuiteRun, agreement, check_tests_pass, plan_suites
-from agents.models import CheckResult, ContextFile
+from agents.evidence import SuiteRun, agreement, check_tests_pass, plan_suites, tested_standing
+from agents.models import CheckResult, ContextFile, Tested
 from agents.ranking import Candidate
 from flows.futures import Deadline, collect, settle
 from tasks.run_tests import run_tests
@@ -21,9 +21,11 @@ from tasks.run_tests import run_tests
 
 @dataclass
 class Execution:
-    """The `tests_pass` check of each proposal, and what could not be run."""
+    """The `tests_pass` check of each proposal, how the tests went for it, and what could
+    not be run."""
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
+    tested: dict[str, Tested] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
 
 
@@ -76,6 +78,7 @@ def execute_proposals(
     for agent_id in candidates:
         check = check_tests_pass(suites[agent_id], runs.get(agent_id), code_expected, agreed)
         execution.checks[agent_id] = check
+        execution.tested[agent_id] = tested_standing(check, suites[agent_id], runs.get(agent_id), agreed)
         if agent_id in runs and runs[agent_id].outcome == "not_run":
             execution.gaps.append(f"tests of {agent_id}: {check.detail}")
     return execution

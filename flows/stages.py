@@ -225,6 +225,7 @@ def judge(
         request.constraints.requirements,
         request.code_expected,
         execution.checks if execution is not None else None,
+        execution.tested if execution is not None else None,
     )
     gaps = review.gaps + ranking.gaps + (execution.gaps if execution is not None else [])
     if (why := no_winner_reason(scores)) is not None:

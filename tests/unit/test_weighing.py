@@ -4,6 +4,7 @@ flood of tests only a buggy solution passes, cannot sink the code the tests agre
 from __future__ import annotations
 
 from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass
+from agents.evidence import tested_standing as standing_of  # not collected as a test
 
 CORRECT, BUGGY, QA = "agent-dev-001", "agent-architect-001", "agent-qa-001"
 
@@ -93,3 +94,19 @@ def test_when_no_test_agrees_with_any_solution_the_code_is_untested() -> None:
     }
     check = check_tests_pass(suite(CORRECT, {QA: 1}), runs[CORRECT], True, agreement(runs.values()))
     assert not check.applicable and "no test left to count" in check.detail
+
+
+def test_a_test_only_its_author_s_solution_passes_puts_no_one_else_among_the_failed() -> None:
+    # X wrote a copy and a test that only the copy passes; H wrote honest tests.
+    x, h = "agent-x-001", "agent-h-001"
+    runs = {CORRECT: run(CORRECT, {h: {"test_f": True}, x: {"test_mine": False}})}
+    runs[BUGGY] = run(BUGGY, {h: {"test_f": False}, x: {"test_mine": False}})
+    runs[x] = run(x, {h: {"test_f": True}, x: {"test_mine": True}})
+    agreed = agreement(runs.values())
+    assert agreed[x] == {"test_mine": 1 / 3}
+    standing = {}
+    for candidate, others in ((CORRECT, {h: 1, x: 1}), (BUGGY, {h: 1, x: 1}), (x, {h: 1})):
+        check = check_tests_pass(suite(candidate, others), runs[candidate], True, agreed)
+        standing[candidate] = standing_of(check, suite(candidate, others), runs[candidate], agreed)
+    # Counted as any failure, the correct code would stand with the buggy one, below X's copy.
+    assert standing == {CORRECT: "passed", BUGGY: "failed", x: "passed"}
