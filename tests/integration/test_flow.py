@@ -394,10 +394,12 @@ def test_a_call_cut_at_the_deadline_says_why_and_gives_its_slot_back_at_once(
     assert "cancelled: deadline of 10 s reached; its request to the model server was dropped" in [
         log.message for log in logs
     ]
-    # A call stopped on purpose is no crash (Prefect logs any end but Completed at ERROR).
-    assert [log.message for log in logs if log.level >= logging.ERROR] == [
-        "Finished in state Cancelled('stopped by the flow')"
-    ]
+    # A call stopped on purpose is no crash. Prefect logs any end but Completed at ERROR;
+    # which Cancelled the host's engine logs, its own or the flow's, depends on which state
+    # reached the API first (seen both ways under load), and either is no crash.
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    assert all(message.startswith("Finished in state Cancelled(") for message in errors), errors
+    assert not any("Crash" in log.message for log in logs), [log.message for log in logs]
 
 
 def _logs_of(client: Any, task_run_id: uuid.UUID) -> list[Any]:
