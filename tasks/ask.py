@@ -8,6 +8,7 @@ Retry-After, and reads the API key in the process that calls (never a parameter)
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
@@ -80,14 +81,15 @@ async def ask_model(
     )
     try:
         async with _llm_slot(llm_limit), chat_client(endpoint, api_key) as client:
+            complete = functools.partial(
+                client.complete,
+                call.messages,
+                temperature=call.temperature,
+                max_tokens=call.max_tokens,
+                user=call.call_id,
+            )
             try:
-                return await client.complete(
-                    call.messages,
-                    temperature=call.temperature,
-                    max_tokens=call.max_tokens,
-                    user=call.call_id,
-                    schema=schema,
-                )
+                return await complete(schema=schema)
             except LLMRejected as exc:
                 if schema is None:
                     raise
@@ -98,9 +100,7 @@ async def ask_model(
                     "structured_output to none to skip this)",
                     exc,
                 )
-                return await client.complete(
-                    call.messages, temperature=call.temperature, max_tokens=call.max_tokens, user=call.call_id
-                )
+                return await complete()
     except LLMUnavailable as exc:
         await _honour_retry_after(exc)
         raise

@@ -64,7 +64,7 @@ def default_endpoint(settings: Settings, requested_model: str | None = None) -> 
 
 
 def check_default_endpoint(settings: Settings) -> LLMEndpoint:
-    """The default endpoint, checked as `resolve_endpoints` checks each."""
+    """The default endpoint, checked as `resolve_speakers` checks each."""
     return asyncio.run(_checked(default_endpoint(settings)))
 
 
