@@ -54,6 +54,8 @@ class SuiteRun(BaseModel):
     """What a sandbox run of a TestSuite gave."""
 
     candidate_id: str
+    # "killed": the whole run cut short, as the sandbox did before it cut each author's run
+    # by itself; still read from the results of deliberations stored then.
     outcome: Literal["finished", "killed", "not_run"]
     passed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")

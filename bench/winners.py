@@ -12,10 +12,13 @@ A second set plays issue 25's councils of five, with `run_code` and abstaining b
 the correct code, two variants with a bug, all three without tests of their own; tests
 only, in the common style of a `check(candidate)` helper holding the asserts, called from
 a `test_*` function; and no code. The correct code takes every position in turn: council
-order must not decide between it and the tests.
+order must not decide between it and the tests. Then issue 24's: a saboteur (a copy of
+the correct code beside a test no solution passes, or one that sleeps past the sandbox's
+wall clock) among an honest tester; and a tester whose test only the buggy code passes.
 
-    .venv/bin/python -m bench.winners            # 20 tasks
-    .venv/bin/python -m bench.winners --quick    # 5 tasks (CI runs this)
+    .venv/bin/python -m bench.winners                    # 20 tasks
+    .venv/bin/python -m bench.winners --quick            # 5 tasks (CI runs this)
+    .venv/bin/python -m bench.winners --only sleeper     # one evaluation (repeatable)
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import random
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from agents.models import Constraints, DeliberationRequest
 from agents.roles import Role
@@ -42,6 +48,10 @@ TESTS_ONLY_COUNCIL = ["correct", "buggy", "buggy", "tests_only", "no_code"]
 # honest tester; and a tester whose test only the buggy code passes.
 SABOTEUR_COUNCIL = ["correct", "buggy", "saboteur", "tests_only", "no_code"]
 QUIRK_COUNCIL = ["correct", "buggy", "restated", "quirk_tests", "no_code"]
+# And a saboteur whose test sleeps past the sandbox's wall clock on every solution, played
+# with this wall clock (each of its runs lasts that long).
+SLEEPER_COUNCIL = ["correct", "buggy", "sleeper", "tests_only", "no_code"]
+SLEEPER_WALL_SECONDS = 10.0
 # An informative reviewer perceives each proposal's quality rank plus Gaussian noise of
 # this deviation: neighbours in quality swap places about 12 % of the time.
 NOISE = 0.6
@@ -201,6 +211,11 @@ def _code(name: str, purpose: str, body: str) -> str:
     return f'```python\ndef {name}({params}) -> object:\n    """{purpose}."""\n    {body}\n```'
 
 
+def _untyped(name: str) -> str:
+    """The function's parameters without their type hints."""
+    return SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
+
+
 def _tests_only(name: str, purpose: str) -> str:
     """A member who writes only tests: the asserts in a helper handed the function under test."""
     _, checks = SIGNATURES[name]
@@ -215,10 +230,21 @@ def _tests_only(name: str, purpose: str) -> str:
 def _saboteur(name: str, good: str) -> str:
     """A copy of the correct body without the type hints and docstring asked for, beside a
     test no solution can pass: counted plainly, it fails everyone but its author."""
-    untyped = SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
+    untyped = _untyped(name)
     return (
         f"```python\ndef {name}({untyped}):\n    {good}\n```\n\nTests:\n\n"
         f"```python\nfrom {name} import {name}\n\n\ndef test_{name}_edge_case():\n    assert False\n```"
+    )
+
+
+def _sleeper(name: str, good: str) -> str:
+    """The saboteur's copy beside a test that hangs, whatever the solution: before each
+    author's run was cut by itself, it had every run it was in killed."""
+    untyped = _untyped(name)
+    return (
+        f"```python\ndef {name}({untyped}):\n    {good}\n```\n\nTests:\n\n"
+        f"```python\nimport time\n\nfrom {name} import {name}\n\n\n"
+        f"def test_{name}_under_load():\n    time.sleep(3600)\n```"
     )
 
 
@@ -257,7 +283,7 @@ def proposal(
     """A proposal of this kind for a function, and its finish reason; code of the correct
     and buggy kinds comes with its author's tests unless `own_tests` is false."""
     intro = f"`{name}` {purpose}. It has type hints and a docstring.\n\n"
-    untyped = SIGNATURES[name][0].replace(": int", "").replace(": str", "").replace(": float", "")
+    untyped = _untyped(name)
     tests = _tests(name) if own_tests else ""
     if kind == "correct":
         return intro + _code(name, purpose, good) + tests, "stop"
@@ -267,6 +293,8 @@ def proposal(
         return _tests_only(name, purpose), "stop"
     if kind == "saboteur":
         return _saboteur(name, good), "stop"
+    if kind == "sleeper":
+        return _sleeper(name, good), "stop"
     if kind == "quirk_tests":
         return _quirk_tests(name, purpose, good, bad), "stop"
     if kind == "restated":
@@ -343,6 +371,24 @@ class Evaluation:
     title: str
     cases: list[Case]
     modes: list[tuple[str, bool]]
+    wall_seconds: float | None = None  # the sandbox's wall clock, if not the default
+
+
+@contextmanager
+def sandbox_wall_clock(seconds: float | None) -> Iterator[None]:
+    """The flow reads its settings at each run, in this process: the wall clock it gives
+    the sandbox is this one meanwhile."""
+    name = "DELIBERATION_SANDBOX_WALL_SECONDS"
+    before = os.environ.get(name)
+    if seconds is not None:
+        os.environ[name] = str(seconds)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def run(evaluations: list[Evaluation]) -> list[dict[tuple[str, bool], Counter[str]]]:
@@ -356,25 +402,37 @@ def run(evaluations: list[Evaluation]) -> list[dict[tuple[str, bool], Counter[st
 
         for evaluation in evaluations:
             outcomes: dict[tuple[str, bool], Counter[str]] = {mode: Counter() for mode in evaluation.modes}
-            for mode, run_code in evaluation.modes:
-                for index, case in enumerate(evaluation.cases):
-                    server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
-                    roles = list(Role)[: len(case.proposals)]
-                    request = DeliberationRequest(
-                        task=case.task,
-                        roles=roles,
-                        rounds=0,
-                        constraints=Constraints(requirements=REQUIREMENTS),
-                        run_code=run_code,
-                        deliberation_id=uuid.uuid4().hex,
-                    )
-                    result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
-                    winner = getattr(result, "winner", None)
-                    agents = [f"agent-{role.lower()}-001" for role in roles]
-                    kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
-                    outcomes[mode, run_code][kind] += 1
+            with sandbox_wall_clock(evaluation.wall_seconds):
+                play(server, evaluation, outcomes, deliberate)
             results.append(outcomes)
     return results
+
+
+def play(
+    server: ScriptedServer,
+    evaluation: Evaluation,
+    outcomes: dict[tuple[str, bool], Counter[str]],
+    deliberate: Any,
+) -> None:
+    """Each case of `evaluation` in each of its modes, through the flow; the winner's kind
+    counted in `outcomes`."""
+    for mode, run_code in evaluation.modes:
+        for index, case in enumerate(evaluation.cases):
+            server.script = ballot_writer(mode, case, random.Random(f"{mode}-{index}"))
+            roles = list(Role)[: len(case.proposals)]
+            request = DeliberationRequest(
+                task=case.task,
+                roles=roles,
+                rounds=0,
+                constraints=Constraints(requirements=REQUIREMENTS),
+                run_code=run_code,
+                deliberation_id=uuid.uuid4().hex,
+            )
+            result = deliberate(request=request, return_state=True).result(raise_on_failure=False)
+            winner = getattr(result, "winner", None)
+            agents = [f"agent-{role.lower()}-001" for role in roles]
+            kind = case.proposals[agents.index(winner.agent_id)][0] if winner else "no winner"
+            outcomes[mode, run_code][kind] += 1
 
 
 def print_table(evaluation: Evaluation, outcomes: dict[tuple[str, bool], Counter[str]]) -> None:
@@ -392,38 +450,59 @@ def print_table(evaluation: Evaluation, outcomes: dict[tuple[str, bool], Counter
         print(f"{mode:<12} {flag:<9} {accuracy:>7.2f} {first:>12.2f} {chance:>12.2f}  {spread}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    count = 5 if args.quick else len(FUNCTIONS)
-    evaluations = [
-        Evaluation(
+def evaluations(quick: bool) -> dict[str, Evaluation]:
+    """The evaluations by name; `quick` (CI) plays 5 tasks, the accuracy table without the
+    random ballots (a baseline, noise by design), and the sleeper councils on one task
+    (each of its runs lasts the wall clock)."""
+    count = 5 if quick else len(FUNCTIONS)
+    ballots = [mode for mode in BALLOTS if not (quick and mode == "random")]
+    sleepers = 1 if quick else count
+    return {
+        "accuracy": Evaluation(
             f"winner accuracy: {count} tasks, 3-5 proposals each; the known best is the correct code",
             evaluation_set(count),
-            [(mode, run_code) for run_code in (False, True) for mode in BALLOTS],
+            [(mode, run_code) for run_code in (False, True) for mode in ballots],
         ),
-        Evaluation(
+        "tests-only": Evaluation(
             f"tests-only councils: {count} tasks, 5 proposals each (correct, buggy twice, tests only "
             "in a check(candidate) helper, no code); only the tests-only member writes tests",
             council_set(TESTS_ONLY_COUNCIL, count),
             [("abstaining", True)],
         ),
-        Evaluation(
+        "saboteur": Evaluation(
             f"saboteur councils: {count} tasks, 5 proposals each (correct, buggy, a saboteur: a copy "
             "without type hints beside a test no solution passes, honest tests only, no code)",
             council_set(SABOTEUR_COUNCIL, count),
             [("abstaining", True)],
         ),
-        Evaluation(
+        "quirk": Evaluation(
             f"quirk councils: {count} tasks, 5 proposals each (correct and buggy with their tests, "
             "a restated copy, tests only the buggy code passes, no code)",
             council_set(QUIRK_COUNCIL, count, own_tests=True),
             [("abstaining", True)],
         ),
-    ]
-    for index, (evaluation, outcomes) in enumerate(zip(evaluations, run(evaluations), strict=True)):
+        "sleeper": Evaluation(
+            f"sleeper councils: {sleepers} task(s), 5 proposals each (correct, buggy, a saboteur: a "
+            f"copy without type hints beside a test that sleeps past the wall clock of "
+            f"{SLEEPER_WALL_SECONDS:g} s, honest tests only, no code)",
+            council_set(SLEEPER_COUNCIL, sleepers),
+            [("abstaining", True)],
+            wall_seconds=SLEEPER_WALL_SECONDS,
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20 (see `evaluations`)")
+    names = list(evaluations(quick=True))
+    parser.add_argument(
+        "--only", action="append", choices=names, help="play this evaluation only (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    chosen = [e for name, e in evaluations(args.quick).items() if name in (args.only or names)]
+    for index, (evaluation, outcomes) in enumerate(zip(chosen, run(chosen), strict=True)):
         if index:
             print()
         print_table(evaluation, outcomes)

@@ -16,8 +16,8 @@ The candidate's code never runs where the tests are run or counted, so whatever 
 its own process can only make its own answers wrong or missing; an author's tests run
 apart from every other author's, so they can only change their own outcomes. This process
 keeps the count: it reads each harness's results file, counts every test of the author's
-that gave no outcome as failed, and adds the wall-clock limit. See the README, "Running
-proposals' code".
+that gave no outcome as failed, and at the wall-clock limit cuts the authors' runs still
+going, each for itself. See the README, "Running proposals' code".
 
 Which code a test gets, by the module it imports: `solution`, and any top-level module
 neither the context nor Python has (`from factorial import factorial`), is the candidate's
@@ -258,7 +258,7 @@ def run_suite(suite: TestSuite, limits: SandboxLimits, context: Sequence[Context
         try:
             for author, tests in suite.modules.items():
                 judgments.append(_judge(launcher, root, author, tests, context, names, candidate_dir))
-            timed_out = _wait(judgments, deadline)
+            _wait(judgments, deadline)
         finally:
             for judgment in judgments:
                 judgment.harness.kill()
@@ -270,31 +270,28 @@ def run_suite(suite: TestSuite, limits: SandboxLimits, context: Sequence[Context
         not_confined = [why for why in (process.not_confined() for process in processes) if why]
         if not_confined:
             return run.model_copy(update={"outcome": "not_run", "detail": not_confined[0]})
-        if timed_out:
-            detail = f"killed at the wall-clock limit of {limits.wall_seconds:g} s"
-            return run.model_copy(update={"outcome": "killed", "detail": detail})
-        for judgment in judgments:
-            code = judgment.candidate.process.returncode
-            if code < 0 and not judgment.candidate.killed:
-                return run.model_copy(update={"outcome": "killed", "detail": _killed_by(-code, limits)})
         return _count(judgments, suite, limits, run)
 
 
-def _wait(judgments: list[_Judgment], deadline: float) -> bool:
-    """Wait for every harness, then give each candidate's process a moment to end; True if
-    the deadline came first (whatever is left is killed by the caller)."""
+def _wait(judgments: list[_Judgment], deadline: float) -> None:
+    """Wait for every harness until the deadline, then give each candidate's process a
+    moment to end. A harness still running at the deadline is killed with its candidate's
+    process: that author's tests that gave no result fail for this candidate, and the
+    other authors' stand. Whether the test or the candidate's code hung, it is one
+    author's run: a test that sleeps on every solution agrees with none, so it weighs
+    nothing (agents/evidence.py), and one the other solutions pass fails this one."""
     for judgment in judgments:
         try:
             judgment.harness.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            return True
+            judgment.harness.kill()
+            judgment.candidate.kill()
     grace = min(time.monotonic() + CANDIDATE_GRACE_SECONDS, deadline)
     for judgment in judgments:
         try:
             judgment.candidate.process.wait(timeout=max(0.0, grace - time.monotonic()))
         except subprocess.TimeoutExpired:
             judgment.candidate.kill()  # it had nothing left to answer: not held against it
-    return False
 
 
 def _killed_by(signum: int, limits: SandboxLimits) -> str:
@@ -365,11 +362,11 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
         }
         if author == suite.candidate_id:
             continue
-        if judgment.candidate.process.returncode > 0:
-            details.append(
-                f"the candidate's process for {author}'s tests exited with code "
-                f"{judgment.candidate.process.returncode}"
-            )
+        code = judgment.candidate.process.returncode
+        if code > 0:
+            details.append(f"the candidate's process for {author}'s tests exited with code {code}")
+        elif code < 0 and not judgment.candidate.killed:
+            details.append(f"the candidate's process for {author}'s tests was {_killed_by(-code, limits)}")
         if import_errors:
             failed[author] = failed.get(author, 0) + expected
             failures.append(f"{author}'s tests did not import: {import_errors[-1]}")
@@ -384,8 +381,12 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
         if missing > 0:
             failed[author] = failed.get(author, 0) + missing
             code = judgment.harness.process.returncode
-            why = _killed_by(-code, limits) if code < 0 else f"exit code {code}"
-            why += f": {_tail(judgment.harness.output)}"
+            if judgment.harness.killed:
+                why = f"cut at the wall-clock limit of {limits.wall_seconds:g} s"
+            else:
+                why = _killed_by(-code, limits) if code < 0 else f"exit code {code}"
+            if output := _tail(judgment.harness.output):
+                why += f": {output}"
             failures.append(f"{missing} of {author}'s tests gave no result ({why})")
     return run.model_copy(
         update={

@@ -31,7 +31,7 @@ def check_sandbox(limits: SandboxLimits) -> None:
             return
         run = settled.value
         if run is not None:
-            why = run.detail or f"{run.outcome}, {run.failures}"
+            why = run.detail or "; ".join(run.failures) or run.outcome
         else:
             why = settled.error.message if settled.error is not None else "the probe failed"
     raise ConfigurationError(f"--run-code: the code sandbox does not work on a Ray worker: {why}")

@@ -115,11 +115,11 @@ def test_hydration_figures_are_printed() -> None:
 @pytest.mark.slow
 def test_winner_evaluation_runs_in_quick_mode() -> None:
     printed = run_module("bench.winners", "--quick", timeout=600)
-    # Four tables, each a title, a header and its rows; a blank line between them.
+    # Five tables, each a title, a header and its rows; a blank line between them.
     tables = printed[printed.index("# winner accuracy") :].split("\n\n")
-    accuracy, tests_only, saboteur, quirk = (table.splitlines()[2:] for table in tables)
+    accuracy, tests_only, saboteur, quirk, sleeper = (table.splitlines()[2:] for table in tables)
     rows = {tuple(line.split()[:2]): line.split()[2:5] for line in accuracy}
-    assert set(rows) == {(b, r) for b in ("abstaining", "random", "informative") for r in ("no", "yes")}
+    assert set(rows) == {(b, r) for b in ("abstaining", "informative") for r in ("no", "yes")}
     for winner, first, chance in rows.values():
         assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0
     # Issue 25: with the correct code in every position, the tests-only member never wins.
@@ -128,6 +128,10 @@ def test_winner_evaluation_runs_in_quick_mode() -> None:
     for table in (tests_only, saboteur, quirk):
         [row] = table
         assert row.split()[:5] == ["abstaining", "yes", "1.00", "0.20", "0.20"], row
+    # And a test that sleeps past the wall clock on every solution weighs nothing (one
+    # task, the correct code first).
+    [row] = sleeper
+    assert row.split()[:5] == ["abstaining", "yes", "1.00", "1.00", "0.20"], row
 
 
 @pytest.mark.slow

@@ -265,6 +265,30 @@ def test_anything():
     assert (honest.passed, honest.failed) == ({QA: 2, SAB: 1}, {}), honest
 
 
+def test_a_test_that_hangs_or_burns_the_candidates_cpu_cuts_short_only_its_authors_run() -> None:
+    # One sleeps past the wall clock; one calls the candidate until a process of its run
+    # meets its CPU limit. Each fails its own author's tests; QA's still pass.
+    sleeper = (
+        "import time\nfrom factorial import factorial\n\ndef test_slowly():\n    time.sleep(60)  # bounded\n"
+    )
+    burner = (
+        "import time\nfrom factorial import factorial\n\ndef test_hard():\n"
+        "    end = time.monotonic() + 60  # bounded\n"
+        "    while time.monotonic() < end:\n        factorial(300)\n"
+    )
+    limits = LIMITS.model_copy(update={"wall_seconds": 8.0})
+    proposals = {DEV: HONEST, QA: QA_TESTS, SAB: sleeper, "agent-cpu-001": burner}
+    suites = plan_suites({author: f"```python\n{code}```" for author, code in proposals.items()})
+    run = run_suite(suites[DEV], limits)
+    assert run.outcome == "finished", run
+    assert (run.passed, run.failed) == ({QA: 2}, {SAB: 1, "agent-cpu-001": 1}), run
+    cut = f"of {SAB}'s tests gave no result (cut at the wall-clock limit of 8 s"
+    assert any(cut in failure for failure in run.failures), run
+    # The candidate's process or that author's harness, whichever met it first.
+    assert "CPU limit of 2 s" in " ".join([run.detail, *run.failures]), run
+    assert run.seconds < 30
+
+
 CLASSES_AND_MORE = """
 class Stack:
     def __init__(self, items=()):

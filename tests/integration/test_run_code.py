@@ -137,7 +137,7 @@ def test_the_other_members_tests_pick_the_correct_code_when_every_ballot_abstain
 def test_a_sandbox_that_fails_on_the_workers_is_refused_before_anything_is_published(
     pipeline: FakeLLMServer, read_events: ReadEvents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Python cannot start within 10 ms: the probe is killed on the worker.
+    # Python cannot start within 10 ms: the probe's run is cut on the worker.
     monkeypatch.setenv("DELIBERATION_SANDBOX_WALL_SECONDS", "0.01")
     deliberation_id = uuid.uuid4().hex
     request = DeliberationRequest(
@@ -145,8 +145,9 @@ def test_a_sandbox_that_fails_on_the_workers_is_refused_before_anything_is_publi
     )
     state = deliberate(request=request, return_state=True)
     assert state.is_failed()
-    assert "--run-code: the code sandbox does not work on a Ray worker: killed at the wall-clock" in str(
-        state.message
+    assert (
+        "--run-code: the code sandbox does not work on a Ray worker: 1 of probe's tests gave no "
+        "result (cut at the wall-clock limit of 0.01 s)" in str(state.message)
     )
     assert pipeline.calls == []
     assert read_events(deliberation_id) == []
