@@ -17,7 +17,7 @@ the correct code beside a test no solution passes, or one that sleeps past the s
 wall clock) among an honest tester; and a tester whose test only the buggy code passes.
 
     .venv/bin/python -m bench.winners                    # 20 tasks
-    .venv/bin/python -m bench.winners --quick            # 5 tasks (CI runs this)
+    .venv/bin/python -m bench.winners --quick            # 1-5 tasks (CI runs this)
     .venv/bin/python -m bench.winners --only sleeper     # one evaluation (repeatable)
 """
 
@@ -451,16 +451,18 @@ def print_table(evaluation: Evaluation, outcomes: dict[tuple[str, bool], Counter
 
 
 def evaluations(quick: bool) -> dict[str, Evaluation]:
-    """The evaluations by name; `quick` (CI) plays 5 tasks, the accuracy table without the
-    random ballots (a baseline, noise by design), and the sleeper councils on one task
-    (each of its runs lasts the wall clock)."""
+    """The evaluations by name; `quick` (CI) plays the councils on 5 tasks (the correct code
+    in each position once), the accuracy table on 3 and without the random ballots (a
+    baseline, noise by design), and the sleeper councils on one (each of its runs lasts
+    the wall clock)."""
     count = 5 if quick else len(FUNCTIONS)
+    tasks = 3 if quick else count
     ballots = [mode for mode in BALLOTS if not (quick and mode == "random")]
     sleepers = 1 if quick else count
     return {
         "accuracy": Evaluation(
-            f"winner accuracy: {count} tasks, 3-5 proposals each; the known best is the correct code",
-            evaluation_set(count),
+            f"winner accuracy: {tasks} tasks, 3-5 proposals each; the known best is the correct code",
+            evaluation_set(tasks),
             [(mode, run_code) for run_code in (False, True) for mode in ballots],
         ),
         "tests-only": Evaluation(
@@ -494,7 +496,7 @@ def evaluations(quick: bool) -> dict[str, Evaluation]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.winners", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 tasks instead of 20 (see `evaluations`)")
+    parser.add_argument("--quick", action="store_true", help="3-5 tasks instead of 20 (see `evaluations`)")
     names = list(evaluations(quick=True))
     parser.add_argument(
         "--only", action="append", choices=names, help="play this evaluation only (repeatable)"

@@ -121,7 +121,7 @@ def test_winner_evaluation_runs_in_quick_mode() -> None:
     rows = {tuple(line.split()[:2]): line.split()[2:5] for line in accuracy}
     assert set(rows) == {(b, r) for b in ("abstaining", "informative") for r in ("no", "yes")}
     for winner, first, chance in rows.values():
-        assert 0.0 <= float(winner) <= 1.0 and float(first) == 0.4 and float(chance) > 0.0
+        assert 0.0 <= float(winner) <= 1.0 and first == "0.67" and float(chance) > 0.0
     # Issue 25: with the correct code in every position, the tests-only member never wins.
     # Issue 24: with the tests weighed by agreement, neither a saboteur's test nor a test
     # only the buggy code passes takes the win from the correct code.
