@@ -54,9 +54,7 @@ class SuiteRun(BaseModel):
     """What a sandbox run of a TestSuite gave."""
 
     candidate_id: str
-    # "killed": the whole run cut short, as the sandbox did before it cut each author's run
-    # by itself; still read from the results of deliberations stored then.
-    outcome: Literal["finished", "killed", "not_run"]
+    outcome: Literal["finished", "not_run"]
     passed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failed: dict[str, int] = Field(default_factory=dict, description="By the tests' author.")
     failures: list[str] = Field(default_factory=list, description="The first failures, briefly.")
@@ -119,8 +117,6 @@ def check_tests_pass(
         return not_applicable("not run")
     if run.outcome == "not_run":
         return not_applicable(f"not run: {run.detail}")
-    if run.outcome == "killed":
-        return CheckResult(name=CHECK_NAME, applicable=True, score=0.0, detail=run.detail)
     passed, failed = sum(run.passed.values()), sum(run.failed.values())
     if passed + failed == 0:
         return not_applicable("no test ran" + (f" ({run.detail})" if run.detail else ""))
@@ -178,9 +174,11 @@ def weighted_share(suite: TestSuite, run: SuiteRun, agreed: Agreement) -> tuple[
     """The share of the other members' tests a solution passes, each test weighed by its
     agreement, each author by the mean agreement of their tests: one test that fails every
     solution, or a flood of tests only one solution passes, cannot outweigh the tests the
-    solutions agree on. A test that gave no result counts as failed, at its author's mean.
-    Returns the share (None if no test is left to count) and the authors left out because
-    none of their tests agrees with any solution (or reported on any)."""
+    solutions agree on. A test that gave no result here failed here, at its own agreement;
+    one skipped here counts neither way; one that reported on no solution (it hangs, or
+    skips, everywhere) agrees with none and weighs nothing, whatever it did here. Returns
+    the share (None if no test is left to count) and the authors left out because none of
+    their tests agrees with any solution (or reported on any)."""
     total = weight = 0.0
     unheard = []
     for author in suite.tests:
@@ -188,14 +186,17 @@ def weighted_share(suite: TestSuite, run: SuiteRun, agreed: Agreement) -> tuple[
         author_weight = sum(agreements.values()) / len(agreements) if agreements else 0.0
         if author_weight == 0:
             unheard.append(author)
-        results = run.results.get(author, {})
-        reported = {test: ok for test, ok in results.items() if ok is not None}
-        missing = max(0, suite.expected.get(author, 0) - len(results))
-        counted = sum(agreements.get(test, 0.0) for test in reported) + missing * author_weight
-        if author_weight == 0 or counted == 0:
             continue
-        share = sum(agreements.get(test, 0.0) for test, ok in reported.items() if ok) / counted
-        total += author_weight * share
+        results = run.results.get(author, {})
+        counted = passed = 0.0
+        for test, share in agreements.items():
+            ok = results.get(test, False)
+            if ok is not None:
+                counted += share
+                passed += share if ok else 0.0
+        if counted == 0:
+            continue
+        total += author_weight * passed / counted
         weight += author_weight
     return (total / weight if weight else None), unheard
 

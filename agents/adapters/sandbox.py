@@ -278,7 +278,7 @@ def _wait(judgments: list[_Judgment], deadline: float) -> None:
     moment to end. A harness still running at the deadline is killed with its candidate's
     process: that author's tests that gave no result fail for this candidate, and the
     other authors' stand. Whether the test or the candidate's code hung, it is one
-    author's run: a test that sleeps on every solution agrees with none, so it weighs
+    author's run: a test that hangs on every solution reports on none, so it weighs
     nothing (agents/evidence.py), and one the other solutions pass fails this one."""
     for judgment in judgments:
         try:
@@ -295,8 +295,11 @@ def _wait(judgments: list[_Judgment], deadline: float) -> None:
 
 
 def _killed_by(signum: int, limits: SandboxLimits) -> str:
-    if signum in (signal.SIGXCPU, signal.SIGKILL):
+    """Why a process ended by `signum`, which this process did not send."""
+    if signum == signal.SIGXCPU:
         return f"killed at the CPU limit of {limits.cpu_seconds} s"
+    if signum == signal.SIGKILL:  # the CPU limit's hard stop, a second after SIGXCPU, or the kernel's
+        return f"killed by SIGKILL (the CPU limit of {limits.cpu_seconds} s, or out of memory)"
     return f"killed by {signal.Signals(signum).name}"
 
 
@@ -356,9 +359,8 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
         author, expected = judgment.author, suite.expected.get(judgment.author, 1)
         outcomes, import_errors = _outcomes(judgment, limits)
         results[author] = {
-            test.split("::", 1)[-1]: kind == "passed"
+            test.split("::", 1)[-1]: None if kind == "skipped" else kind == "passed"
             for test, (kind, _) in outcomes.items()
-            if kind != "skipped"
         }
         if author == suite.candidate_id:
             continue
@@ -381,12 +383,12 @@ def _count(judgments: list[_Judgment], suite: TestSuite, limits: SandboxLimits, 
         if missing > 0:
             failed[author] = failed.get(author, 0) + missing
             code = judgment.harness.process.returncode
-            if judgment.harness.killed:
+            if judgment.harness.killed:  # what pytest printed so far is its progress dots
                 why = f"cut at the wall-clock limit of {limits.wall_seconds:g} s"
             else:
                 why = _killed_by(-code, limits) if code < 0 else f"exit code {code}"
-            if output := _tail(judgment.harness.output):
-                why += f": {output}"
+                if output := _tail(judgment.harness.output):
+                    why += f": {output}"
             failures.append(f"{missing} of {author}'s tests gave no result ({why})")
     return run.model_copy(
         update={

@@ -84,7 +84,8 @@ def test_an_infinite_loop_is_killed_at_the_cpu_limit() -> None:
     )
     result = run(solution, "def test_loop():\n    assert True\n")
     assert (result.outcome, result.failed) == ("finished", {QA: 1}), result
-    assert "was killed at the CPU limit of 2 s" in result.detail
+    assert "the candidate's process for agent-qa-001's tests was killed" in result.detail
+    assert "CPU limit of 2 s" in result.detail
     assert score(result) == 0.0
 
 

@@ -228,7 +228,7 @@ def test_untagged_blocks_count_only_when_they_are_python() -> None:
     assert python_blocks(text) == ["def double(x):\n    return 2 * x\n"]
 
 
-def test_the_check_is_the_share_of_tests_passed_and_fails_when_killed() -> None:
+def test_the_check_is_the_share_of_tests_passed_and_not_applicable_when_not_run() -> None:
     suite = plan_suites({"agent-dev-001": DEV_WITH_OWN_TESTS, "agent-qa-001": QA_TESTS_AND_STUB})[
         "agent-dev-001"
     ]
@@ -244,10 +244,6 @@ def test_the_check_is_the_share_of_tests_passed_and_fails_when_killed() -> None:
         "1 of 2 tests by other members pass (agent-qa-001 1/2); "
         "failed: test_five (agent-qa-001): assert 24 == 120"
     )
-    killed = SuiteRun(
-        candidate_id="agent-dev-001", outcome="killed", detail="killed at the CPU limit of 10 s"
-    )
-    assert check_tests_pass(suite, killed, code_expected=True).score == 0.0
     late = SuiteRun(candidate_id="agent-dev-001", outcome="not_run", detail="deadline of 60 s reached")
     not_run = check_tests_pass(suite, late, code_expected=True)
     assert not not_run.applicable and not_run.detail == "not run: deadline of 60 s reached"

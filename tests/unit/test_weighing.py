@@ -7,6 +7,7 @@ from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass
 from agents.evidence import tested_standing as standing_of  # not collected as a test
 
 CORRECT, BUGGY, QA = "agent-dev-001", "agent-architect-001", "agent-qa-001"
+SAB = "agent-sab-001"
 
 
 def suite(candidate: str, expected: dict[str, int]) -> TestSuite:
@@ -63,7 +64,7 @@ def test_a_flood_of_tests_only_the_buggy_solution_passes_weighs_as_one_doubtful_
     assert check_tests_pass(suite(CORRECT, expected), runs[CORRECT], True).score < 0.1
 
 
-def test_a_test_that_gave_no_result_failed_there_and_counts_as_failed_at_its_author_s_weight() -> None:
+def test_a_test_that_gave_no_result_failed_there_and_counts_as_failed_at_its_own_weight() -> None:
     runs = {
         CORRECT: run(CORRECT, {QA: {"test_a": True, "test_b": True}}),
         BUGGY: run(BUGGY, {QA: {"test_a": True}}),  # test_b gave no result
@@ -73,7 +74,24 @@ def test_a_test_that_gave_no_result_failed_there_and_counts_as_failed_at_its_aut
     # from the runs that happened to report it.
     assert agreed[QA] == {"test_a": 1.0, "test_b": 0.5}
     check = check_tests_pass(suite(BUGGY, {QA: 2}), runs[BUGGY], True, agreed)
-    assert check.score == round(1 / 1.75, 4) and not check.passed
+    # At its own agreement, not its author's mean: a candidate that hangs on a test it would
+    # fail gains nothing over failing it.
+    assert check.score == round(1 / 1.5, 4) and not check.passed
+
+
+def test_a_test_that_reported_on_no_solution_weighs_nothing_beside_its_author_s_others() -> None:
+    # SAB wrote a copy of the correct code, an honest test, and a test that sleeps past the
+    # wall clock (or skips) everywhere: it must not count against everyone but SAB.
+    for never in ({}, {"test_hang": None}):
+        runs = {
+            CORRECT: run(CORRECT, {QA: {"test_f": True}, SAB: {"test_ok": True, **never}}),
+            SAB: run(SAB, {QA: {"test_f": True}, SAB: {"test_ok": True, **never}}),
+        }
+        agreed = agreement(runs.values())
+        assert agreed[SAB] == {"test_ok": 1.0}
+        correct = check_tests_pass(suite(CORRECT, {QA: 1, SAB: 2}), runs[CORRECT], True, agreed)
+        sab = check_tests_pass(suite(SAB, {QA: 1}), runs[SAB], True, agreed)
+        assert correct.score == sab.score == 1.0, (correct.detail, sab.detail)
 
 
 def test_a_skipped_test_counts_neither_way() -> None:
