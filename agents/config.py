@@ -40,6 +40,12 @@ class LLMEndpoint(BaseModel):
     structured_output: StructuredOutput | Literal["auto"] = Field(
         default="auto", description="auto: detected by the preflight from the server's /v1/models."
     )
+    context_window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens the model reads and writes per request; None: from the server's "
+        "/v1/models where it says (vLLM's max_model_len), else unknown.",
+    )
 
     @property
     def constrains_json(self) -> bool:

@@ -10,6 +10,7 @@ that does not is cut after its last whole line that fits, and the rest are left 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agents.models import DeliberationRequest
@@ -64,6 +65,27 @@ class FittedContext:
             f"context over its budget of {self.budget_tokens} tokens per prompt (estimated as "
             f"characters / {CHARS_PER_TOKEN}): " + "; ".join(cut)
         ]
+
+
+# The share of a model's context window the context may take, in estimated tokens. The
+# estimate runs short for code: the bundled model's tokenizer reads 4,096 characters of
+# Python as 1,188 to 1,966 tokens, not 1,024. A quarter then takes at most half the window,
+# leaving the rest to the task, the instructions, the proposals a reviewer is shown, and
+# the answer.
+WINDOW_SHARE = 4
+
+
+def within_windows(request: DeliberationRequest, windows: Iterable[int | None]) -> DeliberationRequest:
+    """The request with its context's budget at most a quarter of the smallest known
+    context window of the models that read it (WINDOW_SHARE); unchanged if it has no
+    context or fits."""
+    known = [window for window in windows if window]
+    if not (request.context or request.diff) or not known:
+        return request
+    budget = max(1, min(known) // WINDOW_SHARE)
+    if budget >= request.context_tokens:
+        return request
+    return request.model_copy(update={"context_tokens": budget})
 
 
 def named(paths: list[str]) -> str:

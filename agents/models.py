@@ -226,7 +226,8 @@ class DeliberationRequest(BaseModel):
         default=DEFAULT_CONTEXT_TOKENS,
         ge=1,
         le=MAX_CONTEXT_TOKENS,
-        description="Most tokens of the diff and files in each prompt, estimated as characters / 4; "
+        description="Most tokens of the diff and files in each prompt, estimated as characters / 4, "
+        "and at most a quarter of the smallest known context window of the council's models; "
         "what does not fit is left out and said in the result's incomplete.",
     )
 

@@ -35,6 +35,9 @@ class EndpointSpec(BaseModel):
     api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding its API key.")
     concurrency: int | None = Field(default=None, ge=1, le=100_000)
     structured_output: StructuredOutput | Literal["auto"] = "auto"
+    context_window: int | None = Field(
+        default=None, ge=1, description="Tokens per request, prompt and answer."
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +62,13 @@ class Settings(BaseSettings):
         default="auto",
         description="How the default server constrains ballots to JSON: json_schema (vLLM), "
         "json_object (llama.cpp), none, or auto: detected from its /v1/models.",
+    )
+    vllm_context_window: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env("VLLM_CONTEXT_WINDOW"),
+        description="Tokens the default server's model takes per request; unset: from its "
+        "/v1/models where it says (vLLM), else unknown. The CLI sets it for the local model.",
     )
     endpoints: dict[str, EndpointSpec] = Field(
         default_factory=dict,
@@ -181,6 +191,7 @@ class Settings(BaseSettings):
             connect_timeout=self.vllm_connect_timeout,
             read_timeout=self.vllm_read_timeout,
             structured_output=self.vllm_structured_output,
+            context_window=self.vllm_context_window,
         )
 
     def named_endpoints(self) -> dict[str, LLMEndpoint]:
@@ -207,6 +218,7 @@ class Settings(BaseSettings):
                 read_timeout=self.vllm_read_timeout,
                 concurrency=spec.concurrency,
                 structured_output=spec.structured_output,
+                context_window=spec.context_window,
             )
             for name, spec in specs.items()
         }

@@ -71,6 +71,7 @@ class FakeLLMServer:
     # how it constrains answers to a schema; and whether it refuses `response_format`.
     owned_by: str | None = None
     refuses_response_format: bool = False
+    max_model_len: int | None = None  # its context window, as vLLM's cards say it
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -165,6 +166,8 @@ class FakeLLMServer:
                 else:
                     # No `created`, as llama.cpp's server does.
                     card = {"id": self.model} | ({"owned_by": self.owned_by} if self.owned_by else {})
+                    if self.max_model_len is not None:
+                        card["max_model_len"] = self.max_model_len
                     await self._send(writer, 200, {"object": "list", "data": [card]})
             elif method == "POST" and path == "/v1/chat/completions":
                 await self._chat(reader, writer, json.loads(body or b"{}"), headers)

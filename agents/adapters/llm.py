@@ -69,6 +69,7 @@ class ServedModel:
 
     id: str
     structured_output: StructuredOutput
+    context_window: int | None = None  # where the card says (vLLM's max_model_len)
 
 
 def _structured_output_of(card: _ModelCard) -> StructuredOutput:
@@ -198,7 +199,11 @@ class ChatClient:
     async def served_models(self) -> list[ServedModel]:
         response = await self._request("GET", "/v1/models")
         return [
-            ServedModel(card.id, _structured_output_of(card))
+            ServedModel(
+                card.id,
+                _structured_output_of(card),
+                card.max_model_len if (card.max_model_len or 0) > 0 else None,
+            )
             for card in self._parse(response, _ModelList).data
         ]
 

@@ -30,6 +30,7 @@ short is recorded as missing.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from functools import partial
 from uuid import UUID
@@ -40,6 +41,8 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel
 
+from agents.config import LLMEndpoint
+from agents.context import within_windows
 from agents.council import (
     conclude,
     conclude_stopped,
@@ -109,19 +112,21 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         prepare_call_hosts(largest_stage_calls(request, len(council)))
         speakers = resolve_speakers(settings, request)
         models = {agent_id: endpoint.model for agent_id, endpoint in speakers.items()}
+        asked = request_digest(request)  # before its context is fitted to the models' windows
+        request = fitted_to_windows(request, speakers, logger)
         with connect_event_bus(settings) as bus, cancel_signal(UUID(flow_run.get_id())) as cancelled:
             announce = Announcer(bus, deliberation_id, request.task_id or deliberation_id, logger)
             stored = bus.load_result(deliberation_id)
             if stored is not None:
                 # The stored result answers the request first made under this id, no other.
-                bus.check_request(deliberation_id, request_digest(request))
+                bus.check_request(deliberation_id, asked)
                 logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
                 announce.concluded(stored)  # in case the run that stored it died before this
                 return final(report(stored, request, models))
             if request.run_code:
                 check_sandbox(settings.sandbox_limits())
 
-            ledger = bus.open_ledger(deliberation_id, request_digest(request), datetime.now(UTC))
+            ledger = bus.open_ledger(deliberation_id, asked, datetime.now(UTC))
             if ledger.calls:
                 logger.info("resuming %s: %d call(s) already made stand", deliberation_id, len(ledger.calls))
             deadline = Deadline.start(request.deadline_seconds, since=ledger.started_at, cancelled=cancelled)
@@ -165,6 +170,30 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
             bus.save_result(result)
             announce.concluded(result)
         return final(report(result, request, models))
+
+
+def fitted_to_windows(
+    request: DeliberationRequest,
+    speakers: dict[str, LLMEndpoint],
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> DeliberationRequest:
+    """The request with its context's budget within what every model's window holds, and
+    why it was cut in the run's log."""
+    fitted = within_windows(request, (endpoint.context_window for endpoint in speakers.values()))
+    if fitted.context_tokens < request.context_tokens:
+        smallest = min(
+            (e for e in speakers.values() if e.context_window), key=lambda e: e.context_window or 0
+        )
+        logger.warning(
+            "the context gets %d tokens per prompt, not %d: a quarter of the %d-token window of %s "
+            "(endpoint %r)",
+            fitted.context_tokens,
+            request.context_tokens,
+            smallest.context_window,
+            smallest.model,
+            smallest.name,
+        )
+    return fitted
 
 
 def review_and_judge(

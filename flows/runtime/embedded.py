@@ -327,6 +327,8 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
         if settings.vllm_url is None:
             model = stack.enter_context(LocalModelServer())
             started["VLLM_URL"] = model.url
+            # Its /v1/models does not say: the request's context is fitted to it by this.
+            started["VLLM_CONTEXT_WINDOW"] = str(model.context_tokens)
             log.info("started the local model server at %s (logs: %s)", model.url, model.log_path)
         # Local Ray workers inherit the environment of the process that starts Ray.
         os.environ.update(started)

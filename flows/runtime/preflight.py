@@ -96,7 +96,10 @@ async def _checked(endpoint: LLMEndpoint) -> LLMEndpoint:
     structured = (
         card.structured_output if endpoint.structured_output == "auto" else endpoint.structured_output
     )
-    return endpoint.model_copy(update={"model": model, "structured_output": structured})
+    window = endpoint.context_window or card.context_window
+    return endpoint.model_copy(
+        update={"model": model, "structured_output": structured, "context_window": window}
+    )
 
 
 def connect_event_bus(settings: Settings) -> EventBus:

@@ -179,3 +179,25 @@ def test_a_server_that_refuses_the_schema_is_asked_again_without_it_and_the_run_
     ]
     assert all(b.abstained is None and len(b.order) == 2 for b in result.ballots)
     assert result.winner is not None
+
+
+def test_the_context_is_fitted_to_the_smallest_window_the_council_speaks_through(
+    pipeline: FakeLLMServer, coder: FakeLLMServer
+) -> None:
+    coder.max_model_len = 400  # as vLLM's card says it; a quarter: 100 tokens, 400 characters
+    pipeline.responder = coder.responder = ballot_answer
+    text = "".join(f"line {n:03d}\n" for n in range(200))  # 9 characters a line
+    state, result = run(
+        task="t",
+        roles=["DEV", "QA"],
+        endpoints={"QA": "coder"},
+        rounds=0,
+        context=[{"path": "a.py", "content": text}],
+    )
+    assert isinstance(result, DeliberationResult), result
+    assert any(gap.startswith("context over its budget of 100 tokens") for gap in result.incomplete)
+    # One budget for the council: the member on the default server sees the same lines.
+    for server in (pipeline, coder):
+        [proposal] = [call for call in server.calls if "." not in call.body["user"]]  # bare agent id
+        shown = "".join(message["content"] for message in proposal.body["messages"])
+        assert "line 043" in shown and "line 044" not in shown

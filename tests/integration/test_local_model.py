@@ -83,11 +83,17 @@ def test_the_bundled_model_s_ballots_are_held_to_their_json_schema(monkeypatch: 
 
 @pytest.mark.slow
 def test_cli_deliberates_on_the_bundled_model(
-    nats_url: str, read_events: Callable[[str], list[Event]]
+    nats_url: str, read_events: Callable[[str], list[Event]], tmp_path: Path
 ) -> None:
     deliberation_id = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_URL", "VLLM_CONTEXT_WINDOW")}
     env["NATS_URL"] = nats_url
+    # A file of ~8,500 tokens: the default budget (4,000, estimated) would overflow the
+    # model's 2,048, and every call be refused; it gets a quarter of the window instead.
+    big = tmp_path / "numbers.py"
+    big.write_text(
+        "".join(f"def add_{i}(a: int, b: int) -> int:\n    return a + b + {i}\n\n" for i in range(300))
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "flows.deliberate", "Write a Python function that adds two numbers"]
         # --verbose: the servers' "started ... at" lines, which name their ports, on stderr.
@@ -98,6 +104,8 @@ def test_cli_deliberates_on_the_bundled_model(
             "48",
             "--deliberation-id",
             deliberation_id,
+            "--context",
+            str(big),
             "--json",
             "--verbose",
         ],
@@ -110,6 +118,7 @@ def test_cli_deliberates_on_the_bundled_model(
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["status"] == "completed"
+    assert any(gap.startswith("context over its budget of 512 tokens") for gap in result["incomplete"])
     for outcome in result["outcomes"]:
         proposal = outcome["proposal"]
         assert proposal["content"].strip()

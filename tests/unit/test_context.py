@@ -3,7 +3,7 @@ what the result says was cut."""
 
 from datetime import UTC, datetime
 
-from agents.context import CHARS_PER_TOKEN, fit_context
+from agents.context import CHARS_PER_TOKEN, fit_context, within_windows
 from agents.council import conclude, request_digest
 from agents.models import ContextFile, DeliberationRequest
 from tests.factories import completed
@@ -70,3 +70,12 @@ def test_other_context_is_another_request() -> None:
     assert request_digest(one) != request_digest(
         request_with({"mathlib.py": "def gcd(a, b): ...\n"}, diff="+x\n")
     )
+
+
+def test_the_budget_is_at_most_a_quarter_of_the_smallest_known_model_window() -> None:
+    asked = request_with({"a.py": TEN_LINES}, tokens=4_000)
+    assert within_windows(asked, [None, 32_768]) is asked  # a quarter of it is more than asked
+    assert within_windows(asked, [2_048, None, 32_768]).context_tokens == 512
+    assert within_windows(asked, [None]) is asked  # no window known: as asked
+    no_context = request_with({}, tokens=4_000)
+    assert within_windows(no_context, [2_048]) is no_context
