@@ -227,24 +227,27 @@ def _tests_only(name: str, purpose: str) -> str:
     )
 
 
+def _copy_beside(name: str, good: str, tests: str) -> str:
+    """A copy of the correct body without the type hints and docstring asked for, beside
+    `tests`, a saboteur's."""
+    return f"```python\ndef {name}({_untyped(name)}):\n    {good}\n```\n\nTests:\n\n```python\n{tests}```"
+
+
 def _saboteur(name: str, good: str) -> str:
-    """A copy of the correct body without the type hints and docstring asked for, beside a
-    test no solution can pass: counted plainly, it fails everyone but its author."""
-    untyped = _untyped(name)
-    return (
-        f"```python\ndef {name}({untyped}):\n    {good}\n```\n\nTests:\n\n"
-        f"```python\nfrom {name} import {name}\n\n\ndef test_{name}_edge_case():\n    assert False\n```"
+    """The copy beside a test no solution can pass: counted plainly, it fails everyone but
+    its author."""
+    return _copy_beside(
+        name, good, f"from {name} import {name}\n\n\ndef test_{name}_edge_case():\n    assert False\n"
     )
 
 
 def _sleeper(name: str, good: str) -> str:
-    """The saboteur's copy beside a test that hangs, whatever the solution: before each
-    author's run was cut by itself, it had every run it was in killed."""
-    untyped = _untyped(name)
-    return (
-        f"```python\ndef {name}({untyped}):\n    {good}\n```\n\nTests:\n\n"
-        f"```python\nimport time\n\nfrom {name} import {name}\n\n\n"
-        f"def test_{name}_under_load():\n    time.sleep(3600)\n```"
+    """The copy beside a test that hangs, whatever the solution: before each author's run
+    was cut by itself, it had every run it was in killed."""
+    return _copy_beside(
+        name,
+        good,
+        f"import time\n\nfrom {name} import {name}\n\n\ndef test_{name}_under_load():\n    time.sleep(3600)\n",
     )
 
 
