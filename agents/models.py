@@ -5,6 +5,7 @@ Size limits keep one deliberation's prompts bounded; they are documented in the 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -337,6 +338,12 @@ class DeliberationRequest(BaseModel):
     @property
     def required_proposals(self) -> int:
         return self.quorum if self.quorum is not None else self.agent_count
+
+    def digest(self) -> str:
+        """What this deliberation asks, as a digest: a rerun under the same id must ask the
+        same. The deadline may change (it still counts from the first start), the id is the key."""
+        asked = self.model_dump_json(exclude={"deliberation_id", "deadline_seconds"})
+        return hashlib.sha256(asked.encode()).hexdigest()
 
 
 class AgentSpec(BaseModel):

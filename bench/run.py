@@ -273,8 +273,8 @@ def warm_pipeline(model_url: str) -> Iterator[Callable[..., Any]]:
 
 def baseline(emulator: EmulatorProcess, agents: int) -> float:
     """The same proposal calls with plain asyncio.gather and httpx: no orchestration."""
-    from agents.council import plan_council
     from agents.models import DeliberationRequest
+    from agents.planning import plan_council
     from agents.prompts import proposal_messages
 
     request = DeliberationRequest(task="Benchmark task", roles=ROLES, agents_per_role=max(1, agents // 5))

@@ -1,6 +1,6 @@
-"""Model calls as task runs: every call of a stage submitted at once, each handed on as it
-finishes, stragglers cut at the deliberation's deadline. Proposals and the review stages
-go through this one runner and the one task, `ask_model`."""
+"""The stages' port to the models (agents.stages.Ask), as task runs: every call of a stage
+submitted at once, each handed on as it finishes, stragglers cut at the deliberation's
+deadline. Every stage goes through this one runner and the one task, `ask_model`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
+from agents.calls import finished_call, run_name
 from agents.config import LLMEndpoint
-from agents.council import finished_call, run_name
 from agents.models import AgentStatus, ChatCompletion, ModelCall, StageCall
 from agents.settings import Settings
 from flows.futures import Deadline, collect, run_count, settle
@@ -24,7 +24,7 @@ from tasks.ask import ask_model
 
 
 def call_run_name(parameters: dict[str, Any]) -> str:
-    """`ask_model`'s task run name, from its parameters where it runs (agents.council.run_name):
+    """`ask_model`'s task run name, from its parameters where it runs (agents.calls.run_name):
     one task object then serves a whole stage."""
     return run_name(parameters["call"])
 
@@ -52,11 +52,7 @@ class CallRunner:
         self.ledger = ledger
         self.write_ledger = write_ledger
 
-    def endpoint_for(self, agent_id: str) -> LLMEndpoint:
-        """The endpoint `agent_id` (a member or the chair) speaks through."""
-        return self.speakers[agent_id]
-
-    def run(
+    def __call__(
         self, calls: Sequence[ModelCall], on_calls: Callable[[list[StageCall]], Any] | None = None
     ) -> list[StageCall]:
         """Every call's record, in the order given. Records are handed to `on_calls` as soon
@@ -97,7 +93,7 @@ class CallRunner:
             call.call_id: ask.submit(
                 deliberation_id=self.deliberation_id,
                 call=call,
-                endpoint=self.endpoint_for(call.agent_id),
+                endpoint=self.speakers[call.agent_id],
                 llm_limit=self.settings.llm_concurrency_limit or None,
             )
             for call in calls

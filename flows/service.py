@@ -43,7 +43,8 @@ from pydantic import BaseModel, ValidationError
 from agents.adapters.nats import JetStreamBus
 from agents.adapters.nats.intake import Intake
 from agents.adapters.secrets import nats_token
-from agents.council import conclude_stopped, request_digest
+from agents.conclusion import conclude_stopped
+from agents.context import fit_context
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error, is_decided
 from agents.events import DeliberationProgressEvent, agent_event, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
@@ -89,7 +90,7 @@ class DeliberationService:
         if request.deliberation_id is None:
             request = request.model_copy(update={"deliberation_id": uuid.uuid4().hex})
         deliberation_id = request.deliberation_id or ""
-        digest = request_digest(request)
+        digest = request.digest()
         known = await self._intake.status(deliberation_id)
         if known is None:
             # Stored before it is recorded or answered: an accepted request is never lost,
@@ -146,7 +147,7 @@ async def record_accepted(
     record = StatusRecord(
         deliberation_id=deliberation_id,
         status=DeliberationState.ACCEPTED,
-        request_digest=request_digest(request),
+        request_digest=request.digest(),
         request=request,
         accepted_at=now,
         updated_at=now,
@@ -198,6 +199,7 @@ async def conclude_without_run(
         ledger.calls,
         ledger.started_at,
         _now(),
+        context_cut=fit_context(request).gaps(),
     )
     concluded = record.model_copy(update={"status": status, "reason": reason, "updated_at": _now()})
     if not await intake.update_status(concluded, revision):

@@ -53,7 +53,7 @@ def call_of(
     name: str, state: str, final: bool, ok: bool, attempts: int, seconds: float
 ) -> CallProgress | None:
     """A model call or a run of an agent's code against the others' tests, from its task
-    run's name, `<agent id>.<stage>...` (agents.council.run_name); None otherwise."""
+    run's name, `<agent id>.<stage>...` (agents.calls.run_name); None otherwise."""
     agent_id, _, rest = name.partition(".")
     stage = rest.partition(".")[0]
     if stage != TESTS and stage not in set(Stage):

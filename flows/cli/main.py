@@ -229,7 +229,7 @@ def _run(request: DeliberationRequest, settings: Settings, as_json: bool, verbos
     # Imported here so that bad input is refused without loading Prefect and Ray.
     from prefect.states import State
 
-    from agents.council import plan_council
+    from agents.planning import plan_council
     from flows.cli.live import LiveProgress, follow_flow_run
     from flows.deliberate import deliberate
     from flows.runtime.embedded import embedded_servers

@@ -8,7 +8,6 @@ from agents.adapters.llm import ChatClient, redact_url
 from agents.adapters.nats import EventBus
 from agents.adapters.secrets import model_api_key, nats_token
 from agents.config import DEFAULT_ENDPOINT, LLMEndpoint
-from agents.council import assign_endpoints, plan_council
 from agents.errors import (
     BusUnreachable,
     ConfigurationError,
@@ -18,6 +17,7 @@ from agents.errors import (
     Unreachable,
 )
 from agents.models import CHAIR_ID, DeliberationRequest
+from agents.planning import assign_endpoints, plan_council
 from agents.settings import Settings
 
 

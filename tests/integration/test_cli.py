@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.council import conclude
+from agents.conclusion import conclude
 from agents.events import AgentResponseEvent, Event
 from agents.models import MAX_CONTEXT_CHARS, DeliberationRequest
 from agents.report import outcome_row

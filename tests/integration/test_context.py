@@ -13,7 +13,6 @@ import pytest
 
 from agents.adapters.confine import isolation_problem
 from agents.adapters.nats import EventBus
-from agents.council import request_digest
 from agents.events import Event
 from agents.models import ContextFile, DeliberationRequest, DeliberationResult
 from agents.settings import bus_config_for
@@ -92,7 +91,7 @@ def test_a_rerun_with_other_context_under_the_same_id_is_refused(
         assert deliberate(request=first, return_state=True).is_completed()
     else:  # as if the first run had died before its first call
         with EventBus.connect(bus_config_for(nats_url)) as bus:
-            bus.open_ledger(deliberation_id, request_digest(first), datetime.now(UTC))
+            bus.open_ledger(deliberation_id, first.digest(), datetime.now(UTC))
     calls, events = len(pipeline.calls), len(read_events(deliberation_id))
 
     other = request_about(MATHLIB.replace("a * b  #", "a * b // gcd(a, b)  #"), deliberation_id)

@@ -41,8 +41,8 @@ def test_the_bundled_model_s_ballots_are_held_to_their_json_schema(monkeypatch: 
     import asyncio
 
     from agents.adapters.llm import ChatClient
-    from agents.council import plan_council
     from agents.models import DeliberationRequest
+    from agents.planning import plan_council
     from agents.prompts import ranking_messages
     from agents.ranking import ballot_from_answer, ballot_schema
     from agents.settings import Settings

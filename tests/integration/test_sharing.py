@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from agents.adapters.nats import EventBus
-from agents.council import request_digest
 from agents.errors import ConfigurationError
 from agents.events import (
     Event,
@@ -130,7 +129,7 @@ def test_a_resumed_deliberation_keeps_its_first_deadline(pipeline: FakeLLMServer
     )
     with EventBus.connect(bus_config_for(nats_url)) as bus:
         bus.open_ledger(
-            request.deliberation_id or "", request_digest(request), datetime.now(UTC) - timedelta(seconds=100)
+            request.deliberation_id or "", request.digest(), datetime.now(UTC) - timedelta(seconds=100)
         )
     state = deliberate(request=request, return_state=True)
     result = state.result(raise_on_failure=False)

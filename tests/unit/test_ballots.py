@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agents.council import plan_council
 from agents.models import DeliberationRequest
+from agents.planning import plan_council
 from agents.prompts import ranking_messages
 from agents.ranking import (
     EVERY_ORDER_UP_TO,

@@ -3,8 +3,8 @@ what the result says was cut."""
 
 from datetime import UTC, datetime
 
+from agents.conclusion import conclude
 from agents.context import CHARS_PER_TOKEN, fit_context, within_windows
-from agents.council import conclude, request_digest
 from agents.models import ContextFile, DeliberationRequest
 from tests.factories import completed
 
@@ -48,7 +48,9 @@ def test_the_diff_is_counted_first() -> None:
 def test_a_budget_overflow_is_reported_in_the_results_incomplete() -> None:
     request = request_with({"a.py": TEN_LINES, "b.py": TEN_LINES}, tokens=25)
     now = datetime.now(UTC)
-    result = conclude(request, "d1", [completed("agent-dev-001")], now, now)
+    result = conclude(
+        request, "d1", [completed("agent-dev-001")], now, now, context_cut=fit_context(request).gaps()
+    )
     assert result.incomplete[0] == (
         "context over its budget of 25 tokens per prompt (estimated as characters / 4): "
         "b.py cut after line 2 of 10"
@@ -65,11 +67,9 @@ def test_many_files_left_out_are_named_up_to_ten_then_counted() -> None:
 
 def test_other_context_is_another_request() -> None:
     one = request_with({"mathlib.py": "def gcd(a, b): ...\n"})
-    assert request_digest(one) == request_digest(request_with({"mathlib.py": "def gcd(a, b): ...\n"}))
-    assert request_digest(one) != request_digest(request_with({"mathlib.py": "def gcd(a, b): pass\n"}))
-    assert request_digest(one) != request_digest(
-        request_with({"mathlib.py": "def gcd(a, b): ...\n"}, diff="+x\n")
-    )
+    assert one.digest() == request_with({"mathlib.py": "def gcd(a, b): ...\n"}).digest()
+    assert one.digest() != request_with({"mathlib.py": "def gcd(a, b): pass\n"}).digest()
+    assert one.digest() != request_with({"mathlib.py": "def gcd(a, b): ...\n"}, diff="+x\n").digest()
 
 
 def test_the_budget_is_at_most_a_quarter_of_the_smallest_known_model_window() -> None:

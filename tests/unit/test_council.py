@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.council import conclude, largest_stage_calls, plan_council, plan_critiques
+from agents.conclusion import conclude
 from agents.models import (
     AgentOutcome,
     AgentStatus,
@@ -12,6 +12,7 @@ from agents.models import (
     ErrorInfo,
     Verdict,
 )
+from agents.planning import largest_stage_calls, plan_council, plan_critiques
 from agents.roles import Role
 from tests.factories import completed, critique, failed
 

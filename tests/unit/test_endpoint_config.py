@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agents.council import assign_endpoints, plan_council
 from agents.errors import ConfigurationError
 from agents.models import DeliberationRequest
+from agents.planning import assign_endpoints, plan_council
 from agents.settings import Settings
 
 

@@ -1,5 +1,5 @@
-from agents.council import plan_council
 from agents.models import Constraints, ContextFile, DeliberationRequest
+from agents.planning import plan_council
 from agents.prompts import (
     DIVERGE_INSTRUCTION,
     critique_messages,

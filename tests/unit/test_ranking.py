@@ -2,8 +2,8 @@
 
 import pytest
 
-from agents.council import plan_council
 from agents.models import Ballot, CheckResult, DeliberationRequest
+from agents.planning import plan_council
 from agents.prompts import ranking_messages
 from agents.ranking import (
     Candidate,

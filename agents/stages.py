@@ -1,48 +1,94 @@
-"""The stages of a deliberation: proposals, peer-review rounds, the anonymized ranking and
-the synthesis. Each stage runs all its model calls at once through the one CallRunner,
-until the deliberation's deadline; a call that fails or runs late is recorded, never fatal.
+"""The stages of a deliberation, as the domain sees them: proposals, peer-review rounds, the
+anonymized ranking, the tests of the code (with --run-code), the verdict and the synthesis.
+
+Each stage is a function of plain values and one port, `ask`: every call of the stage at
+once, a record for each in the order given (a call that failed or ran late is a record,
+never an exception). The stages look at the deliberation's one `Deadline` before they ask;
+what it cuts short is recorded as missing. The flow supplies the port that runs the calls
+as Prefect task runs on Ray (flows.calls.CallRunner); a unit test supplies a fake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from agents.council import (
-    CHAIR_ID,
-    agent_outcome,
-    plan_call,
-    plan_critiques,
-    proposal_call,
-    why_no_answer,
-)
+from agents.calls import critique_call, proposal_call, ranking_call, revision_call, synthesis_call
+from agents.conclusion import agent_outcome, why_no_answer
+from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass, plan_suites, tested_standing
 from agents.models import (
     AgentOutcome,
     AgentSpec,
+    AgentStatus,
     Ballot,
+    CheckResult,
     DeliberationRequest,
-    Stage,
+    ModelCall,
     StageCall,
+    Tested,
     Verdict,
 )
-from agents.prompts import critique_messages, ranking_messages, revision_messages, synthesis_messages
+from agents.planning import plan_critiques
 from agents.ranking import (
     Candidate,
     anonymize,
     ballot_from_answer,
-    ballot_schema,
     choose_winner,
     no_winner_reason,
     score_candidates,
 )
-from flows.calls import CallRunner
-from flows.execution import Execution
 
-# Rankings should be reproducible judgements, not creative writing.
-RANKING_TEMPERATURE = 0.2
 SYNTHESIS_INPUTS = 3
 MIN_PROPOSALS_TO_RANK = 3  # each reviewer ranks the others: with 2, every ballot is trivial
+
+OnCalls = Callable[[list[StageCall]], Any]
+
+
+class Ask(Protocol):
+    """The stages' one port to the models: every call's record, in the order given. Records
+    are handed to `on_calls` as soon as they are known, several at once when they are known
+    together; a call unfinished at the deadline is timed_out. Raises DeliberationCancelled
+    if the deliberation is cancelled before or meanwhile."""
+
+    def __call__(self, calls: Sequence[ModelCall], on_calls: OnCalls | None = None) -> list[StageCall]: ...
+
+
+class Deadline(Protocol):
+    """The deliberation's one deadline, as the stages look at it."""
+
+    @property
+    def expired(self) -> bool: ...
+
+    def reason(self) -> str:
+        """Why what it cut short did not run, in a few words."""
+        ...
+
+    def check(self) -> None:
+        """Raise DeliberationCancelled if the deliberation was cancelled."""
+        ...
+
+
+class RunSuites(Protocol):
+    """The tests' port: every suite run at once until the deadline, a run for each
+    (`not_run`, saying why, for one that failed to run or ran late)."""
+
+    @property
+    def left_out(self) -> Sequence[str]:
+        """The context's files the sandbox cannot hold (it has its own under those names)."""
+        ...
+
+    def __call__(self, suites: Mapping[str, TestSuite]) -> dict[str, SuiteRun]: ...
+
+
+@dataclass(frozen=True)
+class Ballots:
+    """How the ballots are asked for: under labels shuffled per reviewer, seeded by `seed`
+    (the deliberation's id, so a retried call sees the same prompt), and as JSON from the
+    reviewers whose server can hold an answer to the ballot's schema (`as_json`)."""
+
+    seed: str
+    as_json: Mapping[str, bool]
 
 
 @dataclass
@@ -64,8 +110,18 @@ class Ranking:
     gaps: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Execution:
+    """The `tests_pass` check of each proposal, how the tests went for it, and what could
+    not be run."""
+
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+    tested: dict[str, Tested] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+
+
 def propose(
-    runner: CallRunner,
+    ask: Ask,
     request: DeliberationRequest,
     agents: Sequence[AgentSpec],
     on_outcomes: Callable[[list[AgentOutcome]], Any],
@@ -74,11 +130,16 @@ def propose(
     are known (together when they finish together); agents unfinished at the deadline are
     timed_out. In council order."""
     by_id = {agent.agent_id: agent for agent in agents}
-    calls = runner.run(
+    calls = ask(
         [proposal_call(request, agent) for agent in agents],
         on_calls=lambda calls: on_outcomes([agent_outcome(by_id[call.agent_id], call) for call in calls]),
     )
     return [agent_outcome(agent, call) for agent, call in zip(agents, calls, strict=True)]
+
+
+def authors_of(agents: Sequence[AgentSpec], outcomes: Sequence[AgentOutcome]) -> list[AgentSpec]:
+    """The agents that made a proposal, in council order."""
+    return [a for a, o in zip(agents, outcomes, strict=True) if o.status is AgentStatus.COMPLETED]
 
 
 def candidates_of(outcomes: Sequence[AgentOutcome]) -> dict[str, Candidate]:
@@ -95,7 +156,8 @@ def _why(call: StageCall) -> str:
 
 
 def review_rounds(
-    runner: CallRunner,
+    ask: Ask,
+    deadline: Deadline,
     request: DeliberationRequest,
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
@@ -110,19 +172,13 @@ def review_rounds(
         return review
     by_id = {agent.agent_id: agent for agent in authors}
     for round_ in range(1, request.rounds + 1):
-        if runner.deadline.expired:
-            review.gaps.append(f"review rounds {round_}-{request.rounds} not run: {runner.deadline.reason()}")
+        if deadline.expired:
+            review.gaps.append(f"review rounds {round_}-{request.rounds} not run: {deadline.reason()}")
             break
-        critiques = runner.run(
+        critiques = ask(
             [
-                plan_call(
-                    request,
-                    Stage.CRITIQUE,
-                    critic.agent_id,
-                    critique_messages(request, critic, review.latest[author.agent_id].content),
-                    request.temperature,
-                    round_,
-                    subject_id=author.agent_id,
+                critique_call(
+                    request, critic, author.agent_id, review.latest[author.agent_id].content, round_
                 )
                 for critic, author in pairs
             ],
@@ -134,17 +190,9 @@ def review_rounds(
         for critique in critiques:
             if critique.ok and critique.subject_id is not None and critique.content:
                 received.setdefault(critique.subject_id, []).append(critique.content)
-        revisions = runner.run(
+        revisions = ask(
             [
-                plan_call(
-                    request,
-                    Stage.REVISION,
-                    author_id,
-                    revision_messages(request, by_id[author_id], review.latest[author_id].content, texts),
-                    by_id[author_id].temperature,
-                    round_,
-                    subject_id=author_id,
-                )
+                revision_call(request, by_id[author_id], review.latest[author_id].content, texts, round_)
                 for author_id, texts in received.items()
             ]
         )
@@ -164,37 +212,29 @@ def review_rounds(
 
 
 def rank_proposals(
-    runner: CallRunner,
+    ask: Ask,
+    deadline: Deadline,
     request: DeliberationRequest,
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
+    ballots_asked: Ballots,
 ) -> Ranking:
     """Every author ranks the others' latest proposals, shown under labels shuffled per
-    reviewer, as a JSON ballot where its server can be held to the ballot's schema, else
-    as text. Failed calls and unreadable rankings are abstentions."""
+    reviewer, as a JSON ballot where its server can be held to the ballot's schema, else as
+    text. Failed calls and unreadable rankings are abstentions."""
     if len(candidates) < MIN_PROPOSALS_TO_RANK:
         return Ranking(gaps=[f"no peer ranking: it needs at least {MIN_PROPOSALS_TO_RANK} proposals"])
-    if runner.deadline.expired:
-        return Ranking(gaps=[f"no peer ranking: {runner.deadline.reason()}"])
-    labels = {a.agent_id: anonymize(runner.deliberation_id, a.agent_id, list(candidates)) for a in authors}
+    if deadline.expired:
+        return Ranking(gaps=[f"no peer ranking: {deadline.reason()}"])
+    labels = {a.agent_id: anonymize(ballots_asked.seed, a.agent_id, list(candidates)) for a in authors}
+    as_json = ballots_asked.as_json
 
     def shown_to(reviewer: AgentSpec) -> dict[str, str]:
         return {name: candidates[agent_id].content for name, agent_id in labels[reviewer.agent_id].items()}
 
-    # A JSON ballot where the reviewer's server can hold the answer to its schema.
-    as_json = {a.agent_id: runner.endpoint_for(a.agent_id).constrains_json for a in authors}
-    calls = runner.run(
+    calls = ask(
         [
-            plan_call(
-                request,
-                Stage.RANKING,
-                reviewer.agent_id,
-                ranking_messages(request, reviewer, shown_to(reviewer), as_json[reviewer.agent_id]),
-                RANKING_TEMPERATURE,
-                answer_schema=ballot_schema(list(labels[reviewer.agent_id]))
-                if as_json[reviewer.agent_id]
-                else None,
-            )
+            ranking_call(request, reviewer, shown_to(reviewer), as_json[reviewer.agent_id])
             for reviewer in authors
         ]
     )
@@ -211,6 +251,40 @@ def rank_proposals(
     gaps = [f"ranking by {b.reviewer_id} abstained: {b.abstained}" for b in ballots if b.abstained]
     gaps += [f"ranking by {b.reviewer_id}: {note}" for b in ballots for note in b.notes]
     return Ranking(calls, ballots, gaps)
+
+
+def execute_proposals(
+    run_suites: RunSuites,
+    deadline: Deadline,
+    request: DeliberationRequest,
+    candidates: Mapping[str, Candidate],
+) -> Execution:
+    """Every proposal with Python code run against the tests the other members wrote, each
+    test weighed by how far the solutions agree with it (agents/evidence.py)."""
+    deadline.check()
+    suites = plan_suites({agent_id: candidate.content for agent_id, candidate in candidates.items()})
+    runnable = {agent_id: suite for agent_id, suite in suites.items() if suite.runnable}
+    execution = Execution()
+    if run_suites.left_out:
+        execution.gaps.append(
+            "--run-code: context files left out of the sandbox, which has its own under those names: "
+            + ", ".join(run_suites.left_out)
+        )
+    if runnable and not deadline.expired:
+        runs = run_suites(runnable)
+    else:
+        runs = {
+            agent_id: SuiteRun(candidate_id=agent_id, outcome="not_run", detail=deadline.reason())
+            for agent_id in runnable
+        }
+    agreed = agreement(runs.values())
+    for agent_id in candidates:
+        check = check_tests_pass(suites[agent_id], runs.get(agent_id), request.code_expected, agreed)
+        execution.checks[agent_id] = check
+        execution.tested[agent_id] = tested_standing(check, suites[agent_id], runs.get(agent_id), agreed)
+        if agent_id in runs and runs[agent_id].outcome == "not_run":
+            execution.gaps.append(f"tests of {agent_id}: {check.detail}")
+    return execution
 
 
 def judge(
@@ -241,20 +315,18 @@ def judge(
 
 
 def synthesize(
-    runner: CallRunner, request: DeliberationRequest, verdict: Verdict, candidates: dict[str, Candidate]
+    ask: Ask,
+    deadline: Deadline,
+    request: DeliberationRequest,
+    verdict: Verdict,
+    candidates: dict[str, Candidate],
 ) -> Verdict:
     """One call that merges the best proposals, the winner first; the verdict with it."""
-    if runner.deadline.expired:
+    if deadline.expired:
         return verdict.model_copy(
-            update={"incomplete": [*verdict.incomplete, f"no synthesis: {runner.deadline.reason()}"]}
+            update={"incomplete": [*verdict.incomplete, f"no synthesis: {deadline.reason()}"]}
         )
     best = [candidates[score.agent_id].content for score in verdict.scores[:SYNTHESIS_INPUTS]]
-    [call] = runner.run(
-        [
-            plan_call(
-                request, Stage.SYNTHESIS, CHAIR_ID, synthesis_messages(request, best), request.temperature
-            )
-        ]
-    )
+    [call] = ask([synthesis_call(request, best)])
     gaps = [] if call.ok else [f"synthesis: {_why(call)}"]
     return verdict.model_copy(update={"synthesis": call, "incomplete": [*verdict.incomplete, *gaps]})
