@@ -457,6 +457,8 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
         endpoints = Endpoints()
         for name in ENDPOINTS:
             await group.add_endpoint(name=name, handler=endpoints.handler(getattr(service, name)))
+        # nats-py sends SUB lazily: until the server has them, a request finds no responder.
+        await bus.client.flush()
         if on_ready is not None:
             on_ready()
         try:

@@ -1,4 +1,5 @@
-"""ruff and mypy stay clean (STYLE.md); run as part of the suite so CI enforces it."""
+"""ruff and mypy stay clean (README "Layout", docs/layout.md); run as part of the suite so
+CI enforces it."""
 
 import subprocess
 import sys

@@ -1,6 +1,7 @@
-"""The layout is the architecture (STYLE.md): dependencies point one way, flows -> tasks ->
-agents, and the domain (the modules directly in agents/) does no I/O: it imports neither its
-adapters nor any library that reaches a network, a process or a server."""
+"""The layout is the architecture (README "Layout", docs/layout.md): dependencies point one
+way, flows -> tasks -> agents, and the domain (the modules directly in agents/) does no I/O:
+it imports neither its adapters nor any library that reaches a network, a process or a
+server."""
 
 from __future__ import annotations
 
