@@ -1,0 +1,5 @@
+"""`python -m flows.service`."""
+
+from flows.service.main import main
+
+raise SystemExit(main())

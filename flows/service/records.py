@@ -1,0 +1,101 @@
+"""A deliberation's status record in the intake, kept by the front and the runners alike:
+created when a request is taken in, the reply read from it, and a deliberation concluded
+without a flow run (cancelled before it started, or failed on every try)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+from prefect import get_client
+from prefect.states import Cancelling
+
+from agents.adapters.nats import JetStreamBus
+from agents.adapters.nats.intake import Intake
+from agents.conclusion import conclude_stopped
+from agents.context import fit_context
+from agents.events import DeliberationProgressEvent, agent_event, deliberation_event
+from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
+from agents.service import DeliberationState, StatusRecord, StatusReply
+
+CANCELLED_BY_SERVICE = "cancelled through the deliberation service"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def record_accepted(
+    bus: JetStreamBus, intake: Intake, request: DeliberationRequest
+) -> tuple[StatusRecord, int]:
+    """The status record of a request taken in, created (and announced) unless it exists:
+    by the submit that stored the request, or by the runner that took it first. Returns the
+    record as it stands, and its revision."""
+    deliberation_id = request.deliberation_id or ""
+    now = utc_now()
+    record = StatusRecord(
+        deliberation_id=deliberation_id,
+        status=DeliberationState.ACCEPTED,
+        request_digest=request.digest(),
+        request=request,
+        accepted_at=now,
+        updated_at=now,
+    )
+    revision = await intake.create_status(record)
+    if revision is not None:
+        task_id = request.task_id or deliberation_id
+        await bus.publish(
+            DeliberationProgressEvent(deliberation_id=deliberation_id, task_id=task_id, status="accepted")
+        )
+        return record, revision
+    known = await intake.status(deliberation_id)
+    assert known is not None  # created by whoever was first
+    return known
+
+
+def reply_of(record: StatusRecord, result: DeliberationResult | None = None) -> StatusReply:
+    return StatusReply(
+        deliberation_id=record.deliberation_id,
+        status=record.status,
+        flow_run_id=record.flow_run_id,
+        reason=record.reason,
+        result=result,
+    )
+
+
+async def cancel_flow_run(flow_run_id: str, reason: str) -> None:
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(flow_run_id), Cancelling(message=reason), force=True)
+
+
+async def conclude_without_run(
+    bus: JetStreamBus, intake: Intake, record: StatusRecord, status: DeliberationState, reason: str
+) -> StatusRecord | None:
+    """Conclude a deliberation that is not running (cancelled before it started, or failed
+    on every try): its result (the proposals its runs made stand), stored, then announced.
+    None if its status changed meanwhile (the caller reads it again)."""
+    known = await intake.status(record.deliberation_id)
+    if known is None or known[0] != record:
+        return None
+    _, revision = known
+    request = record.request
+    ledger = await bus.open_ledger(record.deliberation_id, record.request_digest, record.accepted_at)
+    result = conclude_stopped(
+        request,
+        record.deliberation_id,
+        DeliberationStatus(status.value),
+        reason,
+        ledger.calls,
+        ledger.started_at,
+        utc_now(),
+        context_cut=fit_context(request).gaps(),
+    )
+    concluded = record.model_copy(update={"status": status, "reason": reason, "updated_at": utc_now()})
+    if not await intake.update_status(concluded, revision):
+        return None
+    await bus.save_result(result)
+    # Every agent's outcome, as a flow run publishes them: those with no proposal have
+    # theirs here only; a proposal's own event, published already, is de-duplicated.
+    await bus.publish_all([agent_event(result.deliberation_id, result.task_id, o) for o in result.outcomes])
+    await bus.publish(deliberation_event(result))
+    return concluded

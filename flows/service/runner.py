@@ -1,0 +1,213 @@
+"""The runners of the service: requests taken from the intake, each run as a flow run of
+`deliberate` on a thread of its own, and the status record kept as the run goes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.msg import Msg
+from prefect.logging import get_logger
+from prefect.states import State
+from pydantic import ValidationError
+
+from agents.adapters.nats import JetStreamBus
+from agents.adapters.nats.intake import Intake
+from agents.errors import describe_validation_error, is_decided
+from agents.events import DeliberationProgressEvent
+from agents.models import DeliberationRequest, DeliberationResult
+from agents.service import DeliberationState, StatusRecord
+from agents.settings import Settings
+from flows.deliberate import deliberate
+from flows.runtime.run_hooks import on_running, when_started
+from flows.service.records import (
+    CANCELLED_BY_SERVICE,
+    cancel_flow_run,
+    conclude_without_run,
+    record_accepted,
+    utc_now,
+)
+
+log = get_logger("deliberation")
+TAKE_SECONDS = 1.0  # how long a runner with a free slot waits for a request before asking again
+RETRY_DELAY_SECONDS = 2.0  # before a crashed run's request is delivered again
+
+
+class Runner:
+    """Takes requests from the intake, at most `concurrency` at once, and runs each as a flow
+    run of `deliberate` on a thread of its own; the rest wait in the stream."""
+
+    def __init__(self, bus: JetStreamBus, intake: Intake, settings: Settings) -> None:
+        self._bus = bus
+        self._intake = intake
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.service_concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        # A thread per slot: asyncio's default pool has min(32, cores + 4) threads, so on
+        # 2 cores a runner ran 6 deliberations at once whatever its concurrency said, and
+        # held the others it had taken in the pool's queue.
+        self._threads = ThreadPoolExecutor(settings.service_concurrency, thread_name_prefix="deliberate")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set; then waits for the deliberations it runs."""
+        try:
+            await self._take_until(stop)
+        finally:
+            self._threads.shutdown(wait=False)
+
+    async def _take_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._slots.acquire()
+            try:
+                msg = await self._intake.take(TAKE_SECONDS)
+            except Exception as exc:  # NATS away for a moment: take again
+                log.warning("taking a request failed: %s", exc)
+                msg = None
+                await asyncio.sleep(TAKE_SECONDS)
+            if msg is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._handle(msg))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _handle(self, msg: Msg) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._deliberate(msg)
+        except Exception as exc:  # never lose the slot or leave the message unanswered
+            log.exception("request %s: %s; it will be delivered again", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=RETRY_DELAY_SECONDS)
+        finally:
+            heartbeat.cancel()
+            self._slots.release()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        """Tell JetStream the request is being worked on, so it is not delivered again."""
+        while True:
+            await asyncio.sleep(self._settings.service_ack_wait_seconds / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _deliberate(self, msg: Msg) -> None:
+        request = _intake_request(msg)
+        if request is None:
+            await msg.term()
+            return
+        deliberation_id = request.deliberation_id or ""
+        # Taken before its submit recorded it, possibly: the record is made here then.
+        known = await self._intake.status(deliberation_id) or await record_accepted(
+            self._bus, self._intake, request
+        )
+        if known[0].status.concluded:  # cancelled before it started, or done
+            await msg.ack()
+            return
+        record, _ = known
+        tries = msg.metadata.num_delivered
+        log.info("deliberation %s taken (delivery %d)", deliberation_id, tries)
+        if tries > self._settings.service_max_tries:
+            reason = f"failed on every one of {self._settings.service_max_tries} tries: {record.reason}"
+            await self._conclude(record, DeliberationState.FAILED, reason, msg)
+            return
+
+        loop = asyncio.get_running_loop()
+
+        def started(flow_run_id: str) -> None:
+            asyncio.run_coroutine_threadsafe(self._started(request, flow_run_id, tries), loop).result(30)
+
+        with when_started(deliberation_id, started):
+            # In this context, as to_thread would: the flow run's Prefect API is in it.
+            run_here = contextvars.copy_context().run
+            state, value = await loop.run_in_executor(self._threads, run_here, _run_flow, request)
+        if isinstance(value, DeliberationResult):
+            await self._finished(deliberation_id, value)
+            await msg.ack()
+            return
+        reason = f"try {tries}: {_one_line(value, state)}"
+        latest = await self._intake.status(deliberation_id)
+        assert latest is not None
+        if is_decided(value) or tries >= self._settings.service_max_tries:
+            # A decided failure (bad configuration, an id reused) or the last try.
+            await self._conclude(latest[0], DeliberationState.FAILED, reason, msg)
+            return
+        waiting = latest[0].model_copy(
+            update={
+                "status": DeliberationState.ACCEPTED,
+                "tries": tries,
+                "reason": reason,
+                "updated_at": utc_now(),
+            }
+        )
+        await self._intake.update_status(waiting, latest[1])
+        log.warning("deliberation %s %s; it will be tried again", deliberation_id, reason)
+        await msg.nak(delay=RETRY_DELAY_SECONDS)
+
+    async def _started(self, request: DeliberationRequest, flow_run_id: str, tries: int) -> None:
+        deliberation_id = request.deliberation_id or ""
+        running = {"status": DeliberationState.RUNNING, "flow_run_id": flow_run_id, "tries": tries}
+        record = await self._intake.change_status(
+            deliberation_id,
+            lambda r: (
+                None if r.status.concluded else r.model_copy(update=running | {"updated_at": utc_now()})
+            ),
+        )
+        if record is not None and record.status.concluded:  # cancelled as it started: stop it at once
+            await cancel_flow_run(flow_run_id, record.reason or CANCELLED_BY_SERVICE)
+            return
+        event = DeliberationProgressEvent(
+            deliberation_id=deliberation_id,
+            task_id=request.task_id or deliberation_id,
+            status="started",
+            flow_run_id=flow_run_id,
+            attempt=tries,
+        )
+        await self._bus.publish(event)
+
+    async def _finished(self, deliberation_id: str, result: DeliberationResult) -> None:
+        """The flow run concluded it (and stored and announced its result)."""
+        done = {"status": DeliberationState(result.status.value), "reason": result.summary}
+        await self._intake.change_status(
+            deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": utc_now()})
+        )
+
+    async def _conclude(self, record: StatusRecord, status: DeliberationState, reason: str, msg: Msg) -> None:
+        while await conclude_without_run(self._bus, self._intake, record, status, reason) is None:
+            known = await self._intake.status(record.deliberation_id)
+            if known is None or known[0].status.concluded:
+                break
+            record = known[0]
+        log.warning("deliberation %s %s: %s", record.deliberation_id, status, reason)
+        await msg.ack()
+
+
+def _intake_request(msg: Msg) -> DeliberationRequest | None:
+    """The request in an intake message, or None (and a log line) if it is not one the submit
+    endpoint stores: a valid request with its deliberation id. Someone else may publish on
+    the intake's subjects; without an id it was delivered again and again, for ever."""
+    try:
+        request = DeliberationRequest.model_validate_json(msg.data)
+    except ValidationError as exc:
+        why = describe_validation_error(exc)
+    else:
+        if request.deliberation_id:
+            return request
+        why = "no deliberation_id"
+    log.warning("%s is not a deliberation request (%s); dropped", msg.subject, why)
+    return None
+
+
+def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:
+    """The flow run's final state and its value (a DeliberationResult, or what failed it)."""
+    state = deliberate.with_options(on_running=[on_running])(request=request, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def _one_line(value: object, state: State[Any]) -> str:
+    text = str(value) if isinstance(value, BaseException) and str(value) else state.message or state.name
+    return (text or "crashed").splitlines()[0]
