@@ -24,6 +24,7 @@ def measure(runs: int) -> tuple[float, list[float], list[float]]:
     from prefect import flow
     from prefect.context import serialize_context
 
+    from flows.hosting import MODEL_CALLS
     from flows.runtime.hosts import CallHost
 
     @flow(name="bench-hydration")
@@ -35,7 +36,7 @@ def measure(runs: int) -> tuple[float, list[float], list[float]]:
         releasing: list[float] = []
 
         async def host_side() -> None:
-            host = CallHost(max_calls=1)
+            host = CallHost(max_calls=1, hooks=MODEL_CALLS)
             ref: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             ref.set_result(serialized)  # what the host awaits instead of the Ray object
             for run in range(runs):

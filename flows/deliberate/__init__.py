@@ -50,6 +50,7 @@ from agents.stages import (
 )
 from flows.clock import StageClock
 from flows.deliberate.sitting import open_sitting
+from flows.hosting import MODEL_CALLS
 from flows.runtime.hosts import HostedRayTaskRunner
 from flows.runtime.retries import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS, final, retried_if_transient
 
@@ -68,7 +69,7 @@ def deliberation_run_name() -> str:
 
 @flow(
     name="deliberate",
-    task_runner=HostedRayTaskRunner(),
+    task_runner=HostedRayTaskRunner(hooks=MODEL_CALLS),
     # A backstop only: it does not fire while the flow waits on Ray, so the deadline
     # is enforced by the CallRunner.
     timeout_seconds=MAX_DEADLINE_SECONDS + 600,

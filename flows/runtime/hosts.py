@@ -32,8 +32,9 @@ import json
 import math
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, Self
 from uuid import UUID, uuid4
 
@@ -54,9 +55,6 @@ from prefect.task_engine import AsyncTaskRunEngine
 from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
-from agents.adapters.llm import ChatClientPool, shared_clients
-from agents.config import LLMEndpoint
-from agents.settings import Settings
 from flows.runtime.ray_setup import init_ray
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
@@ -64,6 +62,44 @@ MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle i
 MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
 # The message a call is cancelled with when its flow stops it (the deadline, a cancel).
 STOPPED_BY_FLOW = "stopped by the flow"
+
+
+@dataclass(frozen=True)
+class HostSizing:
+    """How many call hosts a process has, each with how much CPU, how many calls it has
+    in flight in all, and how many calls a flow run gives each host."""
+
+    hosts: int
+    cpus: float
+    max_calls: int
+    calls_per_host: int
+
+
+def _no_slot_group(parameters: dict[str, Any]) -> tuple[str, int | None]:
+    return "", None
+
+
+@dataclass(frozen=True)
+class HostHooks:
+    """What the application tells its call hosts; the hosts know nothing else of it. The
+    functions travel to the Ray actors, so they are module-level (picklable by reference).
+
+    - `sizing`: the pool's size, read in the flow run's process when it first needs hosts.
+    - `ray_address`: where Ray is, when the task runner starts it (None: locally).
+    - `slot_of`: a call's slot group, by its task's parameters, and the group's size over
+      the whole pool (None: the host's share of `max_calls`); calls of one group wait for a
+      slot before their task run starts.
+    - `setup`: run once in each flow run's hydrated context on a host (what every call of
+      that flow run shares there); it returns how to close it, awaited with the context.
+    """
+
+    sizing: Callable[[], HostSizing] | None = None
+    ray_address: Callable[[], str | None] | None = None
+    slot_of: Callable[[dict[str, Any]], tuple[str, int | None]] = _no_slot_group
+    setup: Callable[[], Callable[[], Awaitable[None]]] | None = None
+
+
+DEFAULT_SIZING = HostSizing(hosts=1, cpus=0.0, max_calls=HOST_CONCURRENCY, calls_per_host=HOST_CONCURRENCY)
 
 
 class BuiltSettings:
@@ -96,13 +132,15 @@ class BuiltSettings:
 
 class CallHost:
     """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
-    at once per model server; the rest wait for a slot before their task run starts. An
-    endpoint with a `concurrency` of its own has that many slots over the `hosts` of the
-    pool (a share on each, as `max_calls` is the pool's share of the process's)."""
+    at once per slot group (`HostHooks.slot_of`: for model calls, per model server); the
+    rest wait for a slot before their task run starts. A group with a size of its own has
+    that many slots over the `hosts` of the pool (a share on each, as `max_calls` is the
+    pool's share of the process's)."""
 
-    def __init__(self, max_calls: int, hosts: int = 1) -> None:
+    def __init__(self, max_calls: int, hosts: int = 1, hooks: HostHooks | None = None) -> None:
         self._max_calls = max_calls
         self._hosts = hosts
+        self._hooks = hooks or HostHooks()
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._contexts: OrderedDict[str, asyncio.Task[tuple[contextvars.Context, AsyncExitStack]]] = (
             OrderedDict()
@@ -119,7 +157,7 @@ class CallHost:
         """Run one task run to its final state; returns that state and the attempts made."""
         async with self._using(run_key, context_box[0]) as context:
             engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
-            async with self._slots_for(parameters.get("endpoint")):
+            async with self._slots_for(parameters):
                 job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
                 try:
                     await asyncio.shield(job)
@@ -130,18 +168,10 @@ class CallHost:
                         await job
         return engine.state, engine.task_run.run_count if engine.task_run else 0
 
-    def _slots_for(self, endpoint: Any) -> asyncio.Semaphore:
-        """The slots of the server a call goes to (by URL: one server, one limit, whatever
-        model it serves); calls without an endpoint share those of the default size."""
-        if not isinstance(endpoint, LLMEndpoint):
-            key, size = "", self._max_calls
-        else:
-            key = endpoint.url
-            size = (
-                self._max_calls
-                if endpoint.concurrency is None
-                else math.ceil(endpoint.concurrency / self._hosts)
-            )
+    def _slots_for(self, parameters: dict[str, Any]) -> asyncio.Semaphore:
+        """The slots of the group a call belongs to (HostHooks.slot_of)."""
+        key, pool_size = self._hooks.slot_of(parameters)
+        size = self._max_calls if pool_size is None else math.ceil(pool_size / self._hosts)
         if key not in self._slots:
             self._slots[key] = asyncio.Semaphore(size)
         return self._slots[key]
@@ -173,7 +203,7 @@ class CallHost:
 
     async def _context(self, run_key: str, context_ref: Any) -> tuple[contextvars.Context, AsyncExitStack]:
         if run_key not in self._contexts:
-            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref, self._settings))
+            self._contexts[run_key] = asyncio.create_task(_hydrate(context_ref, self._settings, self._hooks))
             # Over the limit: drop the oldest contexts that no call is using (if none is
             # idle, the host keeps more for a while).
             idle = [key for key in self._contexts if key != run_key and not self._calls[key]]
@@ -188,19 +218,20 @@ class CallHost:
             await _close(hydration)
 
 
-async def _hydrate(context_ref: Any, settings: BuiltSettings) -> tuple[contextvars.Context, AsyncExitStack]:
+async def _hydrate(
+    context_ref: Any, settings: BuiltSettings, hooks: HostHooks
+) -> tuple[contextvars.Context, AsyncExitStack]:
     """Prefect's context of a flow run, entered once in a context of its own: settings,
-    the flow run context, one Prefect client and one pool of model-server clients that
-    every call of the flow run on this host shares; closed with it."""
+    the flow run context, one Prefect client and what the application sets up for the
+    flow run's calls on this host (HostHooks.setup); closed with it."""
     serialized = settings.apply(await context_ref)
     context = contextvars.copy_context()
     stack = AsyncExitStack()
     context.run(stack.enter_context, hydrated_context(serialized))
     # A task with `context=` runs in that very context, so what it sets stays set there.
     await asyncio.create_task(stack.enter_async_context(AsyncClientContext.get_or_create()), context=context)
-    clients = ChatClientPool()
-    context.run(shared_clients.set, clients)
-    stack.push_async_callback(clients.aclose)
+    if hooks.setup is not None:
+        stack.push_async_callback(context.run(hooks.setup))
     return context, stack
 
 
@@ -294,8 +325,9 @@ class HostPool:
     fewest running flow runs use, started ones first, so concurrent flow runs spread over
     the pool. The hosts are owned by this process, so they end with it."""
 
-    def __init__(self, size: int, cpus: float, max_calls: int) -> None:
+    def __init__(self, size: int, cpus: float, max_calls: int, hooks: HostHooks | None = None) -> None:
         self.size = size
+        self._hooks = hooks or HostHooks()
         self.slots_per_host = math.ceil(max_calls / size)
         self._actor = ray.remote(CallHost).options(
             num_cpus=cpus,
@@ -316,7 +348,7 @@ class HostPool:
             for index in chosen:
                 self._users[index] += 1
             while len(self._hosts) <= max(chosen):
-                self._hosts.append(self._actor.remote(self.slots_per_host, self.size))
+                self._hosts.append(self._actor.remote(self.slots_per_host, self.size, self._hooks))
             return chosen
 
     def host(self, index: int) -> Any:
@@ -328,16 +360,17 @@ class HostPool:
                 self._users[index] -= 1
 
 
-_pools: dict[tuple[str, int, float, int], HostPool] = {}
+_pools: dict[tuple[str, int, float, int, HostHooks], HostPool] = {}
 _pools_lock = threading.Lock()
 
 
-def host_pool(size: int, cpus: float, max_calls: int) -> HostPool:
+def host_pool(size: int, cpus: float, max_calls: int, hooks: HostHooks | None = None) -> HostPool:
     """This process's pool of call hosts in the current Ray session."""
-    key = (ray.get_runtime_context().get_job_id(), size, cpus, max_calls)
+    hooks = hooks or HostHooks()
+    key = (ray.get_runtime_context().get_job_id(), size, cpus, max_calls, hooks)
     with _pools_lock:
         if key not in _pools:
-            _pools[key] = HostPool(size, cpus, max_calls)
+            _pools[key] = HostPool(size, cpus, max_calls, hooks)
         return _pools[key]
 
 
@@ -346,14 +379,19 @@ class HostedRayTaskRunner(RayTaskRunner):
 
     The one task runner of the `deliberate` flow, whoever runs it (the CLI, a deployment's
     worker, the service): unless Ray is already up in the process, it starts Ray as
-    `init_ray` does, at RAY_ADDRESS (this checkout's code shipped to the cluster) or locally
-    without the daemons one machine does not use, and leaves it up for the process's next
-    flow runs. The hosts' number, CPUs and calls in flight come from Settings when the flow
-    run first needs them (DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST, _AGENT_CPUS and
-    _LLM_CONCURRENCY)."""
+    `init_ray` does, at `hooks.ray_address` (this checkout's code shipped to the cluster) or
+    locally without the daemons one machine does not use, and leaves it up for the
+    process's next flow runs. The hosts' number, CPUs and calls in flight come from
+    `hooks.sizing` when the flow run first needs them."""
 
-    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        hooks: HostHooks | None = None,
+    ) -> None:
         super().__init__(address=address, init_kwargs=init_kwargs)
+        self.hooks = hooks or HostHooks()
         self._run_key = uuid4().hex
         self._context_box: list[Any] | None = None
         self._turn = itertools.count()
@@ -362,15 +400,16 @@ class HostedRayTaskRunner(RayTaskRunner):
         self._used: list[Any] = []
 
     def duplicate(self) -> Self:
-        return type(self)(self.address, self.init_kwargs)
+        return type(self)(self.address, self.init_kwargs, self.hooks)
 
     def __enter__(self) -> Self:
         if not ray.is_initialized():
-            init_ray(self.address or Settings().ray_address, **self.init_kwargs)
+            address = self.address or (self.hooks.ray_address() if self.hooks.ray_address else None)
+            init_ray(address, **self.init_kwargs)
         return super().__enter__()
 
     def __eq__(self, other: object) -> bool:
-        return super().__eq__(other) and isinstance(other, HostedRayTaskRunner)
+        return super().__eq__(other) and isinstance(other, HostedRayTaskRunner) and self.hooks == other.hooks
 
     def submit(  # type: ignore[override]
         self,
@@ -404,11 +443,11 @@ class HostedRayTaskRunner(RayTaskRunner):
         if self._context_box is None:
             # Boxed, so Ray hands the host the reference and the host fetches it once.
             self._context_box = [ray.put(serialize_context())]
-            settings = Settings()
-            pool = host_pool(settings.call_hosts, settings.agent_cpus, settings.llm_concurrency)
+            sizing = self.hooks.sizing() if self.hooks.sizing else DEFAULT_SIZING
+            pool = host_pool(sizing.hosts, sizing.cpus, sizing.max_calls, self.hooks)
             count = pool.size
             if calls is not None:
-                count = hosts_needed(calls, settings.calls_per_host, pool.slots_per_host, pool.size)
+                count = hosts_needed(calls, sizing.calls_per_host, pool.slots_per_host, pool.size)
             self._pool, self._taken = pool, pool.take(count)
             self._used = [pool.host(index) for index in self._taken]
         return self._context_box

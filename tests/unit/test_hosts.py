@@ -14,6 +14,7 @@ from prefect.context import SettingsContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from agents.config import LLMEndpoint
+from flows.hosting import MODEL_CALLS
 from flows.runtime import hosts
 
 
@@ -22,7 +23,7 @@ def closed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     closed: list[str] = []
 
     async def hydrate(
-        context_ref: Any, settings: hosts.BuiltSettings
+        context_ref: Any, settings: hosts.BuiltSettings, hooks: hosts.HostHooks
     ) -> tuple[contextvars.Context, AsyncExitStack]:
         stack = AsyncExitStack()
         stack.callback(closed.append, context_ref)
@@ -118,12 +119,13 @@ def test_hosts_start_on_demand_and_concurrent_flow_runs_spread_over_them(
 
     class Actor:  # stands in for the Ray actor class: records each host started
         @staticmethod
-        def remote(slots: int, hosts: int) -> str:
+        def remote(slots: int, hosts: int, hooks: object) -> str:
             assert hosts == 3  # each host sizes an endpoint's own limit by the pool's size
+            assert hooks == MODEL_CALLS  # and groups its calls as the application says
             started.append(slots)
             return f"host-{len(started) - 1}"
 
-    pool = hosts.HostPool(size=3, cpus=0.05, max_calls=256)
+    pool = hosts.HostPool(size=3, cpus=0.05, max_calls=256, hooks=MODEL_CALLS)
     monkeypatch.setattr(pool, "_actor", Actor)
     first = pool.take(1)
     assert first == [0] and started == [86]  # one host, with its share of the 256 slots
@@ -149,13 +151,31 @@ def endpoint(url: str, concurrency: int | None = None, name: str = "default") ->
 
 def test_each_model_server_has_slots_of_its_own_its_limit_shared_over_the_hosts() -> None:
     async def scenario() -> None:
-        host = hosts.CallHost(max_calls=10, hosts=3)
-        default = host._slots_for(endpoint("http://a"))
-        small = host._slots_for(endpoint("http://b", concurrency=4, name="small"))
+        host = hosts.CallHost(max_calls=10, hosts=3, hooks=MODEL_CALLS)
+        default = host._slots_for({"endpoint": endpoint("http://a")})
+        small = host._slots_for({"endpoint": endpoint("http://b", concurrency=4, name="small")})
         assert default._value == 10  # the process's share, as before
         assert small._value == 2  # 4 over 3 hosts, rounded up
         # One server, one limit, whatever the endpoint's name or model.
-        assert host._slots_for(endpoint("http://b", concurrency=4, name="other")) is small
-        assert host._slots_for(None) is not default  # a task without an endpoint
+        assert host._slots_for({"endpoint": endpoint("http://b", concurrency=4, name="other")}) is small
+        assert host._slots_for({"endpoint": None}) is not default  # a task without an endpoint
+
+    asyncio.run(scenario())
+
+
+def by_tenant(parameters: dict[str, Any]) -> tuple[str, int | None]:
+    return parameters["tenant"], 6 if parameters["tenant"] == "small" else None
+
+
+def test_the_hosts_group_slots_by_whatever_the_application_says() -> None:
+    # The runtime knows no model endpoint: any application groups its calls its own way.
+    async def scenario() -> None:
+        host = hosts.CallHost(max_calls=10, hosts=2, hooks=hosts.HostHooks(slot_of=by_tenant))
+        small = host._slots_for({"tenant": "small"})
+        assert small._value == 3 and host._slots_for({"tenant": "small"}) is small
+        assert host._slots_for({"tenant": "big"})._value == 10
+        plain = hosts.CallHost(max_calls=7)  # no hooks: one group of the host's share
+        assert plain._slots_for({"anything": 1}) is plain._slots_for({})
+        assert plain._slots_for({})._value == 7
 
     asyncio.run(scenario())

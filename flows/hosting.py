@@ -1,0 +1,50 @@
+"""What the call hosts (flows/runtime/hosts.py) are told of this application: their sizes
+from Settings (DELIBERATION_CALL_HOSTS, _CALLS_PER_HOST, _AGENT_CPUS, _LLM_CONCURRENCY),
+Ray's address (RAY_ADDRESS), a slot group per model server, and one pool of model-server
+clients per flow run on each host."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agents.adapters.llm import ChatClientPool, shared_clients
+from agents.config import LLMEndpoint
+from agents.settings import Settings
+from flows.runtime.hosts import HostHooks, HostSizing
+
+
+def sizing() -> HostSizing:
+    settings = Settings()
+    return HostSizing(
+        hosts=settings.call_hosts,
+        cpus=settings.agent_cpus,
+        max_calls=settings.llm_concurrency,
+        calls_per_host=settings.calls_per_host,
+    )
+
+
+def ray_address() -> str | None:
+    return Settings().ray_address
+
+
+def model_server_slots(parameters: dict[str, Any]) -> tuple[str, int | None]:
+    """The slots of the server a call goes to (by URL: one server, one limit, whatever model
+    it serves), sized by the endpoint's own `concurrency` if it has one; calls without an
+    endpoint share those of the default size."""
+    endpoint = parameters.get("endpoint")
+    if not isinstance(endpoint, LLMEndpoint):
+        return "", None
+    return endpoint.url, endpoint.concurrency
+
+
+def model_clients() -> Callable[[], Awaitable[None]]:
+    """One pool of model-server clients that every call of the flow run on this host shares."""
+    clients = ChatClientPool()
+    shared_clients.set(clients)
+    return clients.aclose
+
+
+MODEL_CALLS = HostHooks(
+    sizing=sizing, ray_address=ray_address, slot_of=model_server_slots, setup=model_clients
+)
