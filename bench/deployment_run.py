@@ -28,8 +28,8 @@ from typing import Any
 
 from bench.run import OUTPUT_TOKENS, ROOT, TTFT, EmulatorProcess, print_rows, pss_bytes
 from flows.runtime.embedded import LocalNatsServer
-from tests.prefect_server import FINAL_STATES, PrefectServer, PrefectWorker, api, prefect, run_deployment
-from tests.processes import command_line, process_tree
+from support.prefect_server import FINAL_STATES, PrefectServer, PrefectWorker, api, prefect, run_deployment
+from support.processes import command_line, process_tree
 
 TASK = "Benchmark task"
 ROLES = ["DEV", "QA", "ARCHITECT"]

@@ -29,7 +29,7 @@ import httpx
 
 from agents.roles import Role
 from flows.runtime.embedded import free_port
-from tests.processes import command_line, process_tree
+from support.processes import command_line, process_tree
 
 ROLES = list(Role)
 
@@ -111,7 +111,7 @@ def _critical_path(stats: dict[str, Any]) -> float:
     return sum(slowest.values())
 
 
-# -- processes, from /proc (tests/processes.py) ------------------------------------------
+# -- processes, from /proc (support/processes.py) ------------------------------------------
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -130,7 +130,7 @@ def process_kind(cmdline: str) -> str | None:
 
 CpuSnapshot = dict[int, tuple[str, float]]
 # The kind of each process of this process's tree worth counting, by PID, from the tree's
-# stat fields (as tests/processes.py's `process_tree` gives them); a PID left out is not counted.
+# stat fields (as support/processes.py's `process_tree` gives them); a PID left out is not counted.
 KindsOfTree = Callable[[dict[int, list[str]]], dict[int, str]]
 
 

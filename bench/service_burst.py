@@ -68,10 +68,11 @@ from bench.run import (
     proposal_requests,
     tree_memory_bytes,
 )
-from flows.runtime.embedded import LocalNatsServer, ManagedProcess, answers_200
-from tests.agreement import assert_events_agree_with_result
-from tests.processes import command_line
-from tests.runner_process import RunnerProcess
+from flows.runtime.embedded import LocalNatsServer, ManagedProcess
+from support.agreement import assert_events_agree_with_result
+from support.prefect_server import PrefectServer
+from support.processes import command_line
+from support.runner_process import RunnerProcess
 
 CALL_SECONDS = 1.0  # the emulator's server time of one call: TTFT + per token x OUTPUT_TOKENS
 MAX_NUM_SEQS = 256  # vLLM's default on most GPUs
@@ -194,37 +195,6 @@ class PostgresServer(ManagedProcess):
         super().stop()
 
 
-# -- the Prefect server -----------------------------------------------------------------------
-class PrefectServer(ManagedProcess):
-    """`prefect server start` as deploy/k8s runs it (Prefect's defaults), with a PREFECT_HOME
-    of its own: on `database_url`, or on SQLite in that home."""
-
-    name = "prefect-server"
-
-    def __init__(self, database_url: str | None, startup_timeout: float = 180.0) -> None:
-        super().__init__(startup_timeout)
-        home = self.workdir / "home"
-        self.env = {
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": database_url
-            or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "prefect", "server", "start",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-ui",
-        ]  # fmt: skip
-
-    def is_ready(self) -> bool:
-        return answers_200(f"{self.api_url}/health")
-
-
 # -- the service: its servers and runners -----------------------------------------------------
 @dataclass
 class Service:
@@ -245,7 +215,7 @@ def running_service(
             postgres = stack.enter_context(PostgresServer())
             keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
             database_url = postgres.url
-        prefect = stack.enter_context(PrefectServer(database_url))
+        prefect = stack.enter_context(PrefectServer.on_database(database_url))
         keep_log(stack, prefect, workdir / f"{database}-prefect-server.log")
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
         started: list[RunnerProcess] = []
@@ -423,7 +393,7 @@ class Audit:
 
 async def audit_streams(nats_url: str, deliberation_ids: Sequence[str]) -> Audit:
     """Read the event streams once and check every deliberation against its stored result,
-    as the service's tests do (tests/agreement.py)."""
+    as the service's tests do (support/agreement.py)."""
     bus = await JetStreamBus.connect(bus_config_for(nats_url))
     try:
         by_deliberation: dict[str, list[Event]] = {}
@@ -610,7 +580,10 @@ def figures(m: Measured, count: int) -> list[Figure]:
             "final > 1 per deliberation, agent > 1 per agent; target 0",
         ),
         Figure(
-            "stream disagrees with result", [m.audit.disagreeing], "", "tests/agreement.py's check; target 0"
+            "stream disagrees with result",
+            [m.audit.disagreeing],
+            "",
+            "support/agreement.py's check; target 0",
         ),
         Figure("run more than once", [m.audit.run_again], "", "started again: delivered to a runner again"),
         Figure("agent events", [m.audit.agent_events], "", f"{count} x 5 expected: one per agent"),

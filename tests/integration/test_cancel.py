@@ -17,7 +17,7 @@ from prefect.states import Cancelling, State
 from agents.events import DeliberationEvent, Event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from flows.deliberate import deliberate
-from tests.agreement import assert_stream_agrees_with_stored_result
+from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
 from tests.waiting import wait_until
 

@@ -13,9 +13,8 @@ from agents.adapters.nats import EventBus
 from agents.events import DeliberationEvent
 from agents.models import DeliberationStatus
 from agents.settings import bus_config_for
-from tests.agreement import assert_stream_agrees_with_stored_result
-from tests.fake_llm import HANG, FakeLLMServer, status
-from tests.prefect_server import (
+from support.agreement import assert_stream_agrees_with_stored_result
+from support.prefect_server import (
     PrefectServer,
     PrefectWorker,
     api,
@@ -23,6 +22,7 @@ from tests.prefect_server import (
     run_deployment,
     wait_for_final_state,
 )
+from tests.fake_llm import HANG, FakeLLMServer, status
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ from agents.models import DeliberationRequest, DeliberationResult
 from agents.settings import bus_config_for
 from flows.deliberate import deliberate
 from flows.runtime.embedded import LocalNatsServer
-from tests.agreement import assert_stream_agrees_with_stored_result
+from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.waiting import wait_until
 

@@ -43,7 +43,7 @@ from agents.events import (
 from agents.models import AgentStatus, DeliberationRequest, DeliberationResult
 from agents.settings import bus_config_for
 from flows.deliberate import deliberate
-from tests.agreement import assert_stream_agrees_with_stored_result
+from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, barrier, ok, status
 from tests.nats_jwt import OperatorNatsServer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from tests.processes import command_line, process_tree
+from support.processes import command_line, process_tree
 
 
 def descendant_command_lines(root: int) -> list[str]:

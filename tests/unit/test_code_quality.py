@@ -20,5 +20,5 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_mypy_finds_nothing() -> None:
-    proc = _run("mypy", "agents", "tasks", "flows", "bench")
+    proc = _run("mypy", "agents", "tasks", "flows", "bench", "support")
     assert proc.returncode == 0, proc.stdout + proc.stderr

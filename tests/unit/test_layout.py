@@ -33,7 +33,14 @@ STDLIB_IO = {
     "urllib",
 }
 # Each top-level package, and what it may not import.
-LAYERS = {"agents": {"tasks", "flows", "bench", "tests"}, "tasks": {"flows", "bench", "tests"}}
+LAYERS = {
+    "agents": {"tasks", "flows", "bench", "tests", "support"},
+    "tasks": {"flows", "bench", "tests", "support"},
+    "flows": {"bench", "tests", "support"},
+    # Servers and processes for the tests and the benchmarks: it serves both, imports neither.
+    "support": {"bench", "tests"},
+    "bench": {"tests"},
+}
 
 
 def imports(path: Path) -> Iterator[tuple[int, str]]:

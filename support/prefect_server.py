@@ -1,6 +1,7 @@
 """A real Prefect server and a process worker, as prefect.yaml's deployments run on them:
-the deployment tests (tests/integration/test_deployments.py) and the deployment benchmark
-(bench/deployment_run.py) start the same ones."""
+the deployment tests (tests/integration/test_deployments.py), the deployment benchmark
+(bench/deployment_run.py) and the service's burst (bench/service_burst.py) start the same
+ones."""
 
 from __future__ import annotations
 
@@ -21,14 +22,36 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 class PrefectServer(ManagedProcess):
+    """`prefect server start` on 127.0.0.1, with `env` over ours; `ui=False` serves the API
+    only."""
+
     name = "prefect-server"
+
+    def __init__(self, startup_timeout: float, env: dict[str, str] | None = None, ui: bool = True) -> None:
+        super().__init__(startup_timeout, env)
+        self.ui = ui
+
+    @classmethod
+    def on_database(cls, database_url: str | None, startup_timeout: float = 180.0) -> PrefectServer:
+        """As deploy/k8s runs it (Prefect's defaults, no UI), with a PREFECT_HOME of its own:
+        on `database_url`, or on SQLite in that home."""
+        server = cls(startup_timeout, ui=False)
+        home = server.workdir / "home"
+        server.env = {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database_url
+            or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        return server
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
     def command(self) -> list[str]:
-        return [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        return command if self.ui else [*command, "--no-ui"]
 
     def is_ready(self) -> bool:
         try:
