@@ -69,15 +69,7 @@ class DeliberationService:
 
     async def get(self, data: bytes) -> StatusReply:
         record = await self._record(parse_payload(data, DeliberationRef).deliberation_id)
-        if record.status is DeliberationState.ACCEPTED and not record.tries:
-            return reply_of(record)  # not yet taken by a runner: nothing can be stored
-        # A flow run stores its result before it announces it, and its runner updates the
-        # status record only after the run returns: the stored result is what has concluded,
-        # so `get` is never behind the final event (issue 32).
-        result = await self._bus.load_result(record.deliberation_id)
-        if result is not None and not record.status.concluded:
-            concluded = DeliberationState(result.status.value)
-            record = record.model_copy(update={"status": concluded, "reason": result.summary})
+        result = await self._bus.load_result(record.deliberation_id) if record.status.concluded else None
         return reply_of(record, result)
 
     async def cancel(self, data: bytes) -> StatusReply:

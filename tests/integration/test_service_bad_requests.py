@@ -22,7 +22,7 @@ from agents.adapters.nats.intake import INTAKE_STREAM, INTAKE_SUBJECT, RUNNERS
 from agents.events import DeliberationProgressEvent
 from agents.service import ENDPOINTS, MAX_PAYLOAD_BYTES
 from agents.settings import bus_config_for
-from support.agreement import assert_each_concluded_once
+from tests.agreement import assert_each_concluded_once
 from tests.fake_llm import FakeLLMServer, ok
 from tests.service import ERROR, ERROR_CODE, Service, request, running_service
 from tests.waiting import wait_until
@@ -77,10 +77,7 @@ def test_a_request_that_fails_in_the_flow_every_time_ends_failed_after_its_tries
     progress = [e for e in _events(service.url, poison) if isinstance(e, DeliberationProgressEvent)]
     started = [e for e in progress if e.status == "started"]
     assert [e.attempt for e in started] == list(range(1, MAX_TRIES + 1))
-    # Acked (`get` may answer from the stored result just before).
-    wait_until(
-        lambda: service.stream_messages(INTAKE_STREAM) == 0 and _runners_backlog(service.url) == (0, 0), 30
-    )
+    assert service.stream_messages(INTAKE_STREAM) == 0 and _runners_backlog(service.url) == (0, 0)
     assert_each_concluded_once(service.url, [poison, fine])
 
     # Its answer was never recorded (recording it is what fails), so each run of the flow
