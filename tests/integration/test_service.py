@@ -21,7 +21,7 @@ from agents.events import DeliberationEvent, DeliberationProgressEvent
 from agents.service import MAX_PAYLOAD_BYTES
 from agents.settings import bus_config_for
 from flows.schemas import SCHEMA_DIR
-from tests.agreement import assert_stream_agrees_with_stored_result
+from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
 from tests.service import ERROR, ERROR_CODE, Service, request, running_service
 from tests.waiting import wait_until

@@ -22,7 +22,7 @@ from agents.adapters.nats.intake import INTAKE_STREAM, INTAKE_SUBJECT, RUNNERS
 from agents.events import DeliberationProgressEvent
 from agents.service import ENDPOINTS, MAX_PAYLOAD_BYTES
 from agents.settings import bus_config_for
-from tests.agreement import assert_each_concluded_once
+from support.agreement import assert_each_concluded_once
 from tests.fake_llm import FakeLLMServer, ok
 from tests.service import ERROR, ERROR_CODE, Service, request, running_service
 from tests.waiting import wait_until

@@ -25,10 +25,10 @@ from prefect.settings import PREFECT_API_URL
 from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.events import DeliberationEvent, DeliberationProgressEvent
 from flows.runtime.embedded import LocalNatsServer
-from tests.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
+from support.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
+from support.processes import command_line, process_tree
+from support.runner_process import RunnerProcess
 from tests.fake_llm import HANG, FakeLLMServer, ok
-from tests.processes import command_line, process_tree
-from tests.runner_process import RunnerProcess
 from tests.service import Service, request
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import wait_until
