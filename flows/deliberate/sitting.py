@@ -94,6 +94,11 @@ class Sitting:
         as_json = {agent_id: endpoint.constrains_json for agent_id, endpoint in self.speakers.items()}
         return Ballots(seed=self.deliberation_id, as_json=as_json)
 
+    @property
+    def context_cut(self) -> list[str]:
+        """What the prompts could not hold of the request's context, for `incomplete`."""
+        return fit_context(self.request).gaps()
+
     def conclude(
         self, outcomes: list[AgentOutcome], verdict: Verdict | None, stage_ms: dict[str, int]
     ) -> DeliberationResult:
@@ -105,7 +110,7 @@ class Sitting:
             datetime.now(UTC),
             verdict,
             stage_ms,
-            fit_context(self.request).gaps(),
+            self.context_cut,
         )
 
     def conclude_cancelled(self, exc: DeliberationCancelled, stage_ms: dict[str, int]) -> DeliberationResult:
@@ -122,7 +127,7 @@ class Sitting:
             self.started_at,
             datetime.now(UTC),
             stage_ms,
-            fit_context(self.request).gaps(),
+            self.context_cut,
         )
         self.announce.outcomes([o for o in result.outcomes if o.agent_id not in made])
         return result
