@@ -37,8 +37,11 @@ def assert_events_agree_with_result(events: Sequence[Event], result: Deliberatio
     """`events` (one deliberation's, read from the streams) each once, and each saying what
     `result` says; the benchmark reads every deliberation's at once and checks each here."""
     assert len({e.msg_id for e in events}) == len(events), "an event was published twice"
-    agents = {e.agent_id: e for e in events if isinstance(e, AgentResponseEvent)}
-    assert {a: outcome_of(e) for a, e in agents.items()} == {o.agent_id: o for o in result.outcomes}
+    announced = Counter(e.agent_id for e in events if isinstance(e, AgentResponseEvent))
+    assert all(n == 1 for n in announced.values()), f"an agent's outcome was announced twice: {announced}"
+    agents = {e.agent_id: outcome_of(e) for e in events if isinstance(e, AgentResponseEvent)}
+    stored = {o.agent_id: o for o in result.outcomes}
+    assert agents == stored, f"announced {agents} but stored {stored}"
     critiques = {(e.critic_id, e.author_id): e.critique for e in events if isinstance(e, ReviewEvent)}
     assert critiques == {
         (c.agent_id, c.subject_id): c.content for c in result.reviews if c.stage is Stage.CRITIQUE and c.ok

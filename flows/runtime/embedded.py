@@ -203,10 +203,12 @@ class LocalNatsServer(ManagedProcess):
                 self.store_dir = store_dir
         self.persistent = self._lock is not None
 
-    def restart(self) -> None:
+    def restart(self, down_for: float = 0.0) -> None:
         """Stop it and start it again on the same port with the same JetStream state, as
-        after a crash and a restart: clients reconnect to the same URL."""
+        after a crash and a restart, `down_for` seconds later: clients reconnect to the
+        same URL."""
         self._terminate()
+        time.sleep(down_for)
         self.start()
 
     def stop(self) -> None:

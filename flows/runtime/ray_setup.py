@@ -61,15 +61,28 @@ def init_ray(address: str | None, **options: Any) -> None:
             return
         except (ConnectionError, RuntimeError) as exc:
             # Ray Client's head starts a server per connection, and on a busy head that
-            # start sometimes fails ("Starting Ray client server failed"); a second
-            # connection usually gets one.
-            if "client server failed" in str(exc) and attempt < RAY_CONNECT_ATTEMPTS:
-                log.warning("Ray at %s: %s; connecting again", address, exc)
+            # start sometimes fails ("Starting Ray client server failed", or the proxy's
+            # 30 s wait for its channel runs out); a second connection usually gets one.
+            if _server_side(exc) and attempt < RAY_CONNECT_ATTEMPTS:
+                log.warning("Ray at %s: %s; connecting again", address, _reason(exc))
                 continue
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigurationError(
-                f"cannot connect to Ray at {address}: {reason}; check RAY_ADDRESS (or --ray-address)"
+                f"cannot connect to Ray at {address}: {_reason(exc)}; check RAY_ADDRESS (or --ray-address)"
             ) from None
+
+
+def _server_side(exc: BaseException) -> bool:
+    """The head answered, but could not start this connection's server."""
+    return "Initialization failure from server" in str(exc) or "client server failed" in str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the head's own reason (the last line of the traceback it sends back) for a
+    failure on its side, else the error's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if _server_side(exc) else lines[0]
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,6 +47,8 @@ class Runner:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.service_concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        # By deliberation id, every delivery of a request that runs here (see Deliveries).
+        self._held: dict[str, Deliveries] = {}
         # A thread per slot: asyncio's default pool has min(32, cores + 4) threads, so on
         # 2 cores a runner ran 6 deliberations at once whatever its concurrency said, and
         # held the others it had taken in the pool's queue.
@@ -77,26 +80,39 @@ class Runner:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _handle(self, msg: Msg) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        request = _intake_request(msg)
+        key = request.deliberation_id or "" if request is not None else None
+        if key in self._held:
+            # Delivered again while it runs here: its heartbeats were lost (NATS away
+            # longer than the ack wait). The run in progress answers for this delivery too.
+            self._held[key].add(msg)
+            log.warning("deliberation %s delivered again while it runs here", key)
+            self._slots.release()
+            return
+        deliveries = Deliveries(msg)
+        if key is not None:
+            self._held[key] = deliveries
+        heartbeat = asyncio.create_task(self._heartbeat(deliveries))
         try:
-            await self._deliberate(msg)
+            await self._deliberate(request, deliveries)
         except Exception as exc:  # never lose the slot or leave the message unanswered
             log.exception("request %s: %s; it will be delivered again", msg.subject, exc)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=RETRY_DELAY_SECONDS)
+                await deliveries.nak(delay=RETRY_DELAY_SECONDS)
         finally:
             heartbeat.cancel()
+            if key is not None:
+                self._held.pop(key, None)
             self._slots.release()
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, deliveries: Deliveries) -> None:
         """Tell JetStream the request is being worked on, so it is not delivered again."""
         while True:
             await asyncio.sleep(self._settings.service_ack_wait_seconds / 3)
             with contextlib.suppress(Exception):
-                await msg.in_progress()
+                await deliveries.in_progress()
 
-    async def _deliberate(self, msg: Msg) -> None:
-        request = _intake_request(msg)
+    async def _deliberate(self, request: DeliberationRequest | None, msg: Deliveries) -> None:
         if request is None:
             await msg.term()
             return
@@ -176,7 +192,9 @@ class Runner:
             deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": utc_now()})
         )
 
-    async def _conclude(self, record: StatusRecord, status: DeliberationState, reason: str, msg: Msg) -> None:
+    async def _conclude(
+        self, record: StatusRecord, status: DeliberationState, reason: str, msg: Deliveries
+    ) -> None:
         while await conclude_without_run(self._bus, self._intake, record, status, reason) is None:
             known = await self._intake.status(record.deliberation_id)
             if known is None or known[0].status.concluded:
@@ -184,6 +202,41 @@ class Runner:
             record = known[0]
         log.warning("deliberation %s %s: %s", record.deliberation_id, status, reason)
         await msg.ack()
+
+
+class Deliveries:
+    """Every delivery of one request that this runner holds: the one it took, and any the
+    intake delivered again while it ran. Each is answered alike; the newest is the one
+    JetStream waits on, so only its errors count."""
+
+    def __init__(self, msg: Msg) -> None:
+        self._msgs = [msg]
+
+    def add(self, msg: Msg) -> None:
+        self._msgs.append(msg)
+
+    @property
+    def metadata(self) -> Msg.Metadata:
+        return self._msgs[0].metadata
+
+    async def ack(self) -> None:
+        await self._each(lambda m: m.ack())
+
+    async def nak(self, delay: float) -> None:
+        await self._each(lambda m: m.nak(delay=delay))
+
+    async def term(self) -> None:
+        await self._each(lambda m: m.term())
+
+    async def in_progress(self) -> None:
+        await self._each(lambda m: m.in_progress())
+
+    async def _each(self, answer: Callable[[Msg], Awaitable[None]]) -> None:
+        *older, newest = self._msgs
+        for msg in older:
+            with contextlib.suppress(Exception):
+                await answer(msg)
+        await answer(newest)
 
 
 def _intake_request(msg: Msg) -> DeliberationRequest | None:

@@ -145,6 +145,36 @@ def _events(url: str, deliberation_id: str) -> list[Any]:
         return bus.read_events(deliberation_id)
 
 
+def test_a_request_delivered_again_while_it_runs_is_answered_by_the_run_in_progress(
+    runners: tuple[Service, Callable[..., RunnerProcess]], nats_server: LocalNatsServer
+) -> None:
+    # nats-server away for longer than the ack wait (5 s): the runner's heartbeats are lost,
+    # so the intake delivers both running requests again, and the runner, with free slots,
+    # takes them. The runs in progress answer for them: no call is asked twice.
+    service, start = runners
+    start("runner")
+    for _ in range(2):
+        service.llm.script("agent-qa-001", ok(delay=20))
+    ids = [
+        service.answer("submit", {"task": f"again {i}", "roles": ["DEV", "QA"], "rounds": 0})[
+            "deliberation_id"
+        ]
+        for i in range(2)
+    ]
+    wait_until(lambda: len(service.llm.calls_for("agent-qa-001")) == 2, 90)
+    nats_server.restart(down_for=7)
+    wait_until(lambda: _answers_ping(service.url), 30)
+
+    for deliberation_id in ids:
+        done = service.wait_for(deliberation_id, "completed", timeout=90)
+        assert done["result"]["completed"] == 2
+    # Not asked again, nor asked twice at once by a second run of the same request.
+    assert [len(service.llm.calls_for(a)) for a in ("agent-dev-001", "agent-qa-001")] == [2, 2]
+    assert service.llm.asked_again() == []
+    assert_each_concluded_once(service.url, ids)
+    assert service.stream_messages(INTAKE_STREAM) == 0
+
+
 def test_nats_server_restarted_in_a_burst_every_deliberation_concludes_once(
     runners: tuple[Service, Callable[..., RunnerProcess]], nats_server: LocalNatsServer
 ) -> None:
