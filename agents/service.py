@@ -27,6 +27,9 @@ ENDPOINTS = ("submit", "get", "cancel")  # each on the subject deliberation.<nam
 # Kubernetes, its pod): any instance answers `$SRV.PING.deliberation`, and this tells a
 # probe (deploy/k8s/base/service_probe.py) or a person which one did.
 HOST_METADATA = "host"
+# What the instance does (Settings.service_role): `front` and `both` answer the endpoints,
+# `runner` runs deliberations and answers only $SRV.*.
+ROLE_METADATA = "role"
 # A request larger than this is refused before it is parsed; the largest valid request (the
 # model's own limits: task, rubric, requirements, metadata) is well under it.
 MAX_PAYLOAD_BYTES = 256 * 1024

@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=10)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
 
+    service_role: Literal["both", "front", "runner"] = Field(
+        default="both",
+        description="The service: what one process does. `front` answers submit, get and cancel "
+        "(no Prefect engine, no Ray: a burst of submits never waits behind the work); `runner` "
+        "takes requests from the intake and runs them; `both` (the default) does both.",
+    )
     service_concurrency: int = Field(
         default=4,
         ge=1,

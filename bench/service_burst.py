@@ -29,12 +29,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import nats
 from nats.aio.msg import Msg
 
@@ -54,6 +55,7 @@ from agents.models import DeliberationRequest
 from agents.roles import Role
 from agents.service import StatusReply, SubmitReply
 from agents.settings import bus_config_for
+from bench.profile import print_profile, profiling, top_items
 from bench.run import (
     OUTPUT_TOKENS,
     TTFT,
@@ -80,6 +82,8 @@ SUBMIT_TIMEOUT = 30.0  # s; a submit with no reply by then counts as an error
 FINAL_SUBJECTS = (DELIBERATION_COMPLETED, DELIBERATION_FAILED, DELIBERATION_CANCELLED)
 ERROR_CODE = "Nats-Service-Error-Code"
 DATABASES = ("postgresql", "sqlite")
+ROLE_FRONT = {"DELIBERATION_SERVICE_ROLE": "front"}
+ROLE_RUNNER = {"DELIBERATION_SERVICE_ROLE": "runner"}
 MEMORY_SAMPLE_SECONDS = 0.5
 
 
@@ -200,11 +204,12 @@ class PostgresServer(ManagedProcess):
 class Service:
     nats_url: str
     runners: list[RunnerProcess]
+    prefect: PrefectServer
 
 
 @contextmanager
 def running_service(
-    database: str, model_url: str, runners: int, concurrency: int, workdir: Path
+    database: str, model_url: str, runners: int, concurrency: int, workdir: Path, front: bool = False
 ) -> Iterator[Service]:
     """Everything the service needs, started for one database and stopped on exit (Ctrl-C
     included): PostgreSQL (unless SQLite), the Prefect server, a nats-server and the runners."""
@@ -220,11 +225,14 @@ def running_service(
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
         started: list[RunnerProcess] = []
         stack.callback(stop_runners, started)  # each stopped, however far the starting got
+        if front:  # the endpoints in a process of their own; the runners only run
+            started.append(RunnerProcess(env | ROLE_FRONT, workdir / f"{database}-front.log"))
+            env |= ROLE_RUNNER
         for i in range(runners):
             started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
         for runner in started:  # they start at once; each waited for in turn
             runner.wait_ready()
-        yield Service(nats_server.url, started)
+        yield Service(nats_server.url, started, prefect)
 
 
 def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
@@ -534,19 +542,71 @@ class Measured:
     cpu: dict[str, float]  # CPU seconds over the burst, by kind of process
     memory: MemoryPeaks
     log_lines: list[str]
+    task_runs: TaskRuns
+
+
+@dataclass
+class TaskRuns:
+    """Task runs the Prefect API holds for the burst's calls: as the last deliberation
+    concluded, and once the count stopped growing (the server records them from events)."""
+
+    at_end: int
+    settled: int
+    completed: int
+    settled_after: float  # s after the last final event
+
+
+def task_run_count(api_url: str, completed: bool = False) -> int:
+    body = {"task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}} if completed else {}
+    return int(httpx.post(f"{api_url}/task_runs/count", json=body, timeout=30).json())
+
+
+def settled_task_runs(api_url: str, before: int, before_completed: int, patience: float = 180.0) -> TaskRuns:
+    """The burst's task runs (those beyond `before`), counted at once and then every 5 s
+    until two counts agree (at most `patience` s)."""
+    started = time.monotonic()
+    at_end = last = task_run_count(api_url) - before
+    while time.monotonic() - started < patience:
+        time.sleep(5)
+        now = task_run_count(api_url) - before
+        if now == last:
+            break
+        last = now
+    completed = task_run_count(api_url, completed=True) - before_completed
+    return TaskRuns(at_end, last, completed, time.monotonic() - started)
 
 
 def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, workdir: Path) -> Measured:
-    with running_service(database, emulator.url, args.runners, args.concurrency, workdir) as service:
+    with running_service(
+        database, emulator.url, args.runners, args.concurrency, workdir, args.front
+    ) as service:
         warm_up(service.nats_url, args.warmup)
         emulator.reset()
+        api = service.prefect.api_url
+        warmed = settled_task_runs(api, 0, 0)  # the warm-up's, once all are in
+        runs_before, completed_before = warmed.settled, warmed.completed
         before: CpuSnapshot = cpu_snapshot(service_kinds)
-        with MemoryPeaks(service.runners) as memory:
+        with MemoryPeaks(service.runners) as memory, profiled(service, args.profile, database):
             burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
+        task_runs = settled_task_runs(api, runs_before, completed_before)
         audit = asyncio.run(audit_streams(service.nats_url, burst.accepted))
-        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners))
+        if args.profile is not None:
+            calls = sum(1 for r in stats["requests"] if r["finished"])
+            for path in sorted((args.profile / database).glob("*.txt")):
+                print_profile(f"{database}: {path.stem}", top_items(path), calls)
+        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners), task_runs)
+
+
+def profiled(service: Service, out_dir: Path | None, database: str) -> AbstractContextManager[None]:
+    """py-spy on each runner's tree and on the Prefect server, with --profile."""
+    if out_dir is None:
+        return nullcontext()
+    pids = {f"runner-{i + 1}": runner.pid for i, runner in enumerate(service.runners)}
+    if service.prefect.pid is not None:
+        pids["prefect-server"] = service.prefect.pid
+    return profiling(pids, out_dir / database)
 
 
 def figures(m: Measured, count: int) -> list[Figure]:
@@ -592,6 +652,18 @@ def figures(m: Measured, count: int) -> list[Figure]:
             [len(proposal_requests(m.stats))],
             "",
             "more: a call asked again",
+        ),
+        Figure(
+            "task runs in the Prefect API, at the end",
+            [m.task_runs.at_end],
+            "",
+            "as the last final event arrived; target: one per call",
+        ),
+        Figure(
+            "task runs in the Prefect API, settled",
+            [m.task_runs.settled],
+            "",
+            f"{m.task_runs.settled_after:.0f} s later; of them Completed: {m.task_runs.completed}",
         ),
         Figure("burst wall time", [wall], "s", "first submit to last final event"),
         Figure(
@@ -674,7 +746,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="s after the submits to wait for the last to conclude"
     )
+    parser.add_argument(
+        "--front",
+        action="store_true",
+        help="a front process of its own answers the endpoints (DELIBERATION_SERVICE_ROLE=front); "
+        "the runners only run",
+    )
     parser.add_argument("--logs", type=Path, default=None, help="keep the runners' logs in this directory")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the runners and the Prefect server during the burst into this directory "
+        "(flame graphs and top items; its CPU figures are then not the service's alone)",
+    )
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = args.runners
@@ -691,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     title = (
         f"# deliberation service burst: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"{args.count} x 5 agents, {args.runners} runners x {args.concurrency}, "
+        f"{args.count} x 5 agents, {args.runners} runners x {args.concurrency}"
+        f"{' and a front of its own' if args.front else ''}, "
         f"{CALL_SECONDS:g} s calls, max_num_seqs {MAX_NUM_SEQS}"
     )
     print_side_by_side(measured, title)

@@ -13,12 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from flows.runtime.embedded import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+DEPLOYED_SERVER = ROOT / "deploy/k8s/base/prefect-server.yaml"
+
+
+def deployed_settings(manifest: Path = DEPLOYED_SERVER) -> dict[str, str]:
+    """The Prefect server's settings as deploy/k8s gives them (its container's plain `value`
+    entries; secrets and references are the cluster's own)."""
+    for document in yaml.safe_load_all(manifest.read_text()):
+        if not document or document.get("kind") != "Deployment":
+            continue
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            if container["name"] == "prefect-server":
+                return {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+    raise ValueError(f"{manifest}: no prefect-server container")
 
 
 class PrefectServer(ManagedProcess):
@@ -33,15 +49,14 @@ class PrefectServer(ManagedProcess):
 
     @classmethod
     def on_database(cls, database_url: str | None, startup_timeout: float = 180.0) -> PrefectServer:
-        """As deploy/k8s runs it (Prefect's defaults, no UI), with a PREFECT_HOME of its own:
+        """As deploy/k8s runs it (its settings, no UI), with a PREFECT_HOME of its own:
         on `database_url`, or on SQLite in that home."""
         server = cls(startup_timeout, ui=False)
         home = server.workdir / "home"
-        server.env = {
+        server.env = deployed_settings() | {
             "PREFECT_HOME": str(home),
             "PREFECT_API_DATABASE_CONNECTION_URL": database_url
             or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         return server
 
@@ -68,10 +83,6 @@ class PrefectWorker(ManagedProcess):
 
     def is_ready(self) -> bool:
         return True
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
 
 def prefect(env: dict[str, str], *args: str) -> None:

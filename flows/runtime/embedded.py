@@ -319,14 +319,15 @@ def local_nats(settings: Settings) -> Iterator[str | None]:
 
 
 @contextmanager
-def embedded_servers(settings: Settings) -> Iterator[Settings]:
-    """Yield settings that point at a configured or a freshly started NATS and model server."""
+def embedded_servers(settings: Settings, with_model: bool = True) -> Iterator[Settings]:
+    """Yield settings that point at a configured or a freshly started NATS and (if
+    `with_model`) model server."""
     with ExitStack() as stack:
         started: dict[str, str] = {}
         nats_url = stack.enter_context(local_nats(settings))
         if nats_url is not None:
             started["NATS_URL"] = nats_url
-        if settings.vllm_url is None:
+        if with_model and settings.vllm_url is None:
             model = stack.enter_context(LocalModelServer())
             started["VLLM_URL"] = model.url
             # Its /v1/models does not say: the request's context is fitted to it by this.

@@ -130,6 +130,38 @@ class BuiltSettings:
         return serialized | {"settings_context": context | {"settings": built}}
 
 
+class SerializedSettings:
+    """Prefect's settings serialized for a flow run's context, once per settings object:
+    serializing them walks some 50 nested models, and every flow run of a process carries
+    the same ones (a tenth of a service process's CPU, BENCHMARKS.md). Prefect's settings
+    are immutable; a changed one (temporary_settings) is a new object."""
+
+    def __init__(self) -> None:
+        self._for: tuple[Any, dict[str, Any]] | None = None
+
+    def of(self, context: SettingsContext | None) -> dict[str, Any]:
+        if context is None:
+            return {}
+        key = (context.settings, context.profile.name)
+        if self._for is None or self._for[0][0] is not key[0] or self._for[0][1] != key[1]:
+            self._for = (key, context.serialize())
+        return self._for[1]
+
+
+_SETTINGS = SerializedSettings()
+
+
+def shipped_context() -> dict[str, Any]:
+    """prefect.context.serialize_context(), the settings serialized once (SerializedSettings)."""
+    settings = SettingsContext.get()
+    token = SettingsContext.__var__.set(None)  # type: ignore[arg-type]  # serialize_context skips it
+    try:
+        serialized = serialize_context()
+    finally:
+        SettingsContext.__var__.reset(token)
+    return serialized | {"settings_context": _SETTINGS.of(settings)}
+
+
 class CallHost:
     """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
     at once per slot group (`HostHooks.slot_of`: for model calls, per model server); the
@@ -442,7 +474,7 @@ class HostedRayTaskRunner(RayTaskRunner):
             raise RuntimeError("The task runner must be started before submitting work.")
         if self._context_box is None:
             # Boxed, so Ray hands the host the reference and the host fetches it once.
-            self._context_box = [ray.put(serialize_context())]
+            self._context_box = [ray.put(shipped_context())]
             sizing = self.hooks.sizing() if self.hooks.sizing else DEFAULT_SIZING
             pool = host_pool(sizing.hosts, sizing.cpus, sizing.max_calls, self.hooks)
             count = pool.size

@@ -8,52 +8,70 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import nats.micro
+from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from agents.adapters.nats import JetStreamBus
+from agents.adapters.nats.intake import Intake
 from agents.adapters.secrets import nats_token
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error
-from agents.service import ENDPOINTS, HOST_METADATA, SERVICE_NAME, SERVICE_VERSION
+from agents.service import ENDPOINTS, HOST_METADATA, ROLE_METADATA, SERVICE_NAME, SERVICE_VERSION
 from agents.settings import Settings
 from flows.service.endpoints import DeliberationService, Endpoints
-from flows.service.runner import Runner
 
 
 async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], Any] | None = None) -> None:
-    """Serve the endpoints and run deliberations until `stop` is set."""
+    """Serve the endpoints (role front or both) and run deliberations (runner or both)
+    until `stop` is set."""
     bus = await JetStreamBus.connect(settings.bus_config(nats_token(settings)))
     try:
         intake = bus.intake(settings.service_ack_wait_seconds)
         await intake.ensure()
         await bus.ensure_buckets()
-        service = DeliberationService(bus, intake)
-        micro = await nats.micro.add_service(
-            bus.client,
-            name=SERVICE_NAME,
-            version=SERVICE_VERSION,
-            description="Deliberations of a council of LLM agents: submit, get, cancel.",
-            metadata={HOST_METADATA: socket.gethostname()},
-        )
-        group = micro.add_group(name=SERVICE_NAME)
-        endpoints = Endpoints()
-        for name in ENDPOINTS:
-            await group.add_endpoint(name=name, handler=endpoints.handler(getattr(service, name)))
-        # nats-py sends SUB lazily: until the server has them, a request finds no responder.
-        await bus.client.flush()
-        if on_ready is not None:
-            on_ready()
-        try:
-            await Runner(bus, intake, settings).run(stop)
-        finally:
-            await micro.stop()
-            await endpoints.drain()
-            await intake.close()
+        async with _front(bus, intake, settings.service_role):
+            # nats-py sends SUB lazily: until the server has them, a request finds no responder.
+            await bus.client.flush()
+            if on_ready is not None:
+                on_ready()
+            if settings.service_role == "front":
+                await stop.wait()
+            else:
+                # Imported here: a front never loads the flow, Prefect's engine or Ray.
+                from flows.service.runner import Runner
+
+                await Runner(bus, intake, settings).run(stop)
+        await intake.close()
     finally:
         await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def _front(bus: JetStreamBus, intake: Intake, role: str) -> AsyncIterator[None]:
+    """The service's instance (it answers $SRV.PING, INFO and STATS, so probes and
+    discovery see every process) and, unless it is a runner only, the endpoints; stopped,
+    and their answers in flight finished, on the way out."""
+    micro = await nats.micro.add_service(
+        bus.client,
+        name=SERVICE_NAME,
+        version=SERVICE_VERSION,
+        description="Deliberations of a council of LLM agents: submit, get, cancel.",
+        metadata={HOST_METADATA: socket.gethostname(), ROLE_METADATA: role},
+    )
+    endpoints = Endpoints()
+    if role != "runner":
+        service = DeliberationService(bus, intake)
+        group = micro.add_group(name=SERVICE_NAME)
+        for name in ENDPOINTS:
+            await group.add_endpoint(name=name, handler=endpoints.handler(getattr(service, name)))
+    try:
+        yield
+    finally:
+        await micro.stop()
+        await endpoints.drain()
 
 
 @contextlib.contextmanager
@@ -80,15 +98,26 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings()
-        with embedded_servers(settings) as settings, local_ray(settings) as start_ray:
-            check_default_endpoint(settings)
+        runs = settings.service_role != "front"
+        temporary = not PREFECT_API_URL.value()
+        if temporary and not runs:
+            # A temporary API of its own would hold none of the runners' flow runs.
+            raise ConfigurationError(
+                "DELIBERATION_SERVICE_ROLE=front needs PREFECT_API_URL: the runners' Prefect "
+                "server, where it cancels their flow runs"
+            )
+        # A front calls no model: it starts no model server and checks none.
+        with embedded_servers(settings, with_model=runs) as settings, local_ray(settings) as start_ray:
+            if runs:
+                check_default_endpoint(settings)
             connect_event_bus(settings).close()
-            with prefect_api(while_starting=start_ray):
+            # The runners start Ray while the Prefect API comes up.
+            with prefect_api(while_starting=start_ray if runs else None):
 
                 async def run() -> None:
                     stop = asyncio.Event()
                     with _stop_on_signals(asyncio.get_running_loop(), stop):
-                        await serve(settings, stop, on_ready=lambda: _say_ready(settings))
+                        await serve(settings, stop, on_ready=lambda: _say_ready(settings, temporary))
 
                 asyncio.run(run())
     except ValidationError as exc:
@@ -100,11 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _say_ready(settings: Settings) -> None:
+def _say_ready(settings: Settings, temporary_api: bool) -> None:
+    role = settings.service_role
+    does = []
+    if role != "runner":
+        does.append(", ".join(f"{SERVICE_NAME}.{name}" for name in ENDPOINTS))
+    if role != "front":
+        does.append(f"up to {settings.service_concurrency} deliberations at once")
     print(
-        f"service: {SERVICE_NAME} {SERVICE_VERSION} on {settings.nats_url}: "
-        f"{', '.join(f'{SERVICE_NAME}.{name}' for name in ENDPOINTS)}; "
-        f"up to {settings.service_concurrency} deliberations at once",
+        f"service: {SERVICE_NAME} {SERVICE_VERSION} on {settings.nats_url}: {'; '.join(does)}",
         file=sys.stderr,
-        flush=True,
     )
+    if temporary_api and role != "front":
+        # Said at every start: the embedded default's SQLite ran a burst at a quarter of
+        # PostgreSQL's speed (BENCHMARKS.md).
+        print(
+            "service: on a temporary Prefect API (SQLite), for trying it out; for load, set "
+            "PREFECT_API_URL to a Prefect server on PostgreSQL (README: The service under load)",
+            file=sys.stderr,
+        )
+    sys.stderr.flush()

@@ -255,9 +255,14 @@ def _intake_request(msg: Msg) -> DeliberationRequest | None:
     return None
 
 
+# Once: with_options builds a new Flow, and a Flow builds its parameters' JSON schema (a
+# quarter of a service process's CPU when it was built per run, BENCHMARKS.md).
+SERVICE_FLOW = deliberate.with_options(on_running=[on_running])
+
+
 def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:
     """The flow run's final state and its value (a DeliberationResult, or what failed it)."""
-    state = deliberate.with_options(on_running=[on_running])(request=request, return_state=True)
+    state = SERVICE_FLOW(request=request, return_state=True)
     return state, state.result(raise_on_failure=False)
 
 

@@ -437,3 +437,17 @@ def test_the_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
         assert (ROOT / source).exists(), source
         assert included(source), f"COPY {source}, but .dockerignore keeps it out of the build context"
     assert not included("tests/conftest.py") and not included(".git/HEAD")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_front_answers_apart_from_the_runners_on_the_same_nats_and_prefect(overlay: str) -> None:
+    objects = render(overlay)
+    deployments = by_kind(objects, "Deployment")
+    (front,) = deployments["deliberation-front"]["spec"]["template"]["spec"]["containers"]
+    (runner,) = deployments["deliberation-service"]["spec"]["template"]["spec"]["containers"]
+    assert front["command"] == runner["command"] == ["python", "-m", "flows.service"]
+    theirs, ours = environment(objects, runner), environment(objects, front)
+    assert (ours["DELIBERATION_SERVICE_ROLE"], theirs["DELIBERATION_SERVICE_ROLE"]) == ("front", "runner")
+    for name in ("NATS_URL", "NATS_TOKEN", "PREFECT_API_URL", "DELIBERATION_SERVICE_ACK_WAIT_SECONDS"):
+        assert ours.get(name) == theirs.get(name), name
+    assert deployments["deliberation-front"]["spec"]["replicas"] >= 2

@@ -259,3 +259,30 @@ def test_the_prefect_api_unreachable_for_ten_seconds_mid_deliberation_is_ridden_
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
     assert flow_run.state is not None and flow_run.state.is_completed() and flow_run.run_count == 1
+
+
+def test_a_front_apart_from_the_runners_takes_submits_alone_and_never_runs_a_flow(
+    runners: tuple[Service, Callable[..., RunnerProcess]],
+) -> None:
+    service, start = runners
+    front = start("front", DELIBERATION_SERVICE_ROLE="front")
+    submitted = {"task": "front and runner apart", "roles": ["DEV", "QA"], "rounds": 0}
+    deliberation_id = service.answer("submit", submitted)["deliberation_id"]
+    # No runner yet: the request waits in the intake, and `get` says so.
+    assert service.answer("get", {"deliberation_id": deliberation_id})["status"] == "accepted"
+    assert service.stream_messages(INTAKE_STREAM) == 1
+
+    runner = start("runner", DELIBERATION_SERVICE_ROLE="runner")
+    done = service.wait_for(deliberation_id, "completed")
+    assert done["result"]["completed"] == 2
+    assert_each_concluded_once(service.url, [deliberation_id])
+
+    # The front started neither Ray nor a flow run; the runner answers no endpoint.
+    commands = [command_line(pid) or "" for pid in process_tree(front.pid)]
+    assert not [c for c in commands if "raylet" in c or "gcs_server" in c], commands
+    taken = f"deliberation {deliberation_id} taken"
+    assert taken not in front.log_tail(100_000)
+    assert taken in runner.log_tail(100_000)
+    front.stop()
+    with pytest.raises(NoRespondersError):
+        request(service.url, "deliberation.get", b'{"deliberation_id": "x"}', timeout=5)
