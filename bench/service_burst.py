@@ -40,6 +40,7 @@ import nats
 from nats.aio.msg import Msg
 
 from agents.adapters.nats import JetStreamBus
+from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.errors import ConfigurationError
 from agents.events import (
     DELIBERATION_CANCELLED,
@@ -367,8 +368,9 @@ def warm_up(nats_url: str, count: int, timeout: float = 300.0) -> None:
 
 
 async def _until_recorded_concluded(nats_url: str, deliberation_ids: Sequence[str], timeout: float) -> None:
-    """Until `get` says each concluded: a runner records that once its flow run has
-    returned, after the final event, so the flow run's last writes stay out of the burst."""
+    """Until `get` says each concluded and the intake keeps none of them: a runner acks a
+    request once its flow run has returned, so the flow runs' last writes stay out of the
+    burst."""
     nc = await nats.connect(nats_url)
     try:
         give_up = time.monotonic() + timeout
@@ -382,6 +384,10 @@ async def _until_recorded_concluded(nats_url: str, deliberation_ids: Sequence[st
                         f"warm-up: {deliberation_id} not recorded concluded in {timeout:.0f} s"
                     )
                 await asyncio.sleep(0.2)
+        while (await nc.jetstream().stream_info(INTAKE_STREAM)).state.messages:
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"warm-up: the intake still holds requests after {timeout:.0f} s")
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.msg import Msg
+from prefect.client.schemas.objects import FlowRun
 
+from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.settings import Settings
 from flows.runtime.embedded import LocalNatsServer
 from flows.service import serve
 from tests.fake_llm import FakeLLMServer
+from tests.waiting import wait_until
 
 ERROR_CODE = "Nats-Service-Error-Code"
 ERROR = "Nats-Service-Error"
@@ -61,6 +65,11 @@ class Service:
 
         return asyncio.run(state())
 
+    def wait_until_acked(self, timeout: float = 60.0) -> None:
+        """Until the intake keeps nothing: a runner acks a request once its flow run has
+        returned, a moment after `get` (told before the final event) says concluded."""
+        wait_until(lambda: self.stream_messages(INTAKE_STREAM) == 0, timeout)
+
     def stream_messages(self, stream: str) -> int:
         async def count() -> int:
             nc = await nats.connect(self.url)
@@ -70,6 +79,23 @@ class Service:
                 await nc.close()
 
         return asyncio.run(count())
+
+
+def finished_flow_run(flow_run_id: str, timeout: float = 60.0) -> FlowRun:
+    """The flow run once in a final state: its deliberation is concluded (and `get` says so)
+    before the flow run returns."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+
+        def final() -> FlowRun | None:
+            flow_run = client.read_flow_run(uuid.UUID(flow_run_id))
+            return flow_run if flow_run.state is not None and flow_run.state.is_final() else None
+
+        wait_until(final, timeout)
+        found = final()
+        assert found is not None
+        return found
 
 
 def request(url: str, subject: str, data: bytes, timeout: float = 10.0) -> Msg:

@@ -51,6 +51,7 @@ from flows.report import report
 from flows.runtime.cancellation import cancel_signal
 from flows.runtime.hosts import prepare_call_hosts
 from flows.runtime.preflight import connect_event_bus, resolve_speakers
+from flows.runtime.run_hooks import before_announcing
 from flows.runtime.sandbox_probe import check_sandbox
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
@@ -133,8 +134,10 @@ class Sitting:
         return result
 
     def store_and_announce(self, result: DeliberationResult) -> None:
-        """Stored before it is announced: whoever reacts to the event can read it."""
+        """Stored, and its watcher told (the service's status record), before it is
+        announced: whoever reacts to the event can read it."""
         self.bus.save_result(result)
+        before_announcing(self.deliberation_id, result)
         self.announce.concluded(result)
 
     def report(self, result: DeliberationResult) -> State[DeliberationResult]:
@@ -165,6 +168,7 @@ def open_sitting(request: DeliberationRequest) -> Iterator[Sitting]:
             # The stored result answers the request first made under this id, no other.
             bus.check_request(deliberation_id, asked)
             logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
+            before_announcing(deliberation_id, sitting.stored)
             announce.concluded(sitting.stored)
             yield sitting
             return

@@ -23,7 +23,7 @@ from agents.models import DeliberationRequest, DeliberationResult
 from agents.service import DeliberationState, StatusRecord
 from agents.settings import Settings
 from flows.deliberate import deliberate
-from flows.runtime.run_hooks import on_running, when_started
+from flows.runtime.run_hooks import Watch, on_running, watching
 from flows.service.records import (
     CANCELLED_BY_SERVICE,
     cancel_flow_run,
@@ -137,7 +137,10 @@ class Runner:
         def started(flow_run_id: str) -> None:
             asyncio.run_coroutine_threadsafe(self._started(request, flow_run_id, tries), loop).result(30)
 
-        with when_started(deliberation_id, started):
+        def concluding(result: DeliberationResult) -> None:
+            asyncio.run_coroutine_threadsafe(self._finished(deliberation_id, result), loop).result(30)
+
+        with watching(deliberation_id, Watch(started, concluding)):
             # In this context, as to_thread would: the flow run's Prefect API is in it.
             run_here = contextvars.copy_context().run
             state, value = await loop.run_in_executor(self._threads, run_here, _run_flow, request)
@@ -186,7 +189,8 @@ class Runner:
         await self._bus.publish(event)
 
     async def _finished(self, deliberation_id: str, result: DeliberationResult) -> None:
-        """The flow run concluded it (and stored and announced its result)."""
+        """The flow run concluded it: told by the run once its result is stored, before it
+        is announced, and again when the run returns (the same record)."""
         done = {"status": DeliberationState(result.status.value), "reason": result.summary}
         await self._intake.change_status(
             deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": utc_now()})

@@ -16,14 +16,13 @@ import nats
 import pytest
 
 from agents.adapters.nats import EventBus
-from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.events import DeliberationEvent, DeliberationProgressEvent
 from agents.service import MAX_PAYLOAD_BYTES
 from agents.settings import bus_config_for
 from flows.schemas import SCHEMA_DIR
 from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
-from tests.service import ERROR, ERROR_CODE, Service, request, running_service
+from tests.service import ERROR, ERROR_CODE, Service, finished_flow_run, request, running_service
 from tests.waiting import wait_until
 
 
@@ -56,7 +55,7 @@ def test_a_submitted_deliberation_is_accepted_at_once_runs_as_a_flow_run_and_get
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+        flow_run = finished_flow_run(done["flow_run_id"])
         task_runs = client.read_task_runs()
     assert flow_run.state is not None and flow_run.state.is_completed()
     names = {t.name for t in task_runs if t.flow_run_id == flow_run.id}
@@ -68,7 +67,40 @@ def test_a_submitted_deliberation_is_accepted_at_once_runs_as_a_flow_run_and_get
         ("accepted", None),
         ("started", done["flow_run_id"]),
     ]
-    assert service.stream_messages(INTAKE_STREAM) == 0  # acked: the work queue keeps nothing
+    service.wait_until_acked()  # acked: the work queue keeps nothing
+
+
+def test_get_asked_on_the_final_event_already_answers_the_outcome(service: Service) -> None:
+    # The obvious client: react to deliberation.completed by asking `get` for the result.
+    async def react() -> list[dict[str, Any]]:
+        nc = await nats.connect(service.url)
+        answers: list[dict[str, Any]] = []
+        ids: set[str] = set()
+        try:
+
+            async def on_final(msg: nats.aio.msg.Msg) -> None:
+                deliberation_id = json.loads(msg.data).get("deliberation_id")
+                if deliberation_id not in ids:  # the subject is shared: not ours, not read
+                    return
+                ref = json.dumps({"deliberation_id": deliberation_id}).encode()
+                answers.append(json.loads((await nc.request("deliberation.get", ref, timeout=10)).data))
+
+            await nc.subscribe("deliberation.completed", cb=on_final)
+            await nc.flush()
+            for i in range(4):
+                submit = {"task": f"react {i}", "roles": ["DEV", "QA"], "rounds": 0}
+                reply = await nc.request("deliberation.submit", json.dumps(submit).encode(), timeout=10)
+                ids.add(json.loads(reply.data)["deliberation_id"])
+            give_up = time.monotonic() + 120
+            while len(answers) < len(ids) and time.monotonic() < give_up:
+                await asyncio.sleep(0.1)
+            return answers
+        finally:
+            await nc.close()
+
+    answers = asyncio.run(react())
+    assert len(answers) == 4
+    assert [(a["status"], (a.get("result") or {}).get("status")) for a in answers] == [("completed",) * 2] * 4
 
 
 def test_submitting_the_same_id_again_returns_the_same_deliberation_and_another_request_is_refused(
@@ -107,7 +139,7 @@ def test_bad_input_is_refused_with_400_and_one_line_and_nothing_is_queued(
     reply = service.ask("deliberation.submit", payload)
     assert reply.headers is not None and reply.headers[ERROR_CODE] == "400", reply.headers
     assert why in reply.headers[ERROR] and "\n" not in reply.headers[ERROR]
-    assert service.stream_messages(INTAKE_STREAM) == 0
+    service.wait_until_acked()
     assert service.llm.calls == []
     # The service goes on serving.
     assert service.answer("submit", {"task": "t", "roles": ["DEV"]})["status"] == "accepted"
@@ -172,10 +204,7 @@ def test_cancel_during_the_proposals_drops_the_calls_and_concludes_cancelled(ser
     held = [c for c in service.llm.calls if c.agent != "agent-dev-001"]
     wait_until(lambda: all(c.client_disconnected for c in held), timeout=10)
 
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(uuid.UUID(done["flow_run_id"]))
+    flow_run = finished_flow_run(done["flow_run_id"])
     assert flow_run.state is not None and flow_run.state.is_cancelled()
     finals = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationEvent)]
     assert [e.subject for e in finals] == ["deliberation.cancelled"]
@@ -199,7 +228,7 @@ def test_a_deliberation_waiting_in_the_intake_is_cancelled_without_running(servi
         service.wait_for(deliberation_id, "cancelled", timeout=60)
     time.sleep(2)  # a runner that took it now finds it concluded
     assert service.llm.calls_for("agent-dev-001") == []
-    assert service.stream_messages(INTAKE_STREAM) == 0
+    service.wait_until_acked()
 
 
 def test_a_decided_failure_is_concluded_failed_at_once_with_its_reason(service: Service) -> None:
@@ -207,7 +236,7 @@ def test_a_decided_failure_is_concluded_failed_at_once_with_its_reason(service: 
     done = service.wait_for(reply["deliberation_id"], "failed")
     assert "model 'no-such-model' is not served" in done["reason"]
     assert done["result"]["status"] == "failed"
-    assert service.stream_messages(INTAKE_STREAM) == 0
+    service.wait_until_acked()
 
 
 def test_a_request_taken_before_its_submit_recorded_it_is_still_run(service: Service) -> None:
