@@ -271,8 +271,9 @@ def warm_pipeline(model_url: str) -> Iterator[Callable[..., Any]]:
             ray.shutdown()
 
 
-def baseline(emulator: EmulatorProcess, agents: int) -> float:
-    """The same proposal calls with plain asyncio.gather and httpx: no orchestration."""
+def baseline(emulator: EmulatorProcess, agents: int) -> tuple[float, float]:
+    """The same proposal calls with plain asyncio.gather and httpx, no orchestration: the
+    wall time (s) and this process's CPU per call (ms)."""
     from agents.models import DeliberationRequest
     from agents.planning import plan_council
     from agents.prompts import proposal_messages
@@ -291,9 +292,9 @@ def baseline(emulator: EmulatorProcess, agents: int) -> float:
                 )
             )
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     asyncio.run(calls())
-    return time.monotonic() - started
+    return time.monotonic() - started, (time.process_time() - cpu) * 1000 / agents
 
 
 IDLE_SECONDS = 10.0
@@ -344,7 +345,7 @@ def warm_figures(
             proposals = proposal_requests(stats)
             slowest = max(r["finished"] - r["arrived"] for r in proposals)
             stage = result.usage.stage_ms["proposal"] / 1000
-            gathered = baseline(emulator, agents)
+            gathered, plain_cpu = baseline(emulator, agents)
             measured = {
                 "wall": wall,
                 "overhead": wall - _critical_path(stats),
@@ -359,6 +360,7 @@ def warm_figures(
                 },
                 "gathered": gathered,
                 "ratio": stage / gathered,
+                "cpu ratio": cpu / len(stats["requests"]) * 1000 / plain_cpu,
             }
             for name, value in measured.items():
                 samples.setdefault(name, []).append(value)
@@ -408,6 +410,12 @@ def warm_figures(
             ),
             Figure(
                 f"{agents} agents: proposal stage / asyncio.gather", samples["ratio"], "x", "baseline ratio"
+            ),
+            Figure(
+                f"{agents} agents: CPU per call / asyncio.gather's",
+                samples["cpu ratio"],
+                "x",
+                "the drift guard: same run, same calls",
             ),
         ]
     split = cpu_split(totals)

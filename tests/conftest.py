@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 # Before Prefect is imported: isolated state (database, persisted results), no telemetry,
@@ -91,3 +92,26 @@ def service(fake_llm: FakeLLMServer, ray_cluster: None, monkeypatch: pytest.Monk
 
     with running_service(fake_llm, monkeypatch) as running:
         yield running
+
+
+# Figures a test measured that CI's log should show, never assert (the machines are noisy):
+# a test appends lines with `print_in_summary`; the session's end prints them all, from
+# whichever xdist worker they came.
+FIGURES = Path(__file__).resolve().parent.parent / ".pytest-figures.txt"
+
+
+def print_in_summary(line: str) -> None:
+    with FIGURES.open("a") as out:
+        out.write(line.rstrip("\n") + "\n")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
+        FIGURES.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES.exists():
+        terminalreporter.section("figures measured (printed, not asserted)")
+        for line in FIGURES.read_text().splitlines():
+            terminalreporter.write_line(line)

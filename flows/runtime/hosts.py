@@ -151,15 +151,26 @@ class SerializedSettings:
 _SETTINGS = SerializedSettings()
 
 
+class _Serialized:
+    """Stands in for the SettingsContext while serialize_context runs, answering its one
+    question (`serialize()`) with the settings already serialized. Setting the context
+    variable to None does not do: SettingsContext.get() then answers the global one."""
+
+    def __init__(self, serialized: dict[str, Any]) -> None:
+        self._serialized = serialized
+
+    def serialize(self) -> dict[str, Any]:
+        return self._serialized
+
+
 def shipped_context() -> dict[str, Any]:
     """prefect.context.serialize_context(), the settings serialized once (SerializedSettings)."""
-    settings = SettingsContext.get()
-    token = SettingsContext.__var__.set(None)  # type: ignore[arg-type]  # serialize_context skips it
+    settings = _SETTINGS.of(SettingsContext.get())
+    token = SettingsContext.__var__.set(_Serialized(settings))  # type: ignore[arg-type]
     try:
-        serialized = serialize_context()
+        return serialize_context()
     finally:
         SettingsContext.__var__.reset(token)
-    return serialized | {"settings_context": _SETTINGS.of(settings)}
 
 
 class CallHost:

@@ -179,3 +179,27 @@ def test_the_hosts_group_slots_by_whatever_the_application_says() -> None:
         assert plain._slots_for({})._value == 7
 
     asyncio.run(scenario())
+
+
+def test_the_shipped_context_is_prefects_with_the_settings_serialized_once() -> None:
+    from prefect.context import serialize_context
+
+    calls = 0
+    original = SettingsContext.serialize
+
+    def counted(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return original(self, include_secrets=include_secrets)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SettingsContext, "serialize", counted)
+        patch.setattr(hosts, "_SETTINGS", hosts.SerializedSettings())
+        first, again = hosts.shipped_context(), hosts.shipped_context()
+        assert first == again == serialize_context()
+        assert calls == 2  # once for both shipped contexts, once for Prefect's own
+        # Other settings (a changed one is a new object) are serialized afresh.
+        with temporary_settings({PREFECT_API_URL: "http://elsewhere:4200/api"}):
+            changed = hosts.shipped_context()
+        assert calls == 3
+        assert changed["settings_context"]["settings"]["api"]["url"] == "http://elsewhere:4200/api"
