@@ -83,6 +83,8 @@ SUBMIT_TIMEOUT = 30.0  # s; a submit with no reply by then counts as an error
 FINAL_SUBJECTS = (DELIBERATION_COMPLETED, DELIBERATION_FAILED, DELIBERATION_CANCELLED)
 ERROR_CODE = "Nats-Service-Error-Code"
 DATABASES = ("postgresql", "sqlite")
+# What the Prefect server's in-memory broker logs for each event it drops (a full queue).
+DROPPED = "Subscription queue is full, dropping message"
 ROLE_FRONT = {"DELIBERATION_SERVICE_ROLE": "front"}
 ROLE_RUNNER = {"DELIBERATION_SERVICE_ROLE": "runner"}
 MEMORY_SAMPLE_SECONDS = 0.5
@@ -549,6 +551,7 @@ class Measured:
     memory: MemoryPeaks
     log_lines: list[str]
     task_runs: TaskRuns
+    dropped: int  # events the Prefect server's in-memory messaging dropped (its log says)
 
 
 @dataclass
@@ -597,12 +600,13 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
         task_runs = settled_task_runs(api, runs_before, completed_before)
+        dropped = service.prefect.log_path.read_text(errors="replace").count(DROPPED)
         audit = asyncio.run(audit_streams(service.nats_url, burst.accepted))
         if args.profile is not None:
             calls = sum(1 for r in stats["requests"] if r["finished"])
             for path in sorted((args.profile / database).glob("*.txt")):
                 print_profile(f"{database}: {path.stem}", top_items(path), calls)
-        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners), task_runs)
+        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners), task_runs, dropped)
 
 
 def profiled(service: Service, out_dir: Path | None, database: str) -> AbstractContextManager[None]:
@@ -670,6 +674,9 @@ def figures(m: Measured, count: int) -> list[Figure]:
             [m.task_runs.settled],
             "",
             f"{m.task_runs.settled_after:.0f} s later; of them Completed: {m.task_runs.completed}",
+        ),
+        Figure(
+            "events the Prefect server dropped", [m.dropped], "", "its log's 'queue is full' lines; target 0"
         ),
         Figure("burst wall time", [wall], "s", "first submit to last final event"),
         Figure(
