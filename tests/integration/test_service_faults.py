@@ -144,6 +144,14 @@ def _events(url: str, deliberation_id: str) -> list[Any]:
         return bus.read_events(deliberation_id)
 
 
+def _submit_councils_of_two(service: Service, task: str, count: int) -> list[str]:
+    """`count` deliberations of DEV and QA without a review round; their ids."""
+    submit = {"roles": ["DEV", "QA"], "rounds": 0}
+    return [
+        service.answer("submit", submit | {"task": f"{task} {i}"})["deliberation_id"] for i in range(count)
+    ]
+
+
 def test_a_request_delivered_again_while_it_runs_is_answered_by_the_run_in_progress(
     runners: tuple[Service, Callable[..., RunnerProcess]], nats_server: LocalNatsServer
 ) -> None:
@@ -154,12 +162,7 @@ def test_a_request_delivered_again_while_it_runs_is_answered_by_the_run_in_progr
     start("runner")
     for _ in range(2):
         service.llm.script("agent-qa-001", ok(delay=20))
-    ids = [
-        service.answer("submit", {"task": f"again {i}", "roles": ["DEV", "QA"], "rounds": 0})[
-            "deliberation_id"
-        ]
-        for i in range(2)
-    ]
+    ids = _submit_councils_of_two(service, "again", 2)
     wait_until(lambda: len(service.llm.calls_for("agent-qa-001")) == 2, 90)
     nats_server.restart(down_for=7)
     wait_until(lambda: _answers_ping(service.url), 30)
@@ -183,12 +186,7 @@ def test_nats_server_restarted_in_a_burst_every_deliberation_concludes_once(
     start("runner")
     for _ in range(6):
         service.llm.script("agent-qa-001", ok(delay=4))
-    ids = [
-        service.answer("submit", {"task": f"burst {i}", "roles": ["DEV", "QA"], "rounds": 0})[
-            "deliberation_id"
-        ]
-        for i in range(6)
-    ]
+    ids = _submit_councils_of_two(service, "burst", 6)
     wait_until(lambda: sum(1 for c in service.llm.calls_for("agent-dev-001") if c.ended) >= 4, 90)
     nats_server.restart()
     # Until the runner has reconnected, a request finds no responders (0.4 s here).
