@@ -29,7 +29,7 @@ def py_spy() -> str:
     beside = Path(sys.executable).parent / "py-spy"
     found = str(beside) if beside.exists() else shutil.which("py-spy")
     if found is None:
-        raise ConfigurationError("py-spy not found; ./dev installs it (pip install py-spy)")
+        raise ConfigurationError("py-spy not found; ./dev test installs it (the dev extra)")
     return found
 
 
