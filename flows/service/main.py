@@ -32,19 +32,21 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
         intake = bus.intake(settings.service_ack_wait_seconds)
         await intake.ensure()
         await bus.ensure_buckets()
-        async with _front(bus, intake, settings.service_role):
-            # nats-py sends SUB lazily: until the server has them, a request finds no responder.
-            await bus.client.flush()
-            if on_ready is not None:
-                on_ready()
-            if settings.service_role == "front":
-                await stop.wait()
-            else:
-                # Imported here: a front never loads the flow, Prefect's engine or Ray.
-                from flows.service.runner import Runner
+        try:
+            async with _front(bus, intake, settings.service_role):
+                # nats-py sends SUB lazily: until the server has them, a request finds no responder.
+                await bus.client.flush()
+                if on_ready is not None:
+                    on_ready()
+                if settings.service_role == "front":
+                    await stop.wait()
+                else:
+                    # Imported here: a front never loads the flow, Prefect's engine or Ray.
+                    from flows.service.runner import Runner
 
-                await Runner(bus, intake, settings).run(stop)
-        await intake.close()
+                    await Runner(bus, intake, settings).run(stop)
+        finally:
+            await intake.close()
     finally:
         await bus.close()
 

@@ -81,7 +81,7 @@ class Runner:
 
     async def _handle(self, msg: Msg) -> None:
         request = _intake_request(msg)
-        key = request.deliberation_id or "" if request is not None else None
+        key = (request.deliberation_id or "") if request is not None else None
         if key in self._held:
             # Delivered again while it runs here: its heartbeats were lost (NATS away
             # longer than the ack wait). The run in progress answers for this delivery too.
