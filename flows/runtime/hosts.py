@@ -137,15 +137,18 @@ class SerializedSettings:
     are immutable; a changed one (temporary_settings) is a new object."""
 
     def __init__(self) -> None:
-        self._for: tuple[Any, dict[str, Any]] | None = None
+        self._settings: Any = None
+        self._profile = ""
+        self._serialized: dict[str, Any] = {}
 
     def of(self, context: SettingsContext | None) -> dict[str, Any]:
         if context is None:
             return {}
-        key = (context.settings, context.profile.name)
-        if self._for is None or self._for[0][0] is not key[0] or self._for[0][1] != key[1]:
-            self._for = (key, context.serialize())
-        return self._for[1]
+        # Flow runs on several threads may both serialize at first: the same value.
+        if context.settings is not self._settings or context.profile.name != self._profile:
+            self._serialized = context.serialize()
+            self._settings, self._profile = context.settings, context.profile.name
+        return self._serialized
 
 
 _SETTINGS = SerializedSettings()
