@@ -137,15 +137,19 @@ class Runner:
         def started(flow_run_id: str) -> None:
             asyncio.run_coroutine_threadsafe(self._started(request, flow_run_id, tries), loop).result(30)
 
+        recorded: list[DeliberationResult] = []  # what the run had recorded before announcing it
+
         def concluding(result: DeliberationResult) -> None:
             asyncio.run_coroutine_threadsafe(self._finished(deliberation_id, result), loop).result(30)
+            recorded.append(result)
 
         with watching(deliberation_id, Watch(started, concluding)):
             # In this context, as to_thread would: the flow run's Prefect API is in it.
             run_here = contextvars.copy_context().run
             state, value = await loop.run_in_executor(self._threads, run_here, _run_flow, request)
         if isinstance(value, DeliberationResult):
-            await self._finished(deliberation_id, value)
+            if value not in recorded:  # its record was not updated before the announcement
+                await self._finished(deliberation_id, value)
             await msg.ack()
             return
         reason = f"try {tries}: {_one_line(value, state)}"
@@ -190,7 +194,7 @@ class Runner:
 
     async def _finished(self, deliberation_id: str, result: DeliberationResult) -> None:
         """The flow run concluded it: told by the run once its result is stored, before it
-        is announced, and again when the run returns (the same record)."""
+        is announced; or, if telling failed, when the run returns."""
         done = {"status": DeliberationState(result.status.value), "reason": result.summary}
         await self._intake.change_status(
             deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": utc_now()})
