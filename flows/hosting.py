@@ -11,7 +11,7 @@ from typing import Any
 from agents.adapters.llm import ChatClientPool, shared_clients
 from agents.config import LLMEndpoint
 from agents.settings import Settings
-from flows.runtime.hosts import HostHooks, HostSizing
+from flows.runtime.hosts import HostHooks, HostSizing, host_pool
 
 
 def sizing() -> HostSizing:
@@ -48,3 +48,10 @@ def model_clients() -> Callable[[], Awaitable[None]]:
 MODEL_CALLS = HostHooks(
     sizing=sizing, ray_address=ray_address, slot_of=model_server_slots, setup=model_clients
 )
+
+
+def start_call_hosts() -> None:
+    """Start this process's whole pool of call hosts and wait until they are up (a service
+    does, before it takes work); Ray must be up."""
+    pool = sizing()
+    host_pool(pool.hosts, pool.cpus, pool.max_calls, MODEL_CALLS).start_all()

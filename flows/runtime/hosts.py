@@ -56,6 +56,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
 from flows.runtime.ray_setup import init_ray
+from flows.runtime.task_runs import HostedTaskRun, runs_without_engine
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
@@ -201,18 +202,18 @@ class CallHost:
         self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
     ) -> tuple[State[Any], int]:
         """Run one task run to its final state; returns that state and the attempts made."""
-        async with self._using(run_key, context_box[0]) as context:
-            engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
-            async with self._slots_for(parameters):
-                job = asyncio.create_task(_drive(engine, task_run_id), context=context.copy())
-                try:
-                    await asyncio.shield(job)
-                except asyncio.CancelledError:
-                    # Cancelled by the flow (ray.cancel): the call is told why (_drive).
-                    job.cancel(STOPPED_BY_FLOW)
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await job
-        return engine.state, engine.task_run.run_count if engine.task_run else 0
+        async with self._using(run_key, context_box[0]) as context, self._slots_for(parameters):
+            call = context.copy()
+            run = call.run(_task_run, task, task_run_id, parameters)
+            job = asyncio.create_task(run.run(STOPPED_BY_FLOW), context=call)
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # Cancelled by the flow (ray.cancel): the call is told why.
+                job.cancel(STOPPED_BY_FLOW)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        return run.final_state, run.run_count
 
     def _slots_for(self, parameters: dict[str, Any]) -> asyncio.Semaphore:
         """The slots of the group a call belongs to (HostHooks.slot_of)."""
@@ -221,6 +222,9 @@ class CallHost:
         if key not in self._slots:
             self._slots[key] = asyncio.Semaphore(size)
         return self._slots[key]
+
+    async def ready(self) -> None:
+        """Answered once the host is up: its process started and this module imported."""
 
     async def prepare(self, run_key: str, context_box: list[Any]) -> None:
         """Hydrate a flow run's context ahead of its first call."""
@@ -286,21 +290,51 @@ async def _close(hydration: asyncio.Task[tuple[contextvars.Context, AsyncExitSta
     await asyncio.create_task(stack.aclose(), context=context)
 
 
-async def _drive(engine: AsyncTaskRunEngine[Any, Any], task_run_id: UUID) -> None:
-    # prefect.task_engine.run_task_async, keeping the engine to read the run count.
-    async with engine.start(task_run_id=task_run_id):
-        try:
-            while engine.is_running():
-                await engine.wait_until_ready()
-                async with engine.asset_context(), engine.run_context(), engine.transaction_context() as txn:
-                    await engine.call_task_fn(txn)
-        except asyncio.CancelledError as exc:
-            if exc.args != (STOPPED_BY_FLOW,):
-                raise  # the loop closing, say: the engine records a crash
-            # Stopped by its flow wherever it was (its request, a retry's wait): it ends
-            # Cancelled, where a bare cancel reached the engine as a crash, logged on the
-            # task run's page as two ERROR lines before the flow's reason.
-            await engine.set_state(Cancelled(message=STOPPED_BY_FLOW), force=True)
+def _task_run(
+    task: Task[Any, Any], task_run_id: UUID, parameters: dict[str, Any]
+) -> HostedTaskRun | _EngineRun:
+    """The driver of one task run, chosen in its flow run's context: the hosted one where
+    the task allows it (flows/runtime/task_runs.py), Prefect's engine otherwise."""
+    if runs_without_engine(task):
+        return HostedTaskRun(task, task_run_id, parameters)
+    return _EngineRun(task, task_run_id, parameters)
+
+
+class _EngineRun:
+    """A task run driven by Prefect's AsyncTaskRunEngine."""
+
+    def __init__(self, task: Task[Any, Any], task_run_id: UUID, parameters: dict[str, Any]) -> None:
+        self._engine = AsyncTaskRunEngine[Any, Any](task=task, parameters=parameters)
+        self._task_run_id = task_run_id
+
+    @property
+    def final_state(self) -> State[Any]:
+        return self._engine.state
+
+    @property
+    def run_count(self) -> int:
+        return self._engine.task_run.run_count if self._engine.task_run else 0
+
+    async def run(self, stopped_by: str) -> None:
+        # prefect.task_engine.run_task_async, keeping the engine to read the run count.
+        engine = self._engine
+        async with engine.start(task_run_id=self._task_run_id):
+            try:
+                while engine.is_running():
+                    await engine.wait_until_ready()
+                    async with (
+                        engine.asset_context(),
+                        engine.run_context(),
+                        engine.transaction_context() as txn,
+                    ):
+                        await engine.call_task_fn(txn)
+            except asyncio.CancelledError as exc:
+                if exc.args != (stopped_by,):
+                    raise  # the loop closing, say: the engine records a crash
+                # Stopped by its flow wherever it was (its request, a retry's wait): it ends
+                # Cancelled, where a bare cancel reached the engine as a crash, logged on the
+                # task run's page as two ERROR lines before the flow's reason.
+                await engine.set_state(Cancelled(message=stopped_by), force=True)
 
 
 class HostFuture(PrefectRayFuture[Any]):
@@ -399,6 +433,16 @@ class HostPool:
 
     def host(self, index: int) -> Any:
         return self._hosts[index]
+
+    def start_all(self) -> None:
+        """Start every host now and wait until each is up. A service starts its hosts
+        before it takes work: each is a process that imports Prefect and the application
+        (seconds of CPU), work that would otherwise fall on its first burst."""
+        with self._lock:
+            while len(self._hosts) < self.size:
+                self._hosts.append(self._actor.remote(self.slots_per_host, self.size, self._hooks))
+            hosts = list(self._hosts)
+        ray.get([host.ready.remote() for host in hosts])
 
     def give_back(self, indexes: list[int]) -> None:
         with self._lock:

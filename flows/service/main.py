@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             if runs:
                 check_default_endpoint(settings)
             connect_event_bus(settings).close()
-            # The runners start Ray while the Prefect API comes up.
-            with prefect_api(while_starting=start_ray if runs else None):
+            # The runners start Ray and their call hosts while the Prefect API comes up.
+            with prefect_api(while_starting=_start_runner(start_ray) if runs else None):
 
                 async def run() -> None:
                     stop = asyncio.Event()
@@ -129,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _start_runner(start_ray: Callable[[], None]) -> Callable[[], None]:
+    def start() -> None:
+        from flows.hosting import start_call_hosts
+
+        start_ray()
+        start_call_hosts()
+
+    return start
 
 
 def _say_ready(settings: Settings, temporary_api: bool) -> None:

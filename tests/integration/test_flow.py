@@ -100,6 +100,62 @@ def test_retryable_errors_are_retried_until_success(pipeline: FakeLLMServer, rea
     assert events[0].attempts == 4  # type: ignore[attr-defined]
 
 
+def test_each_call_is_a_task_run_whose_states_and_logs_show_each_attempt_and_why(
+    pipeline: FakeLLMServer,
+) -> None:
+    # What the UI shows of a call: its states in order, its attempts, the reasons. The call
+    # hosts drive these task runs without Prefect's engine (flows/runtime/task_runs.py).
+    pipeline.script("agent-dev-001", status(503))
+    pipeline.script("agent-qa-001", status(400))
+    state, _ = run(task="t", roles=["DEV", "QA"], quorum=1, rounds=0)
+    assert state.is_completed()
+    runs = _task_runs_when_final(state, ["agent-dev-001.proposal", "agent-qa-001.proposal"])
+    with get_client(sync_client=True) as client:
+        dev, qa = runs["agent-dev-001.proposal"], runs["agent-qa-001.proposal"]
+        assert [s.name for s in client.read_task_run_states(dev.id)] == [
+            "Running",
+            "AwaitingRetry",
+            "Retrying",
+            "Completed",
+        ]
+        assert dev.run_count == 2 and dev.flow_run_id == state.state_details.flow_run_id
+        assert [s.name for s in client.read_task_run_states(qa.id)] == ["Running", "Failed"]
+        assert qa.run_count == 1
+        assert qa.state is not None and qa.state.message is not None
+        assert qa.state.message.startswith("Task run encountered an exception LLMRejected: ")
+        give_up = time.monotonic() + 30
+        while True:
+            dev_logs = [log.message for log in _logs_of(client, dev.id)]
+            qa_logs = [log.message for log in _logs_of(client, qa.id)]
+            if "Finished in state Completed()" in dev_logs and any("Finished" in m for m in qa_logs):
+                break
+            assert time.monotonic() < give_up, (dev_logs, qa_logs)
+            time.sleep(0.5)
+    assert any(m.startswith("Task run failed with exception: LLMUnavailable(") for m in dev_logs), dev_logs
+    assert any("- Retry 1/3 will start" in m for m in dev_logs), dev_logs
+    assert any(m.startswith("Finished in state Failed(") for m in qa_logs), qa_logs
+
+
+def _task_runs_when_final(state: State[Any], names: list[str]) -> dict[str, Any]:
+    """The flow run's task runs of these names, once the API holds each one final (it learns
+    of task-run states through events, a moment after the flow ends)."""
+    give_up = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = {
+                r.name: r
+                for r in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=names)),
+                )
+            }
+            final = [r for r in runs.values() if r.state is not None and r.state.is_final()]
+            if len(final) == len(names):
+                return runs
+            assert time.monotonic() < give_up, runs
+            time.sleep(0.5)
+
+
 def test_permanent_error_is_not_retried_and_is_published_as_failed(
     pipeline: FakeLLMServer, read_events: ReadEvents
 ) -> None:
