@@ -46,7 +46,12 @@ def model_clients() -> Callable[[], Awaitable[None]]:
 
 
 MODEL_CALLS = HostHooks(
-    sizing=sizing, ray_address=ray_address, slot_of=model_server_slots, setup=model_clients
+    sizing=sizing,
+    ray_address=ray_address,
+    slot_of=model_server_slots,
+    setup=model_clients,
+    # ask_model's module, and its task-run name's (which imports the flow's package).
+    preload=("tasks.ask", "flows.calls"),
 )
 
 

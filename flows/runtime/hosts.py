@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib
 import itertools
 import json
 import math
@@ -55,12 +56,14 @@ from prefect.task_engine import AsyncTaskRunEngine
 from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
+from flows.runtime.console import plain_console_logs
 from flows.runtime.ray_setup import init_ray
 from flows.runtime.task_runs import HostedTaskRun, runs_without_engine
 
 HOST_CONCURRENCY = 1000  # Ray's default for async actors; a host waits on I/O
 MAX_CONTEXTS_PER_HOST = 64  # flow runs a host keeps hydrated; the oldest idle is dropped first
 MAX_SETTINGS_PER_HOST = 8  # distinct Prefect settings a host keeps built
+MAX_TASKS_PER_HOST = 256  # tasks (one per stage of a flow run) a host keeps unpickled
 # The message a call is cancelled with when its flow stops it (the deadline, a cancel).
 STOPPED_BY_FLOW = "stopped by the flow"
 
@@ -92,12 +95,15 @@ class HostHooks:
       slot before their task run starts.
     - `setup`: run once in each flow run's hydrated context on a host (what every call of
       that flow run shares there); it returns how to close it, awaited with the context.
+    - `preload`: modules a host imports as it starts (those its tasks unpickle into), so
+      that its first calls do not.
     """
 
     sizing: Callable[[], HostSizing] | None = None
     ray_address: Callable[[], str | None] | None = None
     slot_of: Callable[[dict[str, Any]], tuple[str, int | None]] = _no_slot_group
     setup: Callable[[], Callable[[], Awaitable[None]]] | None = None
+    preload: tuple[str, ...] = ()
 
 
 DEFAULT_SIZING = HostSizing(hosts=1, cpus=0.0, max_calls=HOST_CONCURRENCY, calls_per_host=HOST_CONCURRENCY)
@@ -177,6 +183,26 @@ def shipped_context() -> dict[str, Any]:
         SettingsContext.__var__.reset(token)
 
 
+class ShippedTasks:
+    """The tasks a host was sent, each once per stage of a flow run (an object in Ray's
+    store) and unpickled once: a task's function travels by value, and unpickling it per
+    call was a tenth of a host's CPU (BENCHMARKS.md, issue 31)."""
+
+    def __init__(self, size: int = MAX_TASKS_PER_HOST) -> None:
+        self._size = size
+        self._tasks: OrderedDict[str, Task[Any, Any]] = OrderedDict()
+
+    async def get(self, ref: Any) -> Task[Any, Any]:
+        key = ref.hex()
+        task = self._tasks.pop(key, None)
+        if task is None:
+            task = await ref
+        self._tasks[key] = task
+        while len(self._tasks) > self._size:
+            self._tasks.popitem(last=False)
+        return task
+
+
 class CallHost:
     """Runs task runs of many flow runs on one event loop (a Ray actor), at most `max_calls`
     at once per slot group (`HostHooks.slot_of`: for model calls, per model server); the
@@ -197,11 +223,16 @@ class CallHost:
         self._calls: Counter[str] = Counter()
         self._released: set[str] = set()
         self._settings = BuiltSettings()
+        self._tasks = ShippedTasks()
+        plain_console_logs()  # a worker's stderr is a log file
+        for module in self._hooks.preload:
+            importlib.import_module(module)
 
     async def run(
-        self, run_key: str, context_box: list[Any], task: Task[Any, Any], task_run_id: UUID, parameters: Any
+        self, run_key: str, context_box: list[Any], task_box: list[Any], task_run_id: UUID, parameters: Any
     ) -> tuple[State[Any], int]:
         """Run one task run to its final state; returns that state and the attempts made."""
+        task = await self._tasks.get(task_box[0])
         async with self._using(run_key, context_box[0]) as context, self._slots_for(parameters):
             call = context.copy()
             run = call.run(_task_run, task, task_run_id, parameters)
@@ -488,6 +519,7 @@ class HostedRayTaskRunner(RayTaskRunner):
         self._pool: HostPool | None = None
         self._taken: list[int] = []
         self._used: list[Any] = []
+        self._tasks: dict[int, tuple[Task[Any, Any], list[Any]]] = {}
 
     def duplicate(self) -> Self:
         return type(self)(self.address, self.init_kwargs, self.hooks)
@@ -514,7 +546,7 @@ class HostedRayTaskRunner(RayTaskRunner):
         context_box = self._ship_context()
         host = self._used[next(self._turn) % len(self._used)]
         task_run_id = uuid4()
-        ref = host.run.remote(self._run_key, context_box, task, task_run_id, parameters)
+        ref = host.run.remote(self._run_key, context_box, self._ship_task(task), task_run_id, parameters)
         return HostFuture(task_run_id=task_run_id, wrapped_future=ref)
 
     def prepare(self, calls: int | None = None) -> tuple[int, int]:
@@ -526,6 +558,15 @@ class HostedRayTaskRunner(RayTaskRunner):
         for host in self._used:
             host.prepare.remote(self._run_key, context_box)
         return len(self._used), self._pool.size if self._pool is not None else 0
+
+    def _ship_task(self, task: Task[Any, Any]) -> list[Any]:
+        """The task in Ray's store, put there once (a stage's calls share one task object);
+        boxed, so the host is handed the reference and fetches it once (ShippedTasks)."""
+        shipped = self._tasks.get(id(task))
+        if shipped is None:
+            # The task is kept with its reference, so its id is not reused meanwhile.
+            shipped = self._tasks[id(task)] = (task, [ray.put(task)])
+        return shipped[1]
 
     def _ship_context(self, calls: int | None = None) -> list[Any]:
         if not self._started:

@@ -11,16 +11,16 @@ the task inputs and parameters walked for futures (twice), the run context and r
 rebuilt per attempt, a telemetry span, an asset context, a tag-concurrency round (BENCHMARKS.md,
 issue 31: about half of a call host's CPU per call).
 
-One difference on purpose: no Pending state. A call waits for its slot before its task run
-starts (flows/runtime/hosts.py), so Pending would only say "about to run", and it is a third
-of the events the Prefect server stores and records per call.
+Two differences on purpose: no Pending state (a call waits for its slot before its task run
+starts, flows/runtime/hosts.py, so Pending would only say "about to run", and it was a third
+of the events the Prefect server stores and records per call); and no "Finished in state
+Completed()" log line (the run's state says it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -269,7 +269,8 @@ class HostedTaskRun:
         self.state = new_state
 
     def _log_finished(self) -> None:
-        if self.state is None:
-            return
-        level = logging.INFO if self.state.is_completed() else logging.ERROR
-        self.logger.log(level, f"Finished in state {self.state}")
+        # The engine's last line, for runs that did not complete: "Finished in state
+        # Completed()" only repeats the state the UI shows beside it, and was a tenth of a
+        # host's CPU per call (the log record, its trip to the API) and a row per call there.
+        if self.state is not None and not self.state.is_completed():
+            self.logger.error(f"Finished in state {self.state}")

@@ -21,6 +21,7 @@ from agents.adapters.secrets import nats_token
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error
 from agents.service import ENDPOINTS, HOST_METADATA, ROLE_METADATA, SERVICE_NAME, SERVICE_VERSION
 from agents.settings import Settings
+from flows.runtime.console import plain_console_logs
 from flows.service.endpoints import DeliberationService, Endpoints
 
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.runtime.preflight import check_default_endpoint, connect_event_bus
     from flows.runtime.ray_setup import local_ray
 
+    plain_console_logs()
     try:
         settings = Settings()
         runs = settings.service_role != "front"

@@ -127,12 +127,14 @@ def test_each_call_is_a_task_run_whose_states_and_logs_show_each_attempt_and_why
         while True:
             dev_logs = [log.message for log in _logs_of(client, dev.id)]
             qa_logs = [log.message for log in _logs_of(client, qa.id)]
-            if "Finished in state Completed()" in dev_logs and any("Finished" in m for m in qa_logs):
+            if any("Retry 1/3" in m for m in dev_logs) and any("Finished" in m for m in qa_logs):
                 break
             assert time.monotonic() < give_up, (dev_logs, qa_logs)
             time.sleep(0.5)
     assert any(m.startswith("Task run failed with exception: LLMUnavailable(") for m in dev_logs), dev_logs
     assert any("- Retry 1/3 will start" in m for m in dev_logs), dev_logs
+    # A completed run's state says it: no "Finished in state Completed()" line.
+    assert not any(m.startswith("Finished in state") for m in dev_logs), dev_logs
     assert any(m.startswith("Finished in state Failed(") for m in qa_logs), qa_logs
 
 
