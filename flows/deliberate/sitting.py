@@ -135,10 +135,12 @@ class Sitting:
 
     def store_and_announce(self, result: DeliberationResult) -> None:
         """Stored, and its watcher told (the service's status record), before it is
-        announced: whoever reacts to the event can read it."""
+        announced: whoever reacts to the event can read it. Then recorded as announced, so
+        a later run that finds it stored does not announce it again."""
         self.bus.save_result(result)
         before_announcing(self.deliberation_id, result)
         self.announce.concluded(result)
+        self.bus.mark_announced(self.deliberation_id)
 
     def report(self, result: DeliberationResult) -> State[DeliberationResult]:
         """The artifacts and the flow run's final state."""
@@ -149,7 +151,7 @@ class Sitting:
 @contextmanager
 def open_sitting(request: DeliberationRequest) -> Iterator[Sitting]:
     """Everything checked and opened for the stages, in this flow run; `stored` set instead
-    (and announced again, in case the run that stored it died before) when this
+    (and announced, in case the run that stored it died before it did) when this
     deliberation was concluded before."""
     logger = get_run_logger()
     settings = Settings()
@@ -169,7 +171,12 @@ def open_sitting(request: DeliberationRequest) -> Iterator[Sitting]:
             bus.check_request(deliberation_id, asked)
             logger.info("deliberation %s was concluded before; its stored result stands", deliberation_id)
             before_announcing(deliberation_id, sitting.stored)
-            announce.concluded(sitting.stored)
+            # Announced by the run that stored it, unless that run died in between. Once
+            # is what every subscriber sees: JetStream would drop a second copy from the
+            # stream (the same Nats-Msg-Id), but plain subscribers would get it again.
+            if not bus.was_announced(deliberation_id):
+                announce.concluded(sitting.stored)
+                bus.mark_announced(deliberation_id)
             yield sitting
             return
         if request.run_code:

@@ -3,14 +3,21 @@ an OpenAI-compatible server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.aio.msg
 import pytest
 from prefect import get_client
 from prefect.blocks.system import Secret
@@ -29,7 +36,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogWorker
 from prefect.states import State
 
-from agents.adapters.nats import EventBus
+from agents.adapters.nats import RESULTS_BUCKET, EventBus
 from agents.errors import ConfigurationError
 from agents.events import (
     AGENT_RESPONSE_COMPLETED,
@@ -279,6 +286,69 @@ def test_rerun_with_the_same_deliberation_id_reuses_proposals_and_publishes_noth
     # 2 agents, 2 critiques, the ranking, the verdict: each once.
     assert Counter(e.msg_id for e in events) == {e.msg_id: 1 for e in events} and len(events) == 6
     assert assert_stream_agrees_with_stored_result(nats_url, deliberation_id) == second
+
+
+def test_a_rerun_of_a_concluded_deliberation_announces_it_to_no_subscriber_again(
+    pipeline: FakeLLMServer, nats_url: str
+) -> None:
+    deliberation_id = uuid.uuid4().hex
+    run(task="t", roles=["DEV"], rounds=0, deliberation_id=deliberation_id)
+    with plain_subscriber(nats_url, deliberation_id) as seen:
+        state, _ = run(task="t", roles=["DEV"], rounds=0, deliberation_id=deliberation_id)
+    assert state.is_completed()
+    # JetStream drops a second copy from the stream; a plain subscriber would still get it.
+    assert seen == []
+
+    # A run that stored its result and died before announcing it: the next run announces it.
+    async def forget_the_announcement() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            results = await nc.jetstream().key_value(RESULTS_BUCKET)
+            await results.delete(f"{deliberation_id}.announced")
+        finally:
+            await nc.close()
+
+    asyncio.run(forget_the_announcement())
+    with plain_subscriber(nats_url, deliberation_id) as seen:
+        run(task="t", roles=["DEV"], rounds=0, deliberation_id=deliberation_id)
+    assert seen == [DELIBERATION_COMPLETED]
+
+
+@contextmanager
+def plain_subscriber(url: str, deliberation_id: str) -> Iterator[list[str]]:
+    """The subjects of this deliberation's messages a plain (core NATS) subscriber to the
+    event subjects gets meanwhile."""
+    seen: list[str] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def listen() -> None:
+        nc = await nats.connect(url)
+        try:
+
+            async def on_message(msg: nats.aio.msg.Msg) -> None:
+                with contextlib.suppress(ValueError, AttributeError):
+                    if json.loads(msg.data).get("deliberation_id") == deliberation_id:
+                        seen.append(msg.subject)
+
+            for subjects in ("deliberation.>", "agent.>"):
+                await nc.subscribe(subjects, cb=on_message)
+            await nc.flush()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    listener = threading.Thread(target=asyncio.run, args=(listen(),), daemon=True)
+    listener.start()
+    assert ready.wait(10), "the subscriber did not connect"
+    try:
+        yield seen
+    finally:
+        time.sleep(0.5)  # what was published is delivered by now
+        stop.set()
+        listener.join(10)
 
 
 def test_invalid_parameters_are_rejected_before_anything_is_published(

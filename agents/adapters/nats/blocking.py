@@ -99,6 +99,12 @@ class EventBus:
     def load_result(self, deliberation_id: str) -> DeliberationResult | None:
         return self._run(self._client.load_result(deliberation_id))
 
+    def mark_announced(self, deliberation_id: str) -> None:
+        self._run(self._client.mark_announced(deliberation_id))
+
+    def was_announced(self, deliberation_id: str) -> bool:
+        return self._run(self._client.was_announced(deliberation_id))
+
     def close(self) -> None:
         if self._bus is not None:
             try:

@@ -86,6 +86,14 @@ class JetStreamBus:
         """The stored result, or None if there is none for this id."""
         return await results.load_result(self._buckets, deliberation_id)
 
+    async def mark_announced(self, deliberation_id: str) -> None:
+        """Record that the final event of this deliberation was published."""
+        await results.mark_announced(self._buckets, deliberation_id)
+
+    async def was_announced(self, deliberation_id: str) -> bool:
+        """Whether a run published this deliberation's final event."""
+        return await results.was_announced(self._buckets, deliberation_id)
+
     @property
     def client(self) -> NATS:
         """The connection, for what runs beside the pipeline's own use of it (the service's

@@ -1,5 +1,6 @@
 """The stored results, keyed by deliberation id, so a result outlives the run that made it
-and can be fetched by id later."""
+and can be fetched by id later; and, beside each (`<id>.announced`), that its final event
+was published, so a run that finds the result stored announces it only if no run did."""
 
 from __future__ import annotations
 
@@ -49,3 +50,34 @@ async def load_result(buckets: Buckets, deliberation_id: str) -> DeliberationRes
     if entry.value is None:
         return None
     return DeliberationResult.model_validate_json(entry.value)
+
+
+def _announced(deliberation_id: str) -> str:
+    return f"{deliberation_id}.announced"
+
+
+async def mark_announced(buckets: Buckets, deliberation_id: str) -> None:
+    """Record that the deliberation's final event was published (and acked)."""
+    try:
+        bucket = await buckets.open(RESULTS_BUCKET)
+        await bucket.put(_announced(deliberation_id), b"1")
+    except (NatsError, TimeoutError) as exc:
+        raise EventBusError(
+            f"recording that {deliberation_id} was announced failed: {type(exc).__name__} {exc}"
+        ) from None
+
+
+async def was_announced(buckets: Buckets, deliberation_id: str) -> bool:
+    """Whether a run published this deliberation's final event (mark_announced)."""
+    try:
+        bucket = await buckets.find(RESULTS_BUCKET)
+        if bucket is None:
+            return False
+        entry = await bucket.get(_announced(deliberation_id))
+    except KeyNotFoundError:
+        return False
+    except (NatsError, TimeoutError) as exc:
+        raise EventBusError(
+            f"reading whether {deliberation_id} was announced failed: {type(exc).__name__} {exc}"
+        ) from None
+    return entry.value is not None
