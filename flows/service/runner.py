@@ -23,6 +23,7 @@ from agents.models import DeliberationRequest, DeliberationResult
 from agents.service import DeliberationState, StatusRecord
 from agents.settings import Settings
 from flows.deliberate import deliberate
+from flows.runtime.loop_lag import LoopLag
 from flows.runtime.run_hooks import Watch, on_running, watching
 from flows.service.records import (
     CANCELLED_BY_SERVICE,
@@ -35,6 +36,7 @@ from flows.service.records import (
 log = get_logger("deliberation")
 TAKE_SECONDS = 1.0  # how long a runner with a free slot waits for a request before asking again
 RETRY_DELAY_SECONDS = 2.0  # before a crashed run's request is delivered again
+LAG_REPORT_SECONDS = 10
 
 
 class Runner:
@@ -56,10 +58,35 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; then waits for the deliberations it runs."""
+        watching_lag = asyncio.create_task(self._report_lag())
         try:
             await self._take_until(stop)
         finally:
+            watching_lag.cancel()
             self._threads.shutdown(wait=False)
+
+    async def _report_lag(self) -> None:
+        """Log how late the event loop that talks to NATS ran, every LAG_REPORT_SECONDS in
+        which deliberations ran here: a loop seconds late is a runner that takes more than
+        it serves (its heartbeats and replies are late)."""
+        lag = LoopLag()
+        watching = asyncio.create_task(lag.watch())
+        try:
+            while True:
+                busy = 0
+                for _ in range(int(LAG_REPORT_SECONDS)):
+                    await asyncio.sleep(1)
+                    busy = max(busy, len(self._running))
+                window = lag.window()
+                if busy:
+                    log.info(
+                        "event loop lag, last %d s, up to %d deliberations running: %s",
+                        LAG_REPORT_SECONDS,
+                        busy,
+                        window,
+                    )
+        finally:
+            watching.cancel()
 
     async def _take_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

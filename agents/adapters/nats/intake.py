@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolic
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from agents.adapters.nats.buckets import Buckets
+from agents.adapters.nats.publisher import send_until_acked
 from agents.config import BusConfig
 from agents.errors import EventBusError
 from agents.models import DeliberationRequest
@@ -102,11 +103,18 @@ class Intake:
             subscription, self._subscription = self._subscription, None
             await subscription.unsubscribe()
 
+    # The status records' round trips are each safe to repeat, and are asked again when
+    # their answer is late (send_until_acked): in a runner that the burst saturates, a reply
+    # can come after the client's timeout, and a timeout there sent a deliberation that
+    # was running back to the queue, to run again elsewhere (issue 32).
+
     async def status(self, deliberation_id: str) -> tuple[StatusRecord, int] | None:
         """A deliberation's status record and its revision, or None if there is none."""
         bucket = await self._buckets.open(STATUS_BUCKET)
         try:
-            entry = await bucket.get(deliberation_id)
+            entry = await send_until_acked(
+                lambda: bucket.get(deliberation_id), f"reading the status of {deliberation_id}"
+            )
         except KeyNotFoundError:
             return None
         if entry.value is None or entry.revision is None:
@@ -117,8 +125,16 @@ class Intake:
         """Write the first status of a deliberation; its revision, or None if it already
         has one."""
         bucket = await self._buckets.open(STATUS_BUCKET)
+        data = record.model_dump_json().encode()
         try:
-            return int(await bucket.create(record.deliberation_id, record.model_dump_json().encode()))
+            # Asked again after a late answer, a create that had landed finds the record:
+            # None, as for a record someone else made first.
+            return int(
+                await send_until_acked(
+                    lambda: bucket.create(record.deliberation_id, data),
+                    f"creating the status of {record.deliberation_id}",
+                )
+            )
         except KeyWrongLastSequenceError:
             return None
 
@@ -140,8 +156,14 @@ class Intake:
     async def update_status(self, record: StatusRecord, revision: int) -> bool:
         """Replace the status read at `revision`; False if it changed since."""
         bucket = await self._buckets.open(STATUS_BUCKET)
+        data = record.model_dump_json().encode()
         try:
-            await bucket.update(record.deliberation_id, record.model_dump_json().encode(), last=revision)
+            # After a late answer, an update that had landed is refused as a change since:
+            # change_status then reads it and finds its change made.
+            await send_until_acked(
+                lambda: bucket.update(record.deliberation_id, data, last=revision),
+                f"updating the status of {record.deliberation_id}",
+            )
         except KeyWrongLastSequenceError:
             return False
         return True
