@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         ge=1,
         description="The service: a request whose runner gave no sign of life this long is delivered again.",
     )
+    service_ready_file: Path | None = Field(
+        default=None,
+        description="The service: a file it keeps saying `ready`, or `waiting: <why>` while a "
+        "runner waits for its model server, for a probe to read (deploy/k8s); unset: none.",
+    )
 
     sandbox_cpu_seconds: int = Field(default=10, ge=1, description="--run-code: CPU per proposal's run.")
     sandbox_memory_mb: int = Field(default=1024, ge=64, description="--run-code: address space per run.")

@@ -23,12 +23,14 @@ from agents.service import ENDPOINTS, HOST_METADATA, ROLE_METADATA, SERVICE_NAME
 from agents.settings import Settings
 from flows.runtime.console import plain_console_logs
 from flows.service.endpoints import DeliberationService, Endpoints
+from flows.service.readiness import READY, ReadyFile, until_model_server_answers
 
 
 async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], Any] | None = None) -> None:
     """Serve the endpoints (role front or both) and run deliberations (runner or both)
     until `stop` is set."""
     bus = await JetStreamBus.connect(settings.bus_config(nats_token(settings)))
+    ready = ReadyFile(settings.service_ready_file)
     try:
         intake = bus.intake(settings.service_ack_wait_seconds)
         await intake.ensure()
@@ -37,11 +39,11 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
             async with _front(bus, intake, settings.service_role):
                 # nats-py sends SUB lazily: until the server has them, a request finds no responder.
                 await bus.client.flush()
-                if on_ready is not None:
-                    on_ready()
                 if settings.service_role == "front":
+                    _ready(ready, on_ready)
                     await stop.wait()
-                else:
+                elif await until_model_server_answers(settings, stop, ready):
+                    _ready(ready, on_ready)
                     # Imported here: a front never loads the flow, Prefect's engine or Ray.
                     from flows.service.runner import Runner
 
@@ -49,7 +51,14 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
         finally:
             await intake.close()
     finally:
+        ready.remove()
         await bus.close()
+
+
+def _ready(ready: ReadyFile, on_ready: Callable[[], Any] | None) -> None:
+    ready.say(READY)
+    if on_ready is not None:
+        on_ready()
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.runtime.embedded import embedded_servers
     from flows.runtime.prefect_api import prefect_api
-    from flows.runtime.preflight import check_default_endpoint, connect_event_bus
+    from flows.runtime.preflight import connect_event_bus
     from flows.runtime.ray_setup import local_ray
 
     plain_console_logs()
@@ -110,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 "DELIBERATION_SERVICE_ROLE=front needs PREFECT_API_URL: the runners' Prefect "
                 "server, where it cancels their flow runs"
             )
-        # A front calls no model: it starts no model server and checks none.
+        # A front calls no model: it starts no model server. A runner waits for its model
+        # server once it serves (flows/service/readiness.py).
         with embedded_servers(settings, with_model=runs) as settings, local_ray(settings) as start_ray:
-            if runs:
-                check_default_endpoint(settings)
             connect_event_bus(settings).close()
             # The runners start Ray and their call hosts while the Prefect API comes up.
             with prefect_api(while_starting=_start_runner(start_ray) if runs else None):

@@ -26,7 +26,7 @@ from agents.events import DeliberationEvent, DeliberationProgressEvent
 from flows.runtime.embedded import LocalNatsServer
 from support.agreement import assert_each_concluded_once, assert_stream_agrees_with_stored_result
 from support.processes import command_line, process_tree
-from support.runner_process import RunnerProcess
+from support.runner_process import READY, RunnerProcess
 from tests.fake_llm import HANG, FakeLLMServer, ok
 from tests.service import Service, finished_flow_run, request
 from tests.tcp_proxy import TcpProxy
@@ -58,11 +58,12 @@ def runners(
     }
     started: list[RunnerProcess] = []
 
-    def start(name: str, own_prefect_api: bool = False, **overrides: str) -> RunnerProcess:
+    def start(name: str, own_prefect_api: bool = False, wait: bool = True, **overrides: str) -> RunnerProcess:
         runner_env = {k: v for k, v in env.items() if not (own_prefect_api and k == "PREFECT_API_URL")}
         runner = RunnerProcess(runner_env | overrides, tmp_path / f"{name}.log")
         started.append(runner)
-        runner.wait_ready()
+        if wait:
+            runner.wait_ready()
         return runner
 
     try:
@@ -112,6 +113,41 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
             if isinstance(e, DeliberationEvent)
         )
     assert finals == dict.fromkeys(ids, 1)
+
+
+def test_a_runner_whose_model_server_is_away_at_start_takes_submits_says_why_and_runs_them_once_it_answers(
+    runners: tuple[Service, Callable[..., RunnerProcess]], fake_llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    # vLLM loading its weights for minutes: the service used to exit, and crash-loop.
+    service, start = runners
+    model_server = TcpProxy("127.0.0.1", fake_llm.port).start()
+    model_server.down()
+    ready_file = tmp_path / "ready"
+    try:
+        runner = start(
+            "waiting",
+            wait=False,
+            VLLM_URL=f"http://127.0.0.1:{model_server.port}",
+            DELIBERATION_SERVICE_READY_FILE=str(ready_file),
+        )
+        wait_until(lambda: ready_file.exists() and ready_file.read_text().startswith("waiting: "), 120)
+        assert f"cannot reach http://127.0.0.1:{model_server.port}" in ready_file.read_text()
+        assert "check VLLM_URL" in ready_file.read_text()
+        said = b"service: waiting for the model server: cannot reach"
+        wait_until(lambda: said in runner.log.read_bytes(), 10)
+        # Submits are taken meanwhile: the intake keeps them until a runner can run them.
+        submitted = service.answer("submit", {"task": "t", "roles": ["DEV"], "rounds": 0})
+        deliberation_id = submitted["deliberation_id"]
+        assert service.answer("get", {"deliberation_id": deliberation_id})["status"] == "accepted"
+        assert runner.process.poll() is None and READY not in runner.log.read_bytes()
+        model_server.up()
+        done = service.wait_for(deliberation_id, "completed", timeout=180)
+        assert done["result"]["completed"] == 1
+        assert ready_file.read_text() == "ready\n"
+        assert READY in runner.log.read_bytes()
+        assert len(service.llm.calls_for("agent-dev-001")) == 1
+    finally:
+        model_server.stop()
 
 
 def test_a_runner_on_its_own_temporary_prefect_api_sees_its_deliberation_cancelled(

@@ -11,6 +11,9 @@ With --alive (the liveness probe) it also exits 0 when it cannot connect to NATS
 by itself once NATS is back, and a restart would only cut the deliberations it runs.
 Readiness still fails then.
 
+A runner waiting for its model server answers pings too; readiness also needs its ready
+file (DELIBERATION_SERVICE_READY_FILE) to say `ready`, and prints what it says instead.
+
 Only nats-py (in the image) and the environment the service has (NATS_URL, NATS_TOKEN):
 a probe runs every few seconds and should start in well under a second.
 """
@@ -22,6 +25,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 
 import nats
 from nats.aio.subscription import Subscription
@@ -61,7 +65,25 @@ async def probe(alive_only: bool) -> int:
         return 1
     finally:
         await nc.close()
-    return 0
+    return 0 if alive_only else ready_file_says_ready()
+
+
+def ready_file_says_ready() -> int:
+    """0 unless the service keeps a ready file (DELIBERATION_SERVICE_READY_FILE) that does
+    not say `ready`: a runner waiting for its model server answers pings, and says why it
+    waits there (flows/service/readiness.py)."""
+    path = os.environ.get("DELIBERATION_SERVICE_READY_FILE")
+    if not path:
+        return 0
+    try:
+        state = Path(path).read_text().strip()
+    except OSError as exc:
+        print(f"the service has not said it is ready ({path}: {exc.strerror})", file=sys.stderr)
+        return 1
+    if state == "ready":
+        return 0
+    print(state, file=sys.stderr)
+    return 1
 
 
 _errors: list[Exception] = []
