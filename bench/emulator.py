@@ -41,12 +41,23 @@ class LatencyModel:
 
 @dataclass
 class Served:
-    user: str | None
+    user: str | None  # the OpenAI `user`: the pipeline's call id, within its deliberation
     arrived: float
     admitted: float = 0.0
     finished: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    task: str = ""  # the line after "Task:" in the prompt (agents/prompts.py): whose call it is
+
+
+def stated_task(messages: list[Any]) -> str:
+    """The task a prompt of this project states, on the line after "Task:"."""
+    for message in messages:
+        content = str(message.get("content", "")) if isinstance(message, dict) else ""
+        _, found, after = content.partition("Task:\n")
+        if found:
+            return after.split("\n", 1)[0]
+    return ""
 
 
 @dataclass
@@ -96,7 +107,8 @@ class Emulator:
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
-        served = Served(user=body.get("user"), arrived=time.time())
+        task = stated_task(body.get("messages", []))
+        served = Served(user=body.get("user"), arrived=time.time(), task=task)
         self.stats.requests.append(served)
         served.prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         served.completion_tokens = min(int(body.get("max_tokens") or 10**9), self.model.output_tokens)

@@ -50,6 +50,7 @@ from agents.events import (
     DeliberationEvent,
     DeliberationProgressEvent,
     Event,
+    RankedEvent,
     parse_event,
 )
 from agents.models import DeliberationRequest
@@ -280,13 +281,14 @@ def burst_requests(count: int) -> list[DeliberationRequest]:
     are about the service, not about agents cut short by a queue."""
     return [
         DeliberationRequest(
-            task="Benchmark task",
+            # The id in the task: the model server's log says whose each call is.
+            task=f"Benchmark task {deliberation_id}",
             roles=list(Role),
             rounds=0,
             deadline_seconds=600,
-            deliberation_id=uuid.uuid4().hex,
+            deliberation_id=deliberation_id,
         )
-        for _ in range(count)
+        for deliberation_id in (uuid.uuid4().hex for _ in range(count))
     ]
 
 
@@ -302,6 +304,8 @@ class Burst:
     submitted: list[Submitted]
     sent_at: float  # time.monotonic() of the first submit
     concluded_at: dict[str, float] = field(default_factory=dict)  # final event seen, by id
+    finals_seen: Counter[str] = field(default_factory=Counter)  # by a plain subscriber, by id
+    get_behind: int = 0  # `get` asked on the final event answered a status not concluded
 
     @property
     def accepted(self) -> list[str]:
@@ -317,10 +321,27 @@ async def run_burst(nats_url: str, requests: Sequence[DeliberationRequest], time
         seen_all = asyncio.Event()
         waiting_for: set[str] = {r.deliberation_id or "" for r in requests}
 
+        finals_seen: Counter[str] = Counter()
+        behind: list[str] = []
+        getting: set[asyncio.Task[None]] = set()
+
+        async def ask_get(deliberation_id: str) -> None:
+            # The obvious client: told it concluded, it asks for the result.
+            ref = json.dumps({"deliberation_id": deliberation_id}).encode()
+            with suppress(nats.errors.Error, TimeoutError):
+                reply = await nc.request("deliberation.get", ref, timeout=SUBMIT_TIMEOUT)
+                if not StatusReply.model_validate_json(reply.data).status.concluded:
+                    behind.append(deliberation_id)
+
         async def on_final(msg: Msg) -> None:
             # A core subscription sees every publish, a re-sent one too; the stream, read
             # afterwards, is what says whether anything was stored twice.
             deliberation_id = parse_event(msg.subject, msg.data).deliberation_id
+            finals_seen[deliberation_id] += 1
+            if deliberation_id not in concluded:
+                task = asyncio.create_task(ask_get(deliberation_id))
+                getting.add(task)
+                task.add_done_callback(getting.discard)
             concluded.setdefault(deliberation_id, time.monotonic())
             if waiting_for <= concluded.keys():
                 seen_all.set()
@@ -335,7 +356,12 @@ async def run_burst(nats_url: str, requests: Sequence[DeliberationRequest], time
             seen_all.set()
         with suppress(TimeoutError):
             await asyncio.wait_for(seen_all.wait(), timeout)
-        return Burst(list(submitted), sent_at, dict(concluded))
+        await asyncio.sleep(1)  # a second final event of any of them would be here by now
+        if getting:
+            await asyncio.wait(getting, timeout=SUBMIT_TIMEOUT)
+        ours = {s.deliberation_id for s in submitted}
+        seen = Counter({d: n for d, n in finals_seen.items() if d in ours})
+        return Burst(list(submitted), sent_at, dict(concluded), seen, len(behind))
     finally:
         await nc.close()
 
@@ -403,6 +429,9 @@ class Audit:
     disagreeing: int = 0  # the stream says something the stored result does not
     run_again: int = 0  # started more than once (delivered to a runner again)
     agent_events: int = 0
+    # When each call's outcome was announced (its event's timestamp, epoch s), by
+    # (deliberation id, call id); the ranking calls' by (id, "*.ranking"): the ranked event.
+    announced_at: dict[tuple[str, str], float] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # the first few, for stderr
 
@@ -431,6 +460,11 @@ async def _audit_one(bus: JetStreamBus, deliberation_id: str, events: list[Event
     audit.duplicated += max(0, len(finals) - 1) + sum(n - 1 for n in agents.values())
     starts = [e for e in events if isinstance(e, DeliberationProgressEvent) and e.status == "started"]
     audit.run_again += int(len(starts) > 1 or any(e.attempt > 1 for e in starts))
+    for event in events:
+        if isinstance(event, AgentResponseEvent):
+            audit.announced_at.setdefault((deliberation_id, event.agent_id), event.timestamp.timestamp())
+        elif isinstance(event, RankedEvent):
+            audit.announced_at.setdefault((deliberation_id, "*.ranking"), event.timestamp.timestamp())
     if not finals:
         audit.lost += 1
         audit.problems.append(f"{deliberation_id}: no final event ({len(events)} events)")
@@ -444,6 +478,24 @@ async def _audit_one(bus: JetStreamBus, deliberation_id: str, events: list[Event
     except AssertionError as exc:
         audit.disagreeing += 1
         audit.problems.append(f"{deliberation_id}: stream and result disagree: {str(exc)[:300]}")
+
+
+def repeated_calls(requests: Sequence[dict[str, Any]], audit: Audit) -> tuple[int, int]:
+    """Calls the model server was asked more than once, from its own log (the call id in
+    `user`, the deliberation by the task the prompt states): the repeats, and of them those
+    asked after the call had finished, i.e. after its outcome was announced."""
+    arrivals: dict[tuple[str, str], list[float]] = {}
+    for r in requests:
+        deliberation_id = (r.get("task") or "").rsplit(" ", 1)[-1]
+        arrivals.setdefault((deliberation_id, r["user"] or ""), []).append(r["arrived"])
+    again = finished = 0
+    for (deliberation_id, call_id), times in arrivals.items():
+        times.sort()
+        again += len(times) - 1
+        stage = call_id.split(".", 1)[1] if "." in call_id else None
+        announced = audit.announced_at.get((deliberation_id, f"*.{stage}" if stage else call_id))
+        finished += sum(1 for t in times[1:] if announced is not None and t > announced)
+    return again, finished
 
 
 # -- processes: CPU and memory ------------------------------------------------------------------
@@ -531,6 +583,21 @@ def machine_used_bytes() -> int:
 LOG_PROBLEM = re.compile(r"\| (WARNING|ERROR|CRITICAL) +\||^Traceback")
 
 
+# flows/service/runner.py's report, every 10 s in which it ran deliberations.
+LOOP_LAG = re.compile(r"event loop lag, last \d+ s, .*: p50 [\d.]+ ms, p99 ([\d.]+) ms, max (\d+) ms")
+
+
+def loop_lag(runners: Sequence[RunnerProcess]) -> tuple[float, float]:
+    """The runners' event loop lag (ms): the worst window's p99, and the max; 0 if none
+    was reported."""
+    windows = [
+        (float(found.group(1)), float(found.group(2)))
+        for runner in runners
+        for found in LOOP_LAG.finditer(runner.log.read_text(errors="replace"))
+    ]
+    return max((p99 for p99, _ in windows), default=0.0), max((most for _, most in windows), default=0.0)
+
+
 def log_problems(runners: Sequence[RunnerProcess]) -> list[str]:
     """The runners' log lines at WARNING or above, and tracebacks."""
     return [
@@ -552,6 +619,7 @@ class Measured:
     log_lines: list[str]
     task_runs: TaskRuns
     dropped: int  # events the Prefect server's in-memory messaging dropped (its log says)
+    lag: tuple[float, float]  # the runners' event loop lag, ms: worst window's p99, max
 
 
 @dataclass
@@ -595,7 +663,11 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
         warmed = settled_task_runs(api, 0, 0)  # the warm-up's, once all are in
         runs_before, completed_before = warmed.settled, warmed.completed
         before: CpuSnapshot = cpu_snapshot(service_kinds)
-        with MemoryPeaks(service.runners) as memory, profiled(service, args.profile, database):
+        with (
+            MemoryPeaks(service.runners) as memory,
+            profiled(service, args.profile, database),
+            killing(service.runners[0], args.kill_runner),
+        ):
             burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
@@ -606,7 +678,24 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
             calls = sum(1 for r in stats["requests"] if r["finished"])
             for path in sorted((args.profile / database).glob("*.txt")):
                 print_profile(f"{database}: {path.stem}", top_items(path), calls)
-        return Measured(burst, audit, stats, cpu, memory, log_problems(service.runners), task_runs, dropped)
+        lag = loop_lag(service.runners)
+        return Measured(
+            burst, audit, stats, cpu, memory, log_problems(service.runners), task_runs, dropped, lag
+        )
+
+
+@contextmanager
+def killing(runner: RunnerProcess, after: float | None) -> Iterator[None]:
+    """SIGKILL `runner`'s whole process group (its Ray and call hosts too) `after` s into
+    the block, if it is still in it; None: no fault."""
+    timer = threading.Timer(after, runner.kill) if after is not None else None
+    if timer is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def profiled(service: Service, out_dir: Path | None, database: str) -> AbstractContextManager[None]:
@@ -626,6 +715,7 @@ def figures(m: Measured, count: int) -> list[Figure]:
     ends = m.burst.concluded_at.values()
     wall = max(ends) - m.burst.sent_at if ends else 0.0
     cpu_ms = {kind: seconds * 1000 / max(1, len(calls)) for kind, seconds in sorted(m.cpu.items())}
+    again, finished_again = repeated_calls(m.stats["requests"], m.audit)
     mib = 2**20
     return [
         Figure(
@@ -656,6 +746,25 @@ def figures(m: Measured, count: int) -> list[Figure]:
             "support/agreement.py's check; target 0",
         ),
         Figure("run more than once", [m.audit.run_again], "", "started again: delivered to a runner again"),
+        Figure("calls asked again", [again], "", "the model server's log: a call id of a deliberation twice"),
+        Figure(
+            "  of which finished before",
+            [finished_again],
+            "",
+            "asked again after its outcome was announced; target 0",
+        ),
+        Figure(
+            "final events a subscriber saw twice",
+            [sum(n - 1 for n in m.burst.finals_seen.values())],
+            "",
+            "a plain subscription on the final subjects; target 0",
+        ),
+        Figure(
+            "get behind the final event",
+            [m.burst.get_behind],
+            "",
+            "`get` asked on the final event answered not concluded; target 0",
+        ),
         Figure("agent events", [m.audit.agent_events], "", f"{count} x 5 expected: one per agent"),
         Figure(
             "proposal calls at the model server",
@@ -717,6 +826,13 @@ def figures(m: Measured, count: int) -> list[Figure]:
             "MiB",
             "the same, as the burst began",
         ),
+        Figure(
+            "runners' event loop lag, p99",
+            [m.lag[0]],
+            "ms",
+            "the worst 10 s window's; the loop that talks to NATS",
+        ),
+        Figure("runners' event loop lag, max", [m.lag[1]], "ms", "a wake-up due every 100 ms, this late"),
         Figure("runner log lines, WARNING and above", [len(m.log_lines)], "", "and tracebacks; see stderr"),
     ]
 
@@ -766,6 +882,13 @@ def main(argv: list[str] | None = None) -> int:
         "the runners only run",
     )
     parser.add_argument("--logs", type=Path, default=None, help="keep the runners' logs in this directory")
+    parser.add_argument(
+        "--kill-runner",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="SIGKILL the first runner (its process group) this long after the first submit",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
