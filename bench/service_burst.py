@@ -666,7 +666,7 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
         with (
             MemoryPeaks(service.runners) as memory,
             profiled(service, args.profile, database),
-            killing(service.runners[0], args.kill_runner),
+            killing(service.runners[-1], args.kill_runner),  # a runner, never the front
         ):
             burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
         cpu = cpu_since(before, service_kinds)
@@ -887,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="SIGKILL the first runner (its process group) this long after the first submit",
+        help="SIGKILL a runner (its process group) this long after the first submit",
     )
     parser.add_argument(
         "--profile",
