@@ -72,9 +72,14 @@ def runs_without_engine(task: Task[Any, Any]) -> bool:
         and not task.log_prints
         and not task.tags
         and not any(getattr(task, hooks) for hooks in _HOOKS)
-        and FlowRunContext.get() is not None
+        and _in_a_flow_run()
         and not TagsContext.get().current_tags
     )
+
+
+def _in_a_flow_run() -> bool:
+    context = FlowRunContext.get()
+    return context is not None and context.flow_run is not None
 
 
 class HostedTaskRun:
