@@ -26,6 +26,7 @@ from agents.report import outcome_rows, render_table
 from agents.settings import Settings
 from flows.cli.context import read_context, read_diff, skipped_note
 from flows.cli.parsing import UsageParser
+from flows.runtime.console import every_logger
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -309,10 +310,7 @@ def divert_logs(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
-    for logger in [
-        logging.getLogger(),
-        *(logging.getLogger(name) for name in logging.root.manager.loggerDict),
-    ]:
+    for logger in every_logger():
         # Prefect's console handler is a StreamHandler; a FileHandler is one too, and stays.
         consoles = [
             h

@@ -16,8 +16,7 @@ def plain_console_logs() -> None:
     one sees."""
     if sys.stderr.isatty():
         return
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
-    for logger in loggers:
+    for logger in every_logger():
         for console in [h for h in logger.handlers if isinstance(h, PrefectConsoleHandler)]:
             plain = logging.StreamHandler(console.stream)
             plain.setLevel(console.level)
@@ -26,3 +25,8 @@ def plain_console_logs() -> None:
                 plain.addFilter(log_filter)
             logger.removeHandler(console)
             logger.addHandler(plain)
+
+
+def every_logger() -> list[logging.Logger]:
+    """The root logger and every named one made so far (Prefect's handlers hang on several)."""
+    return [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]

@@ -8,7 +8,14 @@ import logging
 import pytest
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from flows.runtime.console import plain_console_logs
+from flows.runtime.console import every_logger, plain_console_logs
+
+
+@pytest.fixture(autouse=True)
+def handlers_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # plain_console_logs swaps handlers on every logger of the process: put them back after.
+    for logger in every_logger():
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
 
 
 def test_the_console_handler_becomes_a_plain_one_writing_the_same_line(
