@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +209,7 @@ class Service:
     nats_url: str
     runners: list[RunnerProcess]
     prefect: PrefectServer
+    nats: LocalNatsServer
 
 
 @contextmanager
@@ -236,7 +237,7 @@ def running_service(
             started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
         for runner in started:  # they start at once; each waited for in turn
             runner.wait_ready()
-        yield Service(nats_server.url, started, prefect)
+        yield Service(nats_server.url, started, prefect, nats_server)
 
 
 def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
@@ -666,7 +667,9 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
         with (
             MemoryPeaks(service.runners) as memory,
             profiled(service, args.profile, database),
-            killing(service.runners[-1], args.kill_runner),  # a runner, never the front
+            # A runner, never the front.
+            fault_after(args.kill_runner, service.runners[-1].kill),
+            fault_after(args.restart_nats, lambda: service.nats.restart(down_for=NATS_DOWN_SECONDS)),
         ):
             burst = asyncio.run(run_burst(service.nats_url, burst_requests(args.count), args.timeout))
         cpu = cpu_since(before, service_kinds)
@@ -684,18 +687,30 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
         )
 
 
+NATS_DOWN_SECONDS = 5.0  # --restart-nats: how long nats-server is away
+
+
 @contextmanager
-def killing(runner: RunnerProcess, after: float | None) -> Iterator[None]:
-    """SIGKILL `runner`'s whole process group (its Ray and call hosts too) `after` s into
-    the block, if it is still in it; None: no fault."""
-    timer = threading.Timer(after, runner.kill) if after is not None else None
-    if timer is not None:
-        timer.start()
+def fault_after(after: float | None, fault: Callable[[], Any]) -> Iterator[None]:
+    """`fault()` (a runner's process group SIGKILLed, nats-server restarted) `after` s into
+    the block, if it is still in it; None: no fault. The thread that runs it lives on until
+    the benchmark ends: a server it starts again dies with the thread that started it (our
+    processes are started with PR_SET_PDEATHSIG, which follows the thread, not the process)."""
+    if after is None:
+        yield
+        return
+    ended = threading.Event()
+
+    def run() -> None:
+        if not ended.wait(after):
+            fault()
+            threading.Event().wait()
+
+    threading.Thread(target=run, daemon=True, name="fault").start()
     try:
         yield
     finally:
-        if timer is not None:
-            timer.cancel()
+        ended.set()
 
 
 def profiled(service: Service, out_dir: Path | None, database: str) -> AbstractContextManager[None]:
@@ -888,6 +903,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="SIGKILL a runner (its process group) this long after the first submit",
+    )
+    parser.add_argument(
+        "--restart-nats",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"restart nats-server (away {NATS_DOWN_SECONDS:.0f} s, its JetStream state kept) this long "
+        "after the first submit",
     )
     parser.add_argument(
         "--profile",
