@@ -458,8 +458,7 @@ class HostPool:
             chosen = sorted(range(self.size), key=lambda i: (self._users[i], i))[:count]
             for index in chosen:
                 self._users[index] += 1
-            while len(self._hosts) <= max(chosen):
-                self._hosts.append(self._actor.remote(self.slots_per_host, self.size, self._hooks))
+            self._start(max(chosen) + 1)
             return chosen
 
     def host(self, index: int) -> Any:
@@ -470,10 +469,14 @@ class HostPool:
         before it takes work: each is a process that imports Prefect and the application
         (seconds of CPU), work that would otherwise fall on its first burst."""
         with self._lock:
-            while len(self._hosts) < self.size:
-                self._hosts.append(self._actor.remote(self.slots_per_host, self.size, self._hooks))
+            self._start(self.size)
             hosts = list(self._hosts)
         ray.get([host.ready.remote() for host in hosts])
+
+    def _start(self, count: int) -> None:
+        """Start hosts until the first `count` are started (the lock held)."""
+        while len(self._hosts) < count:
+            self._hosts.append(self._actor.remote(self.slots_per_host, self.size, self._hooks))
 
     def give_back(self, indexes: list[int]) -> None:
         with self._lock:
