@@ -5,6 +5,8 @@ clients per flow run on each host."""
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,13 @@ from flows.runtime.hosts import HostHooks, HostSizing, host_pool
 
 
 def sizing() -> HostSizing:
+    return _sizing_of(frozenset(os.environ.items()))
+
+
+@functools.lru_cache(maxsize=4)
+def _sizing_of(environment: frozenset[tuple[str, str]]) -> HostSizing:
+    """Built once per environment: each stage asks, and reading every setting from the
+    environment was 2.7 % of a runner's CPU in a burst (BENCHMARKS.md)."""
     settings = Settings()
     return HostSizing(
         hosts=settings.call_hosts,
@@ -50,8 +59,10 @@ MODEL_CALLS = HostHooks(
     ray_address=ray_address,
     slot_of=model_server_slots,
     setup=model_clients,
-    # ask_model's module, and its task-run name's (which imports the flow's package).
-    preload=("tasks.ask", "flows.calls"),
+    # ask_model's module, its task-run name's, and the flow's (its run context travels
+    # with each stage's calls): imported by the first calls of a burst, they were 12 % of
+    # the hosts' CPU in it (BENCHMARKS.md).
+    preload=("tasks.ask", "flows.calls", "flows.deliberate"),
 )
 
 

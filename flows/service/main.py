@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start_runner(start_ray: Callable[[], None]) -> Callable[[], None]:
     def start() -> None:
+        # Prefect imports FastAPI's encoder at a flow run's first parameters: in a burst's
+        # first seconds that was 16 % of a runner's CPU (BENCHMARKS.md); paid here instead.
+        import fastapi.encoders  # noqa: F401
+
         from flows.hosting import start_call_hosts
 
         start_ray()

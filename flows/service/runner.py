@@ -292,7 +292,10 @@ def _intake_request(msg: Msg) -> DeliberationRequest | None:
 
 # Once: with_options builds a new Flow, and a Flow builds its parameters' JSON schema (a
 # quarter of a service process's CPU when it was built per run, BENCHMARKS.md).
-SERVICE_FLOW = deliberate.with_options(on_running=[on_running])
+# Its request is a DeliberationRequest the service validated already; Prefect would build a
+# model of the flow's signature again at each run to validate it (5 % of a runner's CPU in
+# a burst). Runs from the UI or a deployment still have theirs validated.
+SERVICE_FLOW = deliberate.with_options(on_running=[on_running], validate_parameters=False)
 
 
 def _run_flow(request: DeliberationRequest) -> tuple[State[Any], object]:
