@@ -262,6 +262,9 @@ def runner_env(
         "VLLM_URL": model_url,
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(workdir / "prefect-home"),
+        # As deploy/k8s's clients: the server protects nothing, so asking it for CSRF
+        # tokens is a wasted round trip.
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
         "DELIBERATION_SERVICE_CONCURRENCY": str(concurrency),
         "DELIBERATION_STATE_DIR": str(workdir / "state"),
     }

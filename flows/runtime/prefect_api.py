@@ -18,6 +18,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import (
     PREFECT_API_SSL_CERT_FILE,
     PREFECT_API_URL,
+    PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     temporary_settings,
 )
@@ -57,6 +58,10 @@ def prefect_api(while_starting: Callable[[], Any] | None = None) -> Iterator[Non
                     # (BENCHMARKS.md; the loop came with PrefectHQ/prefect#19641). Only a
                     # setting of None turns it off, which no environment variable can say.
                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                    # Each new client asks a server for a CSRF token before its first
+                    # change, and this one, protecting nothing, refuses: a wasted round
+                    # trip for every client a run makes (two per deliberation).
+                    PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: api.csrf_protected,
                 }
             )
         )

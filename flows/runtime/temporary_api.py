@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from prefect.settings import get_current_settings
+
 from flows.runtime.embedded import ManagedProcess, answers_200
 
 Scope = MutableMapping[str, Any]
@@ -133,6 +135,11 @@ class TemporaryPrefectAPI(ManagedProcess):
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def csrf_protected(self) -> bool:
+        """Whether it wants CSRF tokens from clients: it reads the setting as we do."""
+        return get_current_settings().server.api.csrf_protection_enabled
 
     def command(self) -> list[str]:
         return [
