@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from nats.micro import Request
 from prefect.logging import get_logger
@@ -28,6 +29,7 @@ from agents.service import (
 )
 from flows.service.records import (
     CANCELLED_BY_SERVICE,
+    announce_accepted,
     cancel_flow_run,
     conclude_without_run,
     record_accepted,
@@ -45,6 +47,25 @@ class DeliberationService:
     def __init__(self, bus: JetStreamBus, intake: Intake) -> None:
         self._bus = bus
         self._intake = intake
+        self._announcing: set[asyncio.Task[None]] = set()
+
+    async def _after_reply(self, announcement: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._announce(announcement))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+        await asyncio.sleep(0)  # its message goes out first, and is on its way as we reply
+
+    @staticmethod
+    async def _announce(announcement: Coroutine[Any, Any, None]) -> None:
+        try:
+            await announcement
+        except EventBusError as exc:  # the request is stored and its record made: it runs
+            log.warning("the accepted event was not published: %s", str(exc).splitlines()[0])
+
+    async def drain(self) -> None:
+        """Wait for the announcements still being published."""
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
 
     async def submit(self, data: bytes) -> SubmitReply:
         request = parse_payload(data, DeliberationRequest)
@@ -57,7 +78,12 @@ class DeliberationService:
             # Stored before it is recorded or answered: an accepted request is never lost,
             # and a second submit meanwhile is de-duplicated by the stream.
             await self._intake.enqueue(request)
-            known = await record_accepted(self._bus, self._intake, request)
+            accepted = await record_accepted(self._intake, request)
+            if accepted.created:
+                # Published before the reply is sent, acknowledged after it: the reply
+                # waits on three round trips to JetStream, not four.
+                await self._after_reply(announce_accepted(self._bus, request))
+            known = accepted.record, accepted.revision
         record, _ = known
         if record.request_digest != digest:
             raise ServiceFault(

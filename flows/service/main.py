@@ -74,6 +74,7 @@ async def _front(bus: JetStreamBus, intake: Intake, role: str) -> AsyncIterator[
         metadata={HOST_METADATA: socket.gethostname(), ROLE_METADATA: role},
     )
     endpoints = Endpoints()
+    service: DeliberationService | None = None
     if role != "runner":
         service = DeliberationService(bus, intake)
         group = micro.add_group(name=SERVICE_NAME)
@@ -84,6 +85,8 @@ async def _front(bus: JetStreamBus, intake: Intake, role: str) -> AsyncIterator[
     finally:
         await micro.stop()
         await endpoints.drain()
+        if service is not None:
+            await service.drain()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ without a flow run (cancelled before it started, or failed on every try)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -25,12 +26,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def record_accepted(
-    bus: JetStreamBus, intake: Intake, request: DeliberationRequest
-) -> tuple[StatusRecord, int]:
-    """The status record of a request taken in, created (and announced) unless it exists:
-    by the submit that stored the request, or by the runner that took it first. Returns the
-    record as it stands, and its revision."""
+@dataclass(frozen=True)
+class Accepted:
+    """A status record as it stands once a request is taken in, and whether this call
+    created it (then announcing it is the caller's: `announce_accepted`)."""
+
+    record: StatusRecord
+    revision: int
+    created: bool
+
+
+async def record_accepted(intake: Intake, request: DeliberationRequest) -> Accepted:
+    """The status record of a request taken in, created unless it exists: by the submit that
+    stored the request, or by the runner that took it first."""
     deliberation_id = request.deliberation_id or ""
     now = utc_now()
     record = StatusRecord(
@@ -43,14 +51,19 @@ async def record_accepted(
     )
     revision = await intake.create_status(record)
     if revision is not None:
-        task_id = request.task_id or deliberation_id
-        await bus.publish(
-            DeliberationProgressEvent(deliberation_id=deliberation_id, task_id=task_id, status="accepted")
-        )
-        return record, revision
+        return Accepted(record, revision, created=True)
     known = await intake.status(deliberation_id)
     assert known is not None  # created by whoever was first
-    return known
+    return Accepted(*known, created=False)
+
+
+async def announce_accepted(bus: JetStreamBus, request: DeliberationRequest) -> None:
+    deliberation_id = request.deliberation_id or ""
+    await bus.publish(
+        DeliberationProgressEvent(
+            deliberation_id=deliberation_id, task_id=request.task_id or deliberation_id, status="accepted"
+        )
+    )
 
 
 def reply_of(record: StatusRecord, result: DeliberationResult | None = None) -> StatusReply:

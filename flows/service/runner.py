@@ -27,6 +27,7 @@ from flows.runtime.loop_lag import LoopLag
 from flows.runtime.run_hooks import Watch, on_running, watching
 from flows.service.records import (
     CANCELLED_BY_SERVICE,
+    announce_accepted,
     cancel_flow_run,
     conclude_without_run,
     record_accepted,
@@ -144,10 +145,12 @@ class Runner:
             await msg.term()
             return
         deliberation_id = request.deliberation_id or ""
-        # Taken before its submit recorded it, possibly: the record is made here then.
-        known = await self._intake.status(deliberation_id) or await record_accepted(
-            self._bus, self._intake, request
-        )
+        known = await self._intake.status(deliberation_id)
+        if known is None:  # taken before its submit recorded it: the record is made here
+            accepted = await record_accepted(self._intake, request)
+            if accepted.created:
+                await announce_accepted(self._bus, request)
+            known = accepted.record, accepted.revision
         if known[0].status.concluded:  # cancelled before it started, or done
             await msg.ack()
             return
