@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from prefect import get_client
-from prefect.states import Cancelling
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling, Crashed
 
 from agents.adapters.nats import JetStreamBus
 from agents.adapters.nats.intake import Intake
@@ -79,6 +87,26 @@ def reply_of(record: StatusRecord, result: DeliberationResult | None = None) -> 
 async def cancel_flow_run(flow_run_id: str, reason: str) -> None:
     async with get_client() as client:
         await client.set_flow_run_state(UUID(flow_run_id), Cancelling(message=reason), force=True)
+
+
+UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+
+
+async def crash_abandoned_run(flow_run_id: str, reason: str) -> None:
+    """A flow run whose runner is gone, and its unfinished task runs, marked Crashed: left
+    alone they stay Running in the UI for ever, since no one is left to end them. A run
+    that ended meanwhile stays as it ended (Prefect refuses the change)."""
+    async with get_client() as client:
+        run_id = UUID(flow_run_id)
+        unfinished = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED))
+            ),
+        )
+        for task_run in unfinished:
+            await client.set_task_run_state(task_run.id, Crashed(message=reason))
+        await client.set_flow_run_state(run_id, Crashed(message=reason))
 
 
 async def conclude_without_run(

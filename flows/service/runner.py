@@ -30,6 +30,7 @@ from flows.service.records import (
     announce_accepted,
     cancel_flow_run,
     conclude_without_run,
+    crash_abandoned_run,
     record_accepted,
     utc_now,
 )
@@ -157,6 +158,10 @@ class Runner:
         record, _ = known
         tries = msg.metadata.num_delivered
         log.info("deliberation %s taken (delivery %d)", deliberation_id, tries)
+        if record.status is DeliberationState.RUNNING and record.flow_run_id is not None:
+            # Running elsewhere, by its record, yet delivered here: its runner stopped
+            # telling JetStream it works on it (killed, or cut off for the ack wait).
+            await self._crash_abandoned(record.flow_run_id, deliberation_id, tries)
         if tries > self._settings.service_max_tries:
             reason = f"failed on every one of {self._settings.service_max_tries} tries: {record.reason}"
             await self._conclude(record, DeliberationState.FAILED, reason, msg)
@@ -200,6 +205,16 @@ class Runner:
         await self._intake.update_status(waiting, latest[1])
         log.warning("deliberation %s %s; it will be tried again", deliberation_id, reason)
         await msg.nak(delay=RETRY_DELAY_SECONDS)
+
+    @staticmethod
+    async def _crash_abandoned(flow_run_id: str, deliberation_id: str, tries: int) -> None:
+        reason = f"its runner stopped; deliberation {deliberation_id} was taken over (delivery {tries})"
+        try:
+            await crash_abandoned_run(flow_run_id, reason)
+        except Exception as exc:  # the UI's view of an old run: never a reason not to run
+            log.warning(
+                "flow run %s of deliberation %s not marked crashed: %s", flow_run_id, deliberation_id, exc
+            )
 
     async def _started(self, request: DeliberationRequest, flow_run_id: str, tries: int) -> None:
         deliberation_id = request.deliberation_id or ""

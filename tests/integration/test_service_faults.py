@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
 from agents.adapters.nats.intake import INTAKE_STREAM
@@ -85,8 +88,7 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
         service.answer("submit", {"task": "t", "roles": ["DEV", "QA"], "rounds": 0})["deliberation_id"]
         for _ in range(3)
     ]
-    for deliberation_id in ids:
-        service.wait_for(deliberation_id, "running")
+    killed_runs = [service.wait_for(deliberation_id, "running")["flow_run_id"] for deliberation_id in ids]
     wait_until(
         lambda: (
             len(service.llm.calls_for("agent-dev-001")) == 3
@@ -113,6 +115,18 @@ def test_a_runner_killed_mid_run_leaves_its_deliberations_to_another_which_resum
             if isinstance(e, DeliberationEvent)
         )
     assert finals == dict.fromkeys(ids, 1)
+    # The killed runner's flow runs, and their calls cut by the kill, are not left Running in
+    # the UI: the runner that took each over marked them Crashed, saying why.
+    with get_client(sync_client=True) as client:
+        for flow_run_id, deliberation_id in zip(killed_runs, ids, strict=True):
+            killed = finished_flow_run(flow_run_id, timeout=30)
+            assert killed.state is not None and killed.state.is_crashed(), killed.state
+            assert f"deliberation {deliberation_id} was taken over" in (killed.state.message or "")
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+            )
+            states = Counter((t.name.split("-")[1], t.state_name) for t in task_runs)
+            assert states == {("dev", "Completed"): 1, ("qa", "Crashed"): 1}, states
 
 
 def test_a_runner_whose_model_server_is_away_at_start_takes_submits_says_why_and_runs_them_once_it_answers(
