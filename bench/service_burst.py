@@ -757,14 +757,21 @@ def figures(m: Measured, count: int) -> list[Figure]:
             "ms",
             "the burst's submits, sent together",
         ),
-        Figure("  p99", [percentile(latencies, 0.99)] if latencies else [], "ms", ""),
+        Figure(
+            "submit reply, all at once: p99", [percentile(latencies, 0.99)] if latencies else [], "ms", ""
+        ),
         Figure(
             "submit reply, runners busy: p50",
             [statistics.median(probed)] if probed else [],
             "ms",
             f"--probes, one at a time from {PROBE_AFTER:g} s on; target <= 20 ms",
         ),
-        Figure("  p99", [percentile(probed, 0.99)] if probed else [], "ms", "target <= 50 ms"),
+        Figure(
+            "submit reply, runners busy: p99",
+            [percentile(probed, 0.99)] if probed else [],
+            "ms",
+            "target <= 50 ms",
+        ),
         Figure(
             "submit errors",
             [len(m.burst.submitted) - len(answered)],
