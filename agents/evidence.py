@@ -18,9 +18,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agents.code_split import CodeSplit
+from agents.examples import USER, UserTests
 from agents.models import CheckResult, Tested
 
 CHECK_NAME = "tests_pass"
+USER_CHECK = "user_tests"
 MAX_FAILURES_SHOWN = 3
 
 
@@ -39,15 +41,25 @@ class TestSuite(BaseModel):
         description="The candidate's own tests as a module, run against its solution only to "
         "weigh its tests by agreement: they never count for its own score.",
     )
+    user: str = Field(
+        default="",
+        description="The user's tests as a module (agents/examples.py): the request's examples "
+        "and test file, counted apart from the members' (the `user_tests` check).",
+    )
 
     @property
     def runnable(self) -> bool:
-        return bool(self.solution and (self.tests or self.own))
+        return bool(self.solution and (self.tests or self.own or self.user))
 
     @property
     def modules(self) -> dict[str, str]:
-        """Every test module run against the solution, by author: the others', then its own."""
-        return self.tests | ({self.candidate_id: self.own} if self.own else {})
+        """Every test module run against the solution, by author: the others', its own, the
+        user's."""
+        return (
+            self.tests
+            | ({self.candidate_id: self.own} if self.own else {})
+            | ({USER: self.user} if self.user else {})
+        )
 
 
 class SuiteRun(BaseModel):
@@ -67,20 +79,24 @@ class SuiteRun(BaseModel):
     seconds: float = 0.0
 
 
-def plan_suites(proposals: Mapping[str, str]) -> dict[str, TestSuite]:
+def plan_suites(proposals: Mapping[str, str], user: UserTests | None = None) -> dict[str, TestSuite]:
     """For each proposal (by agent id), the suite that tests it with the other members'
-    tests. A suite is run only if it has both a solution and tests (`runnable`)."""
+    tests, and the user's (`user`). A suite is run only if it has both a solution and tests
+    (`runnable`)."""
     splits = {agent_id: CodeSplit(text) for agent_id, text in proposals.items()}
     suites: dict[str, TestSuite] = {}
     for candidate_id, split in splits.items():
         others = {a: s for a, s in splits.items() if a != candidate_id and s.test_count}
+        users = user.module_for(split.defined) if user is not None and split.solution else ""
         suites[candidate_id] = TestSuite(
             candidate_id=candidate_id,
             solution=split.solution + "\n" if split.solution else "",
             tests={author: s.tests_for(split.defined) for author, s in others.items()},
-            expected={author: s.test_count for author, s in others.items()},
+            expected={author: s.test_count for author, s in others.items()}
+            | ({USER: user.count} if users and user is not None else {}),
             own_tests=split.test_count,
             own=split.tests_for(split.defined) if split.solution and split.test_count else "",
+            user=users,
         )
     return suites
 
@@ -117,7 +133,8 @@ def check_tests_pass(
         return not_applicable("not run")
     if run.outcome == "not_run":
         return not_applicable(f"not run: {run.detail}")
-    passed, failed = sum(run.passed.values()), sum(run.failed.values())
+    passed = sum(run.passed.get(author, 0) for author in suite.tests)
+    failed = sum(run.failed.get(author, 0) for author in suite.tests)
     if passed + failed == 0:
         return not_applicable("no test ran" + (f" ({run.detail})" if run.detail else ""))
     per_author = ", ".join(
@@ -138,6 +155,31 @@ def check_tests_pass(
     if run.failures:
         detail += "; failed: " + "; ".join(run.failures[:MAX_FAILURES_SHOWN])
     return CheckResult(name=CHECK_NAME, applicable=True, score=round(score, 4), detail=detail)
+
+
+def check_user_tests(suite: TestSuite, run: SuiteRun | None, user: UserTests) -> CheckResult | None:
+    """The `user_tests` check: the share of the user's tests (the request's examples and
+    test file) the solution passes; None where there are none, or no solution to run them
+    on. A solution failing one ranks below those passing them all (agents/ranking.py)."""
+    if not suite.user or not suite.solution:
+        return None
+    if run is None or run.outcome == "not_run":
+        detail = f"not run: {run.detail}" if run is not None and run.detail else "not run"
+        return CheckResult(name=USER_CHECK, applicable=False, score=1.0, detail=detail)
+    results = run.results.get(USER, {})
+    passed, failed = run.passed.get(USER, 0), run.failed.get(USER, 0)
+    if passed + failed == 0:
+        return CheckResult(name=USER_CHECK, applicable=False, score=1.0, detail="none of your tests ran")
+    detail = f"{passed} of {passed + failed} of your tests pass ({user.describe()})"
+    # Each failed example by what it states; and a module that did not import, or a run cut
+    # short, as the sandbox said it.
+    missed = [user.shown(test) for test, ok in results.items() if ok is False]
+    missed += [f for f in run.failures if f.startswith(f"{USER}'s tests") or f" of {USER}'s tests " in f]
+    if missed:
+        detail += "; failed: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
+    return CheckResult(
+        name=USER_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
+    )
 
 
 # Author -> test -> the share of the solutions it ran on that pass it.

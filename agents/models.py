@@ -30,6 +30,7 @@ MAX_CRITICS = 8
 MAX_CONTEXT_FILES = 500
 MAX_CONTEXT_CHARS = 200_000
 MAX_CONTEXT_PATH_CHARS = 255
+MAX_USER_TESTS_CHARS = 100_000  # the user's test file
 DEFAULT_CONTEXT_TOKENS = 4_000
 MAX_CONTEXT_TOKENS = 100_000
 
@@ -213,6 +214,13 @@ class DeliberationRequest(BaseModel):
         "in a sandbox on a Ray worker (Linux with Landlock; see the README); the share of tests "
         "passed becomes the tests_pass check.",
     )
+    tests: str = Field(
+        default="",
+        max_length=MAX_USER_TESTS_CHARS,
+        description="Your own tests: a pytest file's text, run with run_code against every solution "
+        "beside the examples the task and the context's docstrings state (`>>>` examples, `assert` "
+        "lines). A solution failing any of your tests ranks below every one passing them all.",
+    )
     context: list[ContextFile] = Field(
         default_factory=list,
         max_length=MAX_CONTEXT_FILES,
@@ -248,6 +256,11 @@ class DeliberationRequest(BaseModel):
     @classmethod
     def _diff_is_text(cls, value: str) -> str:
         return _printable(value, "diff")
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_are_text(cls, value: str) -> str:
+        return _printable(value, "tests")
 
     @field_validator("context")
     @classmethod

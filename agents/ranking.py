@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.checks import check_score, run_checks
-from agents.evidence import tested_standing
+from agents.evidence import USER_CHECK, tested_standing
 from agents.models import Ballot, CheckResult, ProposalScore, Role, Tested, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
@@ -229,11 +229,14 @@ def score_candidates(
     code_expected: bool = False,
     executed: Mapping[str, CheckResult] | None = None,
     tested: Mapping[str, Tested] | None = None,
+    users: Mapping[str, CheckResult] | None = None,
 ) -> list[ProposalScore]:
     """Every candidate scored and ranked, best first; `executed` adds a check made by
     running a candidate's code (by agent id). A candidate that fails a required
     check (say, no code for a code task) ranks below every one that passes them all,
-    whatever its score. On a code task with `executed`, how the other members' tests went
+    whatever its score. Next, one that fails any of the user's own tests (`users`: the
+    request's examples and test file, by agent id) ranks below every one that passes them
+    all. On a code task with `executed`, how the other members' tests went
     (`tested`, given or read from the check: passed, untested, failed) ranks next, then
     the score. Ties on the score are
     broken by the checks, then by the peer score, then by council order (the order of
@@ -245,6 +248,8 @@ def score_candidates(
         ran = executed.get(candidate.agent_id) if executed is not None else None
         if ran is not None:
             checks.append(ran)
+        if users is not None and (theirs := users.get(candidate.agent_id)) is not None:
+            checks.append(theirs)
         checked = check_score(checks)
         peer, counted = peers.get(candidate.agent_id, (None, 0))
         score = checked if peer is None else PEER_WEIGHT * peer + (1 - PEER_WEIGHT) * checked
@@ -278,9 +283,25 @@ def score_candidates(
     return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(ranked, start=1)]
 
 
-def _standing(score: ProposalScore) -> tuple[bool, int]:
-    """What ranks before the score: required checks passed, then how the tests went."""
-    return _fails_required(score), TESTED_ORDER.index(score.tested) if score.tested else 0
+def _standing(score: ProposalScore) -> tuple[bool, bool, int]:
+    """What ranks before the score: required checks passed, then the user's tests, then how
+    the other members' tests went."""
+    return (
+        _fails_required(score),
+        _fails_user_tests(score),
+        TESTED_ORDER.index(score.tested) if score.tested else 0,
+    )
+
+
+def _fails_user_tests(score: ProposalScore) -> bool:
+    return any(c.name == USER_CHECK and c.applicable and not c.passed for c in score.checks)
+
+
+def _user_tests_say(score: ProposalScore) -> str | None:
+    ran = [c for c in score.checks if c.name == USER_CHECK and c.applicable]
+    if not ran:
+        return None
+    return "failed your tests" if _fails_user_tests(score) else "passed your tests"
 
 
 def no_winner_reason(scores: Sequence[ProposalScore]) -> str | None:
@@ -302,7 +323,10 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
         return None
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
     runner_up = tied[0]
-    if first.tested != runner_up.tested:
+    if _fails_user_tests(first) != _fails_user_tests(runner_up):
+        both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
+        how = f"your tests ({both})"
+    elif first.tested != runner_up.tested:
         both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
         how = f"the tests ({both})"
     elif first.check_score != runner_up.check_score:
@@ -315,7 +339,9 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
 
 
 def _tested_says(score: ProposalScore) -> str:
-    return _TESTED_SAYS[score.tested] if score.tested else "was not tested"
+    members = _TESTED_SAYS[score.tested] if score.tested else "was not tested"
+    users = _user_tests_say(score)
+    return f"{users} and {members}" if users else members
 
 
 def _fails_required(score: ProposalScore) -> bool:

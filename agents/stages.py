@@ -16,7 +16,16 @@ from typing import Any, Protocol
 
 from agents.calls import critique_call, proposal_call, ranking_call, revision_call, synthesis_call
 from agents.conclusion import agent_outcome, why_no_answer
-from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass, plan_suites, tested_standing
+from agents.evidence import (
+    SuiteRun,
+    TestSuite,
+    agreement,
+    check_tests_pass,
+    check_user_tests,
+    plan_suites,
+    tested_standing,
+)
+from agents.examples import UserTests
 from agents.models import (
     AgentOutcome,
     AgentSpec,
@@ -117,6 +126,7 @@ class Execution:
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
     tested: dict[str, Tested] = field(default_factory=dict)
+    users: dict[str, CheckResult] = field(default_factory=dict)  # the user's tests, by agent id
     gaps: list[str] = field(default_factory=list)
 
 
@@ -260,9 +270,12 @@ def execute_proposals(
     candidates: Mapping[str, Candidate],
 ) -> Execution:
     """Every proposal with Python code run against the tests the other members wrote, each
-    test weighed by how far the solutions agree with it (agents/evidence.py)."""
+    test weighed by how far the solutions agree with it, and against the user's own
+    (agents/evidence.py, agents/examples.py)."""
     deadline.check()
-    suites = plan_suites({agent_id: candidate.content for agent_id, candidate in candidates.items()})
+    user = UserTests(request)
+    proposals = {agent_id: candidate.content for agent_id, candidate in candidates.items()}
+    suites = plan_suites(proposals, user)
     runnable = {agent_id: suite for agent_id, suite in suites.items() if suite.runnable}
     execution = Execution()
     if run_suites.left_out:
@@ -282,6 +295,8 @@ def execute_proposals(
         check = check_tests_pass(suites[agent_id], runs.get(agent_id), request.code_expected, agreed)
         execution.checks[agent_id] = check
         execution.tested[agent_id] = tested_standing(check, suites[agent_id], runs.get(agent_id), agreed)
+        if (users := check_user_tests(suites[agent_id], runs.get(agent_id), user)) is not None:
+            execution.users[agent_id] = users
         if agent_id in runs and runs[agent_id].outcome == "not_run":
             execution.gaps.append(f"tests of {agent_id}: {check.detail}")
     return execution
@@ -300,6 +315,7 @@ def judge(
         request.code_expected,
         execution.checks if execution is not None else None,
         execution.tested if execution is not None else None,
+        execution.users if execution is not None else None,
     )
     gaps = review.gaps + ranking.gaps + (execution.gaps if execution is not None else [])
     if (why := no_winner_reason(scores)) is not None:

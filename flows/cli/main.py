@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(off by default; see the README for what runs, where, and the risk)",
     )
     parser.add_argument(
+        "--tests",
+        metavar="PATH",
+        help="your own tests (a pytest file), run with --run-code against every solution beside "
+        "the task's examples; failing one ranks a solution below those passing them all",
+    )
+    parser.add_argument(
         "--context",
         action="append",
         default=[],
@@ -179,8 +185,10 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
     diff = read_diff(args.diff) if hasattr(args, "diff") else ""
     if hasattr(args, "diff") and not diff:
         print(f"deliberate: --diff {args.diff}: no changes, so no diff to show", file=sys.stderr)
+    tests = read_tests(args.tests, getattr(args, "run_code", False)) if getattr(args, "tests", None) else ""
     return DeliberationRequest(
         task=args.task,
+        tests=tests,
         constraints=Constraints(rubric=args.rubric, requirements=args.requirement, metadata=metadata),
         context=context.files,
         diff=diff,
@@ -188,6 +196,17 @@ def request_from_args(args: argparse.Namespace) -> DeliberationRequest:
         deliberation_id=getattr(args, "deliberation_id", None) or uuid.uuid4().hex,
         **given,
     )
+
+
+def read_tests(path: str, run_code: bool) -> str:
+    """The text of the user's test file; ConfigurationError in one line if it cannot be."""
+    if not run_code:
+        raise ConfigurationError(f"--tests {path}: your tests run in the sandbox; add --run-code")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigurationError(f"--tests {path}: cannot read it: {reason}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
         (["t", "--context-exclude", "*.md"], "--context-exclude leaves out files of --context PATH"),
         (["t", "--diff=--output=/tmp/x"], "--diff --output=/tmp/x: give a revision"),
         (["t", "--context-tokens", "0"], "invalid context_tokens"),
+        (["t", "--tests", "test_it.py"], "--tests test_it.py: your tests run in the sandbox; add --run-code"),
+        (["t", "--run-code", "--tests", "no/such.py"], "--tests no/such.py: cannot read it: No such file"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

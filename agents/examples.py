@@ -1,0 +1,198 @@
+"""The user's own tests: the examples a request states, and a test file it brings.
+
+A user who asks for a function often shows what it must do: a stub whose docstring has
+`>>> f(2)` / `4`, an `assert f(2) == 4` line in the task, a test file. Those are the
+specification, not one member's opinion of it: run against every solution (with
+run_code), they are counted apart from the members' tests, and a solution failing one
+ranks below every solution that passes them all (agents/ranking.py).
+
+Where they are found:
+- the task text: doctest examples, and lines that are `assert` statements;
+- the context files' docstrings (Python files), of the functions and classes the task
+  names, and of their methods: the stub the user means;
+- the request's `tests`: a pytest file, its tests run as they are, with the solution's
+  names in scope as for the members' tests (agents/code_split.py).
+
+Pure: no I/O. Each example becomes one test function of a module that, like the members'
+test modules, starts with `from solution import *`.
+"""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from agents.code_split import CodeSplit
+from agents.models import ContextFile, DeliberationRequest
+
+USER = "user"  # the author of the user's tests in a suite: no agent id looks like it
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Each example's test runs the examples before it in its block first (their names, say),
+# then checks its own, as doctest would: one failing example fails one test.
+_HARNESS = """import doctest as _doctest
+import solution as _solution
+
+_FLAGS = _doctest.ELLIPSIS | _doctest.NORMALIZE_WHITESPACE
+
+
+def _example(block, index):
+    examples = _doctest.DocTestParser().get_examples(block)
+    scope = dict(vars(_solution))
+    before = _doctest.DocTest(examples[:index], scope, "before", None, 0, None)
+    _doctest.DocTestRunner(optionflags=_FLAGS).run(before, out=lambda _: None, clear_globs=False)
+    said = []
+    runner = _doctest.DocTestRunner(optionflags=_FLAGS)
+    example = _doctest.DocTest([examples[index]], scope, "example", None, 0, None)
+    runner.run(example, out=said.append, clear_globs=False)
+    assert not runner.failures, " ".join("".join(said).split())[-300:]
+"""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One stated example: a doctest example of a block, or an assert statement."""
+
+    where: str  # "the task", or "src/mathlib.py: gcd"
+    block: str  # the doctest block it is in, or the assert statement
+    index: int | None  # its place in the block; None for an assert
+    shown: str  # as the report shows it: `f(2) -> 4`, or the assert
+
+
+class UserTests:
+    """A request's examples and test file, as the module run against one solution."""
+
+    def __init__(self, request: DeliberationRequest) -> None:
+        self.examples = [*_task_examples(request.task), *_context_examples(request.context, request.task)]
+        self.file = CodeSplit(f"```python\n{request.tests}\n```") if request.tests.strip() else None
+
+    @property
+    def count(self) -> int:
+        """Tests in all: one per example, and the file's."""
+        return len(self.examples) + (self.file.test_count if self.file is not None else 0)
+
+    def describe(self) -> str:
+        """Where they come from, for the report: `2 examples in the task, 4 tests in your file`."""
+        parts = []
+        by_place: dict[str, int] = {}
+        for example in self.examples:
+            by_place[example.where] = by_place.get(example.where, 0) + 1
+        for where, n in by_place.items():
+            parts.append(f"{n} example{'s' if n != 1 else ''} in {where}")
+        if self.file is not None and self.file.test_count:
+            parts.append(
+                f"{self.file.test_count} test{'s' if self.file.test_count != 1 else ''} in your file"
+            )
+        return ", ".join(parts)
+
+    def module_for(self, defined: set[str]) -> str:
+        """The tests as one module testing a solution that defines `defined`: the file's
+        tests (a stand-in of a name the solution defines left out), then one test per
+        example. Empty if there are none."""
+        if not self.count:
+            return ""
+        parts = [self.file.tests_for(defined)] if self.file is not None and self.file.test_count else []
+        if not parts:
+            parts.append("from solution import *  # noqa: F403\n")
+        if any(example.index is not None for example in self.examples):
+            parts.append(_HARNESS)
+        for number, example in enumerate(self.examples, start=1):
+            if example.index is None:
+                body = "    " + example.block
+            else:
+                body = f"    _example({example.block!r}, {example.index})"
+            parts.append(f"def test_user_example_{number}():\n    # {_one_line(example.shown)}\n{body}\n")
+        return "\n\n".join(parts)
+
+    def shown(self, test: str) -> str:
+        """How the report names one of these tests: the example it checks, or the file's test."""
+        if (match := re.fullmatch(r"test_user_example_(\d+)", test)) and int(match[1]) <= len(self.examples):
+            example = self.examples[int(match[1]) - 1]
+            return f"{example.shown} ({example.where})"
+        return f"{test} (your file)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:120]
+
+
+def _doctest_examples(text: str, where: str) -> Iterator[Example]:
+    try:
+        examples = doctest.DocTestParser().get_examples(text)
+    except ValueError:  # not well formed (a prompt without its space, an indent broken)
+        return
+    if not examples:
+        return
+    for example in examples:
+        example.want = _without_closing_quotes(example.want)
+    block = "".join(
+        "".join(f"{'>>> ' if i == 0 else '... '}{line}\n" for i, line in enumerate(e.source.splitlines()))
+        + e.want
+        for e in examples
+    )
+    for index, example in enumerate(examples):
+        if not example.want.strip():
+            continue  # an assignment or a call for its effect: run before the others, not a test
+        want = example.want.strip()
+        yield Example(where, block, index, f"{example.source.strip()} -> {want}")
+
+
+def _without_closing_quotes(want: str) -> str:
+    """A stub pasted in a task ends its docstring right below the last example's output,
+    which doctest reads as part of it."""
+    lines = want.splitlines(keepends=True)
+    while lines and lines[-1].strip() in ('"""', "'''"):
+        lines.pop()
+    return "".join(lines)
+
+
+def _assert_lines(text: str) -> Iterator[str]:
+    """Lines of the text that are whole assert statements (in a code block or not)."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("assert "):
+            continue
+        try:
+            tree = ast.parse(stripped)
+        except (SyntaxError, ValueError):
+            continue
+        if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert):
+            yield stripped
+
+
+def _task_examples(task: str) -> list[Example]:
+    examples = list(_doctest_examples(task, "the task"))
+    examples += [Example("the task", line, None, line) for line in _assert_lines(task)]
+    return examples
+
+
+def _context_examples(files: Sequence[ContextFile], task: str) -> list[Example]:
+    """The doctest examples in the docstrings of what the task names, in Python files."""
+    named = set(_WORD.findall(task))
+    examples: list[Example] = []
+    for file in files:
+        if not file.path.endswith(".py"):
+            continue
+        try:
+            tree = ast.parse(file.content)
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if (
+                not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                or node.name not in named
+            ):
+                continue
+            for part in [
+                node,
+                *(n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)),
+            ]:
+                docstring = ast.get_docstring(part)
+                if docstring:
+                    name = node.name if part is node else f"{node.name}.{part.name}"
+                    examples += _doctest_examples(docstring, f"{file.path}: {name}")
+    return examples

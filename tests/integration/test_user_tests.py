@@ -1,0 +1,113 @@
+"""The user's own tests against the real sandbox (issue 33): two wrong solutions that
+agree, each shipping tests of what its own code does, outrank the right one on the
+members' tests alone; the task's own examples put the right one first, and the report
+says which of them each wrong one failed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from agents.adapters import confine
+from agents.adapters.sandbox import run_suite
+from agents.config import SandboxLimits
+from agents.evidence import USER_CHECK, SuiteRun, TestSuite
+from agents.models import DeliberationRequest, Role
+from agents.ranking import Candidate
+from agents.stages import Ranking, Review, execute_proposals, judge
+
+pytestmark = pytest.mark.skipif(
+    confine.isolation_problem() is not None, reason=str(confine.isolation_problem())
+)
+
+LIMITS = SandboxLimits(cpu_seconds=2, memory_mb=512, file_mb=4, wall_seconds=20)
+
+RIGHT = """```python
+def below_zero(operations):
+    balance = 0
+    for op in operations:
+        balance += op
+        if balance < 0:
+            return True
+    return False
+
+
+def test_back_to_zero_is_not_below():
+    assert not below_zero([1, -1])
+```"""
+
+# Two single-point mutants that behave alike (zero counts as below), each tested by its
+# author on what it returns: they pass each other's tests, and fail the right one's.
+WRONG_A = RIGHT.replace("balance < 0", "balance <= 0").replace(
+    "def test_back_to_zero_is_not_below():\n    assert not below_zero([1, -1])",
+    "def test_back_to_zero():\n    assert below_zero([1, -1])",
+)
+WRONG_B = RIGHT.replace("balance < 0", "balance < 1").replace(
+    "def test_back_to_zero_is_not_below():\n    assert not below_zero([1, -1])",
+    "def test_zero_is_low():\n    assert below_zero([2, -2])",
+)
+
+STUB = '''def below_zero(operations: list[int]) -> bool:
+    """Whether a balance starting at zero falls below zero at some point.
+
+    >>> below_zero([1, 2, 3])
+    False
+    >>> below_zero([1, 2, -4, 5])
+    True
+    >>> below_zero([1, -1])
+    False
+    """
+'''
+
+
+@dataclass
+class Sandbox:
+    """The tests' port on the real sandbox, one suite after another, in this process."""
+
+    left_out: Sequence[str] = ()
+
+    def __call__(self, suites: Mapping[str, TestSuite]) -> dict[str, SuiteRun]:
+        return {agent_id: run_suite(suite, LIMITS) for agent_id, suite in suites.items()}
+
+
+class NoDeadline:
+    expired = False
+
+    def reason(self) -> str:
+        return ""
+
+    def check(self) -> None:
+        pass
+
+
+def winner_of(task: str) -> tuple[str, dict[str, str]]:
+    request = DeliberationRequest(
+        task=task, roles=[Role.DEV, Role.DEVOPS, Role.DATA], run_code=True, expects="code"
+    )
+    proposals = {"agent-dev-001": RIGHT, "agent-devops-001": WRONG_A, "agent-data-001": WRONG_B}
+    roles = {"agent-dev-001": Role.DEV, "agent-devops-001": Role.DEVOPS, "agent-data-001": Role.DATA}
+    latest = {a: Candidate(a, roles[a], 0, text, "stop") for a, text in proposals.items()}
+    execution = execute_proposals(Sandbox(), NoDeadline(), request, latest)  # type: ignore[arg-type]
+    verdict = judge(request, Review(latest=latest), Ranking(), execution)
+    assert verdict.winner is not None
+    users = {
+        s.agent_id: check.detail for s in verdict.scores for check in s.checks if check.name == USER_CHECK
+    }
+    return verdict.winner.agent_id, users
+
+
+def test_without_the_users_examples_two_wrong_solutions_that_agree_win() -> None:
+    winner, users = winner_of("Implement below_zero(operations) in Python.")
+    assert winner != "agent-dev-001"
+    assert users == {}
+
+
+def test_the_tasks_own_examples_rank_the_right_solution_first() -> None:
+    winner, users = winner_of("Implement this function in Python:\n\n" + STUB)
+    assert winner == "agent-dev-001"
+    assert users["agent-dev-001"] == "3 of 3 of your tests pass (3 examples in the task)"
+    for wrong in ("agent-devops-001", "agent-data-001"):
+        assert users[wrong].startswith("2 of 3 of your tests pass (3 examples in the task); failed: ")
+        assert users[wrong].endswith("below_zero([1, -1]) -> False (the task)")

@@ -1,0 +1,82 @@
+"""The user's own tests found in a request (agents/examples.py): doctest examples and
+assert lines of the task, docstrings of what the task names in the context files, and a
+test file; each example one test of a module that compiles."""
+
+from __future__ import annotations
+
+import ast
+
+from agents.examples import UserTests
+from agents.models import ContextFile, DeliberationRequest
+
+STUB = '''def below_zero(operations):
+    """Whether the balance, starting at 0, falls below zero at some point.
+
+    >>> below_zero([1, 2, 3])
+    False
+    >>> below_zero([1, 2, -4, 5])
+    True
+    """
+'''
+
+
+def request(task: str, **fields: object) -> DeliberationRequest:
+    return DeliberationRequest.model_validate({"task": task, "roles": ["DEV"]} | fields)
+
+
+def test_the_tasks_doctest_examples_and_assert_lines_are_the_users_tests() -> None:
+    task = "Write it:\n\n" + STUB + "\nAlso:\nassert below_zero([]) is False\nassert not a statement(\n"
+    tests = UserTests(request(task))
+    assert [e.shown for e in tests.examples] == [
+        "below_zero([1, 2, 3]) -> False",
+        "below_zero([1, 2, -4, 5]) -> True",
+        "assert below_zero([]) is False",
+    ]
+    assert tests.count == 3
+    assert tests.describe() == "3 examples in the task"
+    module = tests.module_for({"below_zero"})
+    ast.parse(module)
+    assert module.startswith("from solution import *")
+    assert module.count("def test_user_example_") == 3
+    assert tests.shown("test_user_example_2") == "below_zero([1, 2, -4, 5]) -> True (the task)"
+
+
+def test_a_context_files_docstrings_count_only_for_what_the_task_names() -> None:
+    other = 'def unrelated():\n    """\n    >>> unrelated()\n    1\n    """\n'
+    context = [
+        ContextFile(path="bank.py", content=STUB + "\n\n" + other),
+        ContextFile(path="notes.md", content=">>> below_zero([-1])\nTrue\n"),
+    ]
+    tests = UserTests(request("Implement below_zero in bank.py", context=context))
+    assert [(e.where, e.shown) for e in tests.examples] == [
+        ("bank.py: below_zero", "below_zero([1, 2, 3]) -> False"),
+        ("bank.py: below_zero", "below_zero([1, 2, -4, 5]) -> True"),
+    ]
+
+
+def test_an_example_that_only_sets_up_runs_before_the_next_and_is_no_test_itself() -> None:
+    task = "Counter:\n>>> c = Counter()\n>>> c.add(2)\n>>> c.total\n2\n"
+    tests = UserTests(request(task))
+    assert [e.shown for e in tests.examples] == ["c.total -> 2"]
+    assert tests.examples[0].index == 2
+
+
+def test_a_test_file_is_run_as_written_and_a_stand_in_for_the_solution_is_left_out() -> None:
+    file = (
+        "from bank import below_zero\n\n"
+        "def below_zero(ops):\n    return False\n\n"
+        "def test_dips():\n    assert below_zero([1, -2])\n\n"
+        "def test_stays():\n    assert not below_zero([1])\n"
+    )
+    tests = UserTests(request("Implement below_zero", tests=file))
+    assert tests.count == 2
+    assert tests.describe() == "2 tests in your file"
+    module = tests.module_for({"below_zero"})
+    ast.parse(module)
+    assert "return False" not in module and "def test_dips" in module
+    assert tests.shown("test_dips") == "test_dips (your file)"
+
+
+def test_a_request_without_examples_has_no_user_tests() -> None:
+    tests = UserTests(request("Add rate limiting to the login endpoint"))
+    assert tests.count == 0 and tests.module_for({"f"}) == ""
