@@ -18,11 +18,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agents.code_split import CodeSplit
-from agents.examples import USER, UserTests
+from agents.examples import USER, UserTests, examples_module, shown_example, stated_examples
 from agents.models import CheckResult, Tested
 
 CHECK_NAME = "tests_pass"
 USER_CHECK = "user_tests"
+STATED_CHECK = "own_examples"
+STATED = "stated"  # the author of a solution's own docstring examples in its suite
 MAX_FAILURES_SHOWN = 3
 
 
@@ -47,18 +49,25 @@ class TestSuite(BaseModel):
         "and test file, counted apart from the members' (the `user_tests` check).",
     )
 
+    stated: str = Field(
+        default="",
+        description="The doctest examples of the solution's own docstrings as a module: code "
+        "failing them contradicts itself (the `own_examples` check).",
+    )
+
     @property
     def runnable(self) -> bool:
-        return bool(self.solution and (self.tests or self.own or self.user))
+        return bool(self.solution and (self.tests or self.own or self.user or self.stated))
 
     @property
     def modules(self) -> dict[str, str]:
         """Every test module run against the solution, by author: the others', its own, the
-        user's."""
+        user's, its docstrings' examples."""
         return (
             self.tests
             | ({self.candidate_id: self.own} if self.own else {})
             | ({USER: self.user} if self.user else {})
+            | ({STATED: self.stated} if self.stated else {})
         )
 
 
@@ -88,15 +97,18 @@ def plan_suites(proposals: Mapping[str, str], user: UserTests | None = None) -> 
     for candidate_id, split in splits.items():
         others = {a: s for a, s in splits.items() if a != candidate_id and s.test_count}
         users = user.module_for(split.defined) if user is not None and split.solution else ""
+        stated = stated_examples(split.solution) if split.solution else []
         suites[candidate_id] = TestSuite(
             candidate_id=candidate_id,
             solution=split.solution + "\n" if split.solution else "",
             tests={author: s.tests_for(split.defined) for author, s in others.items()},
             expected={author: s.test_count for author, s in others.items()}
-            | ({USER: user.count} if users and user is not None else {}),
+            | ({USER: user.count} if users and user is not None else {})
+            | ({STATED: len(stated)} if stated else {}),
             own_tests=split.test_count,
             own=split.tests_for(split.defined) if split.solution and split.test_count else "",
             user=users,
+            stated=examples_module(stated),
         )
     return suites
 
@@ -179,6 +191,29 @@ def check_user_tests(suite: TestSuite, run: SuiteRun | None, user: UserTests) ->
         detail += "; failed: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
     return CheckResult(
         name=USER_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
+    )
+
+
+def check_stated_examples(suite: TestSuite, run: SuiteRun | None) -> CheckResult | None:
+    """The `own_examples` check: the share of the examples its own docstrings state that the
+    solution's code gives; None where it states none or did not run. Code failing one
+    contradicts itself, which ranks it below code that does not (agents/ranking.py)."""
+    if not suite.stated or not suite.solution or run is None or run.outcome == "not_run":
+        return None
+    passed, failed = run.passed.get(STATED, 0), run.failed.get(STATED, 0)
+    if passed + failed == 0:
+        return None
+    detail = f"its code gives {passed} of the {passed + failed} examples its docstrings state"
+    examples = stated_examples(suite.solution)
+    missed = [
+        shown_example(examples, test) or test
+        for test, ok in run.results.get(STATED, {}).items()
+        if ok is False
+    ]
+    if missed:
+        detail += "; not: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
+    return CheckResult(
+        name=STATED_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
     )
 
 

@@ -31,6 +31,7 @@ from agents.models import ContextFile, DeliberationRequest
 USER = "user"  # the author of the user's tests in a suite: no agent id looks like it
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DEFINITIONS = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 # Each example's test runs the examples before it in its block first (their names, say),
 # then checks its own, as doctest would: one failing example fails one test.
@@ -95,25 +96,44 @@ class UserTests:
         example. Empty if there are none."""
         if not self.count:
             return ""
-        parts = [self.file.tests_for(defined)] if self.file is not None and self.file.test_count else []
-        if not parts:
-            parts.append("from solution import *  # noqa: F403\n")
-        if any(example.index is not None for example in self.examples):
-            parts.append(_HARNESS)
-        for number, example in enumerate(self.examples, start=1):
-            if example.index is None:
-                body = "    " + example.block
-            else:
-                body = f"    _example({example.block!r}, {example.index})"
-            parts.append(f"def test_user_example_{number}():\n    # {_one_line(example.shown)}\n{body}\n")
-        return "\n\n".join(parts)
+        head = self.file.tests_for(defined) if self.file is not None and self.file.test_count else ""
+        return examples_module(self.examples, head)
 
     def shown(self, test: str) -> str:
         """How the report names one of these tests: the example it checks, or the file's test."""
-        if (match := re.fullmatch(r"test_user_example_(\d+)", test)) and int(match[1]) <= len(self.examples):
-            example = self.examples[int(match[1]) - 1]
-            return f"{example.shown} ({example.where})"
-        return f"{test} (your file)"
+        return shown_example(self.examples, test) or f"{test} (your file)"
+
+
+def stated_examples(solution: str) -> list[Example]:
+    """The doctest examples in the docstrings of a solution's own functions and classes:
+    what its author says it does. Code that fails them contradicts itself."""
+    return _docstring_examples(solution, None, "its docstring")
+
+
+def examples_module(examples: Sequence[Example], head: str = "") -> str:
+    """One test per example, after `head` (a module's start that imports the solution's
+    names); empty without examples or head."""
+    if not examples and not head:
+        return ""
+    parts = [head or "from solution import *  # noqa: F403\n"]
+    if any(example.index is not None for example in examples):
+        parts.append(_HARNESS)
+    for number, example in enumerate(examples, start=1):
+        body = (
+            "    " + example.block
+            if example.index is None
+            else f"    _example({example.block!r}, {example.index})"
+        )
+        parts.append(f"def test_example_{number}():\n    # {_one_line(example.shown)}\n{body}\n")
+    return "\n\n".join(parts)
+
+
+def shown_example(examples: Sequence[Example], test: str) -> str | None:
+    """The example a test of `examples_module` checks, as the report shows it."""
+    if (match := re.fullmatch(r"test_example_(\d+)", test)) and 0 < int(match[1]) <= len(examples):
+        example = examples[int(match[1]) - 1]
+        return f"{example.shown} ({example.where})"
+    return None
 
 
 def _one_line(text: str) -> str:
@@ -175,24 +195,25 @@ def _context_examples(files: Sequence[ContextFile], task: str) -> list[Example]:
     named = set(_WORD.findall(task))
     examples: list[Example] = []
     for file in files:
-        if not file.path.endswith(".py"):
+        if file.path.endswith(".py"):
+            examples += _docstring_examples(file.content, named, file.path)
+    return examples
+
+
+def _docstring_examples(source: str, named: set[str] | None, where: str) -> list[Example]:
+    """The doctest examples in the docstrings of the top-level functions and classes (and
+    their methods) of `source` that are `named` (all of them if None)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    examples: list[Example] = []
+    for node in tree.body:
+        if not isinstance(node, _DEFINITIONS) or (named is not None and node.name not in named):
             continue
-        try:
-            tree = ast.parse(file.content)
-        except (SyntaxError, ValueError):
-            continue
-        for node in tree.body:
-            if (
-                not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                or node.name not in named
-            ):
-                continue
-            for part in [
-                node,
-                *(n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)),
-            ]:
-                docstring = ast.get_docstring(part)
-                if docstring:
-                    name = node.name if part is node else f"{node.name}.{part.name}"
-                    examples += _doctest_examples(docstring, f"{file.path}: {name}")
+        for part in [node, *(n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))]:
+            docstring = ast.get_docstring(part)
+            if docstring:
+                name = node.name if part is node else f"{node.name}.{part.name}"
+                examples += _doctest_examples(docstring, f"{where}: {name}")
     return examples

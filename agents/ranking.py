@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.checks import check_score, run_checks
-from agents.evidence import USER_CHECK, tested_standing
+from agents.evidence import STATED_CHECK, USER_CHECK, tested_standing
 from agents.models import Ballot, CheckResult, ProposalScore, Role, Tested, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
@@ -229,14 +229,16 @@ def score_candidates(
     code_expected: bool = False,
     executed: Mapping[str, CheckResult] | None = None,
     tested: Mapping[str, Tested] | None = None,
-    users: Mapping[str, CheckResult] | None = None,
+    specified: Mapping[str, Sequence[CheckResult]] | None = None,
 ) -> list[ProposalScore]:
     """Every candidate scored and ranked, best first; `executed` adds a check made by
     running a candidate's code (by agent id). A candidate that fails a required
     check (say, no code for a code task) ranks below every one that passes them all,
-    whatever its score. Next, one that fails any of the user's own tests (`users`: the
-    request's examples and test file, by agent id) ranks below every one that passes them
-    all. On a code task with `executed`, how the other members' tests went
+    whatever its score. Next, what the specification says (`specified`, by agent id): one
+    that fails any of the user's own tests (the request's examples and test file) ranks
+    below every one that passes them all, then one whose code contradicts the examples of
+    its own docstrings below one that does not. On a code task with `executed`, how the
+    other members' tests went
     (`tested`, given or read from the check: passed, untested, failed) ranks next, then
     the score. Ties on the score are
     broken by the checks, then by the peer score, then by council order (the order of
@@ -248,8 +250,8 @@ def score_candidates(
         ran = executed.get(candidate.agent_id) if executed is not None else None
         if ran is not None:
             checks.append(ran)
-        if users is not None and (theirs := users.get(candidate.agent_id)) is not None:
-            checks.append(theirs)
+        if specified is not None:
+            checks += specified.get(candidate.agent_id, [])
         checked = check_score(checks)
         peer, counted = peers.get(candidate.agent_id, (None, 0))
         score = checked if peer is None else PEER_WEIGHT * peer + (1 - PEER_WEIGHT) * checked
@@ -283,25 +285,32 @@ def score_candidates(
     return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(ranked, start=1)]
 
 
-def _standing(score: ProposalScore) -> tuple[bool, bool, int]:
-    """What ranks before the score: required checks passed, then the user's tests, then how
-    the other members' tests went."""
+def _standing(score: ProposalScore) -> tuple[bool, bool, bool, int]:
+    """What ranks before the score: required checks passed, then the user's tests, then its
+    own docstrings' examples, then how the other members' tests went."""
     return (
         _fails_required(score),
         _fails_user_tests(score),
+        _fails(score, STATED_CHECK),
         TESTED_ORDER.index(score.tested) if score.tested else 0,
     )
 
 
+def _fails(score: ProposalScore, check: str) -> bool:
+    return any(c.name == check and c.applicable and not c.passed for c in score.checks)
+
+
 def _fails_user_tests(score: ProposalScore) -> bool:
-    return any(c.name == USER_CHECK and c.applicable and not c.passed for c in score.checks)
+    return _fails(score, USER_CHECK)
 
 
-def _user_tests_say(score: ProposalScore) -> str | None:
-    ran = [c for c in score.checks if c.name == USER_CHECK and c.applicable]
-    if not ran:
-        return None
-    return "failed your tests" if _fails_user_tests(score) else "passed your tests"
+def _specification_says(score: ProposalScore) -> str | None:
+    said = []
+    if any(c.name == USER_CHECK and c.applicable for c in score.checks):
+        said.append("failed your tests" if _fails_user_tests(score) else "passed your tests")
+    if _fails(score, STATED_CHECK):
+        said.append("contradicts its own docstring's examples")
+    return ", ".join(said) or None
 
 
 def no_winner_reason(scores: Sequence[ProposalScore]) -> str | None:
@@ -323,9 +332,9 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
         return None
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
     runner_up = tied[0]
-    if _fails_user_tests(first) != _fails_user_tests(runner_up):
+    if _standing(first)[1:3] != _standing(runner_up)[1:3]:
         both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
-        how = f"your tests ({both})"
+        how = f"the specification ({both})"
     elif first.tested != runner_up.tested:
         both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
         how = f"the tests ({both})"
@@ -340,8 +349,8 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
 
 def _tested_says(score: ProposalScore) -> str:
     members = _TESTED_SAYS[score.tested] if score.tested else "was not tested"
-    users = _user_tests_say(score)
-    return f"{users} and {members}" if users else members
+    specification = _specification_says(score)
+    return f"{specification}, and {members}" if specification else members
 
 
 def _fails_required(score: ProposalScore) -> bool:

@@ -20,6 +20,7 @@ from agents.evidence import (
     SuiteRun,
     TestSuite,
     agreement,
+    check_stated_examples,
     check_tests_pass,
     check_user_tests,
     plan_suites,
@@ -126,7 +127,9 @@ class Execution:
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
     tested: dict[str, Tested] = field(default_factory=dict)
-    users: dict[str, CheckResult] = field(default_factory=dict)  # the user's tests, by agent id
+    # By agent id: what the specification says of its code, the user's tests and the
+    # examples its own docstrings state (user_tests, own_examples).
+    specified: dict[str, list[CheckResult]] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
 
 
@@ -295,8 +298,10 @@ def execute_proposals(
         check = check_tests_pass(suites[agent_id], runs.get(agent_id), request.code_expected, agreed)
         execution.checks[agent_id] = check
         execution.tested[agent_id] = tested_standing(check, suites[agent_id], runs.get(agent_id), agreed)
-        if (users := check_user_tests(suites[agent_id], runs.get(agent_id), user)) is not None:
-            execution.users[agent_id] = users
+        run = runs.get(agent_id)
+        said = [check_user_tests(suites[agent_id], run, user), check_stated_examples(suites[agent_id], run)]
+        if checks := [check for check in said if check is not None]:
+            execution.specified[agent_id] = checks
         if agent_id in runs and runs[agent_id].outcome == "not_run":
             execution.gaps.append(f"tests of {agent_id}: {check.detail}")
     return execution
@@ -315,7 +320,7 @@ def judge(
         request.code_expected,
         execution.checks if execution is not None else None,
         execution.tested if execution is not None else None,
-        execution.users if execution is not None else None,
+        execution.specified if execution is not None else None,
     )
     gaps = review.gaps + ranking.gaps + (execution.gaps if execution is not None else [])
     if (why := no_winner_reason(scores)) is not None:

@@ -13,7 +13,7 @@ import pytest
 from agents.adapters import confine
 from agents.adapters.sandbox import run_suite
 from agents.config import SandboxLimits
-from agents.evidence import USER_CHECK, SuiteRun, TestSuite
+from agents.evidence import STATED_CHECK, USER_CHECK, SuiteRun, TestSuite
 from agents.models import DeliberationRequest, Role
 from agents.ranking import Candidate
 from agents.stages import Ranking, Review, execute_proposals, judge
@@ -82,19 +82,19 @@ class NoDeadline:
         pass
 
 
-def winner_of(task: str) -> tuple[str, dict[str, str]]:
+def winner_of(
+    task: str, proposals: dict[str, str] | None = None, check: str = USER_CHECK
+) -> tuple[str, dict[str, str]]:
     request = DeliberationRequest(
         task=task, roles=[Role.DEV, Role.DEVOPS, Role.DATA], run_code=True, expects="code"
     )
-    proposals = {"agent-dev-001": RIGHT, "agent-devops-001": WRONG_A, "agent-data-001": WRONG_B}
+    proposals = proposals or {"agent-dev-001": RIGHT, "agent-devops-001": WRONG_A, "agent-data-001": WRONG_B}
     roles = {"agent-dev-001": Role.DEV, "agent-devops-001": Role.DEVOPS, "agent-data-001": Role.DATA}
     latest = {a: Candidate(a, roles[a], 0, text, "stop") for a, text in proposals.items()}
     execution = execute_proposals(Sandbox(), NoDeadline(), request, latest)  # type: ignore[arg-type]
     verdict = judge(request, Review(latest=latest), Ranking(), execution)
     assert verdict.winner is not None
-    users = {
-        s.agent_id: check.detail for s in verdict.scores for check in s.checks if check.name == USER_CHECK
-    }
+    users = {s.agent_id: c.detail for s in verdict.scores for c in s.checks if c.name == check}
     return verdict.winner.agent_id, users
 
 
@@ -111,3 +111,27 @@ def test_the_tasks_own_examples_rank_the_right_solution_first() -> None:
     for wrong in ("agent-devops-001", "agent-data-001"):
         assert users[wrong].startswith("2 of 3 of your tests pass (3 examples in the task); failed: ")
         assert users[wrong].endswith("below_zero([1, -1]) -> False (the task)")
+
+
+def with_docstring(proposal: str) -> str:
+    """The proposal's function stating the problem's examples, as a solver copying the
+    stub's docstring would."""
+    docstring = (
+        '    """Whether the balance falls below zero.\n\n    >>> below_zero([1, -1])\n    False\n    """\n'
+    )
+    return proposal.replace("def below_zero(operations):\n", "def below_zero(operations):\n" + docstring, 1)
+
+
+def test_code_that_contradicts_its_own_docstrings_examples_ranks_below_code_that_does_not() -> None:
+    proposals = {
+        "agent-dev-001": with_docstring(RIGHT),
+        "agent-devops-001": with_docstring(WRONG_A),
+        "agent-data-001": with_docstring(WRONG_B),
+    }
+    winner, stated = winner_of("Implement below_zero(operations) in Python.", proposals, STATED_CHECK)
+    assert winner == "agent-dev-001"
+    assert stated["agent-dev-001"] == "its code gives 1 of the 1 examples its docstrings state"
+    assert stated["agent-devops-001"] == (
+        "its code gives 0 of the 1 examples its docstrings state; "
+        "not: below_zero([1, -1]) -> False (its docstring: below_zero)"
+    )

@@ -37,8 +37,8 @@ def test_the_tasks_doctest_examples_and_assert_lines_are_the_users_tests() -> No
     module = tests.module_for({"below_zero"})
     ast.parse(module)
     assert module.startswith("from solution import *")
-    assert module.count("def test_user_example_") == 3
-    assert tests.shown("test_user_example_2") == "below_zero([1, 2, -4, 5]) -> True (the task)"
+    assert module.count("def test_example_") == 3
+    assert tests.shown("test_example_2") == "below_zero([1, 2, -4, 5]) -> True (the task)"
 
 
 def test_a_context_files_docstrings_count_only_for_what_the_task_names() -> None:
