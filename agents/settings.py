@@ -11,7 +11,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.config import DEFAULT_ENDPOINT, BusConfig, LLMEndpoint, SandboxLimits, StructuredOutput
@@ -171,10 +180,34 @@ class Settings(BaseSettings):
         "runner waits for its model server, for a probe to read (deploy/k8s); unset: none.",
     )
 
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="The service's front: the fleet orchestrator's deliberation RPCs over gRPC on "
+        "this port (0: any free one); unset: no gRPC.",
+    )
+    grpc_host: str | None = Field(
+        default=None,
+        description="Where the gRPC front listens; unset: 127.0.0.1 without TLS and token, every "
+        "interface with either.",
+    )
+    grpc_tls_cert_file: Path | None = Field(default=None, description="The gRPC front's certificate (PEM).")
+    grpc_tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    grpc_token: SecretStr | None = Field(
+        default=None, description="A bearer token every gRPC call must carry (`authorization: Bearer ...`)."
+    )
+
     sandbox_cpu_seconds: int = Field(default=10, ge=1, description="--run-code: CPU per proposal's run.")
     sandbox_memory_mb: int = Field(default=1024, ge=64, description="--run-code: address space per run.")
     sandbox_file_mb: int = Field(default=16, ge=1, description="--run-code: largest file (and output).")
     sandbox_wall_seconds: float = Field(default=60.0, gt=0, description="--run-code: wall clock per run.")
+
+    @model_validator(mode="after")
+    def _grpc_tls_is_whole(self) -> Settings:
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("DELIBERATION_GRPC_TLS_CERT_FILE and _KEY_FILE go together: set both or neither")
+        return self
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(

@@ -68,7 +68,12 @@ class DeliberationService:
             await asyncio.gather(*self._announcing, return_exceptions=True)
 
     async def submit(self, data: bytes) -> SubmitReply:
-        request = parse_payload(data, DeliberationRequest)
+        return await self.submit_request(parse_payload(data, DeliberationRequest))
+
+    async def submit_request(self, request: DeliberationRequest) -> SubmitReply:
+        """Store a request for a runner, unless its id was submitted already: with the same
+        request it is the same deliberation (its status is answered); with another, a
+        CONFLICT fault."""
         if request.deliberation_id is None:
             request = request.model_copy(update={"deliberation_id": uuid.uuid4().hex})
         deliberation_id = request.deliberation_id or ""
@@ -94,14 +99,14 @@ class DeliberationService:
         return SubmitReply(deliberation_id=deliberation_id, status=record.status)
 
     async def get(self, data: bytes) -> StatusReply:
-        record = await self._record(parse_payload(data, DeliberationRef).deliberation_id)
+        record = await self.record(parse_payload(data, DeliberationRef).deliberation_id)
         result = await self._bus.load_result(record.deliberation_id) if record.status.concluded else None
         return reply_of(record, result)
 
     async def cancel(self, data: bytes) -> StatusReply:
         deliberation_id = parse_payload(data, DeliberationRef).deliberation_id
         while True:
-            record = await self._record(deliberation_id)
+            record = await self.record(deliberation_id)
             if record.status.concluded:
                 return reply_of(record)
             if record.status is DeliberationState.RUNNING and record.flow_run_id is not None:
@@ -116,7 +121,8 @@ class DeliberationService:
             if concluded is not None:
                 return reply_of(concluded)
 
-    async def _record(self, deliberation_id: str) -> StatusRecord:
+    async def record(self, deliberation_id: str) -> StatusRecord:
+        """Its status record; a NOT_FOUND fault if there is none."""
         known = await self._intake.status(deliberation_id)
         if known is None:
             raise ServiceFault(ErrorCode.NOT_FOUND, f"no deliberation {deliberation_id}")

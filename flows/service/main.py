@@ -36,7 +36,7 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
         await intake.ensure()
         await bus.ensure_buckets()
         try:
-            async with _front(bus, intake, settings.service_role):
+            async with _front(bus, intake, settings):
                 # nats-py sends SUB lazily: until the server has them, a request finds no responder.
                 await bus.client.flush()
                 if settings.service_role == "front":
@@ -62,10 +62,12 @@ def _ready(ready: ReadyFile, on_ready: Callable[[], Any] | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _front(bus: JetStreamBus, intake: Intake, role: str) -> AsyncIterator[None]:
+async def _front(bus: JetStreamBus, intake: Intake, settings: Settings) -> AsyncIterator[None]:
     """The service's instance (it answers $SRV.PING, INFO and STATS, so probes and
-    discovery see every process) and, unless it is a runner only, the endpoints; stopped,
-    and their answers in flight finished, on the way out."""
+    discovery see every process) and, unless it is a runner only, the endpoints, and the
+    fleet API over gRPC where configured; stopped, and their answers in flight finished,
+    on the way out."""
+    role = settings.service_role
     micro = await nats.micro.add_service(
         bus.client,
         name=SERVICE_NAME,
@@ -81,12 +83,43 @@ async def _front(bus: JetStreamBus, intake: Intake, role: str) -> AsyncIterator[
         for name in ENDPOINTS:
             await group.add_endpoint(name=name, handler=endpoints.handler(getattr(service, name)))
     try:
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            if service is not None and settings.grpc_port is not None:
+                await stack.enter_async_context(_fleet_api(settings, service, bus))
+            yield
     finally:
         await micro.stop()
         await endpoints.drain()
         if service is not None:
             await service.drain()
+
+
+@contextlib.asynccontextmanager
+async def _fleet_api(
+    settings: Settings, service: DeliberationService, bus: JetStreamBus
+) -> AsyncIterator[None]:
+    """The fleet orchestrator's RPCs over gRPC (flows/service/fleet), saying where and how."""
+    from flows.service.fleet.server import GrpcListen, fleet_api
+
+    token = settings.grpc_token.get_secret_value() if settings.grpc_token is not None else None
+    secured = settings.grpc_tls_cert_file is not None or token is not None
+    listen = GrpcListen(
+        host=settings.grpc_host or ("[::]" if secured else "127.0.0.1"),
+        port=settings.grpc_port or 0,
+        tls_cert_file=settings.grpc_tls_cert_file,
+        tls_key_file=settings.grpc_tls_key_file,
+        token=token,
+    )
+    async with fleet_api(listen, service, bus) as port:
+        how = [w for w, on in (("TLS", listen.tls_cert_file is not None), ("a bearer token", token)) if on]
+        said = (
+            f"with {' and '.join(how)}"
+            if how
+            else "no TLS, no token: set DELIBERATION_GRPC_TLS_CERT_FILE/_KEY_FILE or DELIBERATION_GRPC_TOKEN "
+            "before serving other hosts"
+        )
+        print(f"service: fleet.orchestrator.v1 over gRPC on {listen.host}:{port}, {said}", file=sys.stderr)
+        yield
 
 
 @contextlib.contextmanager

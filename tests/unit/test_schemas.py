@@ -60,3 +60,9 @@ def test_a_foreign_payload_does_not_validate() -> None:
     assert not validator("agent.response").is_valid(FOREIGN_PROPOSAL)
     newer = json.loads(_events()["agent.response"].model_dump_json()) | {"schema_version": 2}
     assert not validator("agent.response").is_valid(newer)
+
+
+def test_the_fleet_apis_stubs_match_its_proto() -> None:
+    from flows.service.fleet.generate import main as generate
+
+    assert generate(["--check"]) == 0
