@@ -5,6 +5,10 @@ test file; each example one test of a module that compiles."""
 from __future__ import annotations
 
 import ast
+import sys
+import types
+
+import pytest
 
 from agents.examples import UserTests
 from agents.models import ContextFile, DeliberationRequest
@@ -80,3 +84,26 @@ def test_a_test_file_is_run_as_written_and_a_stand_in_for_the_solution_is_left_o
 def test_a_request_without_examples_has_no_user_tests() -> None:
     tests = UserTests(request("Add rate limiting to the login endpoint"))
     assert tests.count == 0 and tests.module_for({"f"}) == ""
+
+
+def test_an_example_shown_with_other_quotes_states_the_same_value() -> None:
+    task = 'def shift(x):\n    """\n    >>> shift(12)\n    "21"\n    """\n'
+    module = UserTests(request(task)).module_for({"shift"})
+    namespace: dict[str, object] = {}
+    solution = types.ModuleType("solution")
+    exec("def shift(x):\n    return str(x)[::-1]\n", solution.__dict__)  # noqa: S102 - fixed test code
+    sys.modules["solution"] = solution
+    try:
+        exec(module, namespace)  # noqa: S102 - the module under test, generated from fixed text
+        test = namespace["test_example_1"]
+        assert callable(test)
+        test()  # passes: '21' is "21"
+        exec("def shift(x):\n    return str(x)\n", solution.__dict__)  # noqa: S102
+        namespace.clear()
+        exec(module, namespace)  # noqa: S102
+        failing = namespace["test_example_1"]
+        assert callable(failing)
+        with pytest.raises(AssertionError):
+            failing()
+    finally:
+        del sys.modules["solution"]
