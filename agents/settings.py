@@ -198,6 +198,15 @@ class Settings(BaseSettings):
         default=None, description="A bearer token every gRPC call must carry (`authorization: Bearer ...`)."
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="The service: its figures for Prometheus on http://HOST:PORT/metrics (0: any "
+        "free port); unset: none.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Where /metrics listens.")
+
     sandbox_cpu_seconds: int = Field(default=10, ge=1, description="--run-code: CPU per proposal's run.")
     sandbox_memory_mb: int = Field(default=1024, ge=64, description="--run-code: address space per run.")
     sandbox_file_mb: int = Field(default=16, ge=1, description="--run-code: largest file (and output).")

@@ -20,6 +20,7 @@ from agents.config import LLMEndpoint
 from agents.models import AgentStatus, ChatCompletion, ModelCall, StageCall
 from agents.settings import Settings
 from flows.futures import Deadline, collect, run_count, settle
+from flows.runtime import metrics
 from tasks.ask import ask_model
 
 
@@ -89,6 +90,8 @@ class CallRunner:
         started = time.monotonic()
         by_id = {call.call_id: call for call in calls}
         ask = self._ask_model()
+        for call in calls:
+            metrics.IN_FLIGHT.labels(self.speakers[call.agent_id].url).inc()
         futures = {
             call.call_id: ask.submit(
                 deliberation_id=self.deliberation_id,
@@ -102,30 +105,37 @@ class CallRunner:
         def finished(batch: list[tuple[str, PrefectFuture[Any]]]) -> None:
             elapsed_ms = int((time.monotonic() - started) * 1000)
             settled = [(call_id, settle(future, ChatCompletion)) for call_id, future in batch]
-            known(
-                [
-                    finished_call(by_id[call_id], s.status, s.attempts, s.value, s.error, elapsed_ms)
-                    for call_id, s in settled
-                ]
-            )
+            records = [
+                finished_call(by_id[call_id], s.status, s.attempts, s.value, s.error, elapsed_ms)
+                for call_id, s in settled
+            ]
+            self._counted(records)
+            known(records)
 
         late = collect(futures, self.deadline, finished)
         if late:
             elapsed_ms = int((time.monotonic() - started) * 1000)
             error = self.deadline.error()
-            known(
-                [
-                    finished_call(
-                        by_id[call_id],
-                        AgentStatus.TIMED_OUT,
-                        run_count(futures[call_id]),
-                        None,
-                        error,
-                        elapsed_ms,
-                    )
-                    for call_id in late
-                ]
-            )
+            records = [
+                finished_call(
+                    by_id[call_id],
+                    AgentStatus.TIMED_OUT,
+                    run_count(futures[call_id]),
+                    None,
+                    error,
+                    elapsed_ms,
+                )
+                for call_id in late
+            ]
+            self._counted(records)
+            known(records)
+
+    def _counted(self, records: list[StageCall]) -> None:
+        """Finished calls off the in-flight gauge, and the answered ones' latency observed."""
+        for record in records:
+            metrics.IN_FLIGHT.labels(self.speakers[record.agent_id].url).dec()
+            if record.status is AgentStatus.COMPLETED:
+                metrics.MODEL_CALL.labels(record.stage.value).observe(record.latency_ms / 1000)
 
     def _ask_model(self) -> Any:
         """`ask_model` with this deliberation's retries, and each attempt cut at the attempt

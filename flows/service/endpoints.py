@@ -27,6 +27,7 @@ from agents.service import (
     SubmitReply,
     parse_payload,
 )
+from flows.runtime import metrics
 from flows.service.records import (
     CANCELLED_BY_SERVICE,
     announce_accepted,
@@ -70,10 +71,10 @@ class DeliberationService:
     async def submit(self, data: bytes) -> SubmitReply:
         return await self.submit_request(parse_payload(data, DeliberationRequest))
 
-    async def submit_request(self, request: DeliberationRequest) -> SubmitReply:
+    async def submit_request(self, request: DeliberationRequest, via: str = "nats") -> SubmitReply:
         """Store a request for a runner, unless its id was submitted already: with the same
         request it is the same deliberation (its status is answered); with another, a
-        CONFLICT fault."""
+        CONFLICT fault. `via`: the API it came by, as the metrics count it."""
         if request.deliberation_id is None:
             request = request.model_copy(update={"deliberation_id": uuid.uuid4().hex})
         deliberation_id = request.deliberation_id or ""
@@ -85,6 +86,9 @@ class DeliberationService:
             await self._intake.enqueue(request)
             accepted = await record_accepted(self._intake, request)
             if accepted.created:
+                metrics.SUBMITTED.labels(via).inc()
+                for role in request.roles:
+                    metrics.AGENTS.labels(role.value).inc(request.agents_per_role)
                 # Published before the reply is sent, acknowledged after it: the reply
                 # waits on three round trips to JetStream, not four.
                 await self._after_reply(announce_accepted(self._bus, request))

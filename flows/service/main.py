@@ -21,9 +21,12 @@ from agents.adapters.secrets import nats_token
 from agents.errors import ConfigurationError, EventBusError, describe_validation_error
 from agents.service import ENDPOINTS, HOST_METADATA, ROLE_METADATA, SERVICE_NAME, SERVICE_VERSION
 from agents.settings import Settings
+from flows.runtime import metrics
 from flows.runtime.console import plain_console_logs
 from flows.service.endpoints import DeliberationService, Endpoints
 from flows.service.readiness import READY, ReadyFile, until_model_server_answers
+
+INTAKE_DEPTH_SECONDS = 5.0  # how often /metrics's intake depth is read
 
 
 async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], Any] | None = None) -> None:
@@ -36,7 +39,7 @@ async def serve(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], 
         await intake.ensure()
         await bus.ensure_buckets()
         try:
-            async with _front(bus, intake, settings):
+            async with _front(bus, intake, settings), _figures(settings, intake):
                 # nats-py sends SUB lazily: until the server has them, a request finds no responder.
                 await bus.client.flush()
                 if settings.service_role == "front":
@@ -74,6 +77,8 @@ async def _front(bus: JetStreamBus, intake: Intake, settings: Settings) -> Async
         version=SERVICE_VERSION,
         description="Deliberations of a council of LLM agents: submit, get, cancel.",
         metadata={HOST_METADATA: socket.gethostname(), ROLE_METADATA: role},
+        # Each endpoint's STATS carry this process's counts, as /metrics and GetStatus do.
+        stats_handler=lambda _: metrics.counts(),
     )
     endpoints = Endpoints()
     service: DeliberationService | None = None
@@ -92,6 +97,32 @@ async def _front(bus: JetStreamBus, intake: Intake, settings: Settings) -> Async
         await endpoints.drain()
         if service is not None:
             await service.drain()
+
+
+@contextlib.asynccontextmanager
+async def _figures(settings: Settings, intake: Intake) -> AsyncIterator[None]:
+    """/metrics where configured, with the intake's depth read every few seconds."""
+    if settings.metrics_port is None:
+        yield
+        return
+
+    async def watch_depth() -> None:
+        while True:
+            with contextlib.suppress(EventBusError):
+                pending, unacked = await intake.depth()
+                metrics.INTAKE_PENDING.set(pending)
+                metrics.INTAKE_UNACKED.set(unacked)
+            await asyncio.sleep(INTAKE_DEPTH_SECONDS)
+
+    with metrics.metrics_server(settings.metrics_host, settings.metrics_port) as port:
+        print(f"service: metrics on http://{settings.metrics_host}:{port}/metrics", file=sys.stderr)
+        depth = asyncio.create_task(watch_depth())
+        try:
+            yield
+        finally:
+            depth.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await depth
 
 
 @contextlib.asynccontextmanager

@@ -26,6 +26,7 @@ from agents.context import fit_context
 from agents.events import DeliberationProgressEvent, agent_event, deliberation_event
 from agents.models import DeliberationRequest, DeliberationResult, DeliberationStatus
 from agents.service import DeliberationState, StatusRecord, StatusReply
+from flows.runtime import metrics
 
 CANCELLED_BY_SERVICE = "cancelled through the deliberation service"
 
@@ -139,4 +140,5 @@ async def conclude_without_run(
     # theirs here only; a proposal's own event, published already, is de-duplicated.
     await bus.publish_all([agent_event(result.deliberation_id, result.task_id, o) for o in result.outcomes])
     await bus.publish(deliberation_event(result))
+    metrics.CONCLUDED.labels(status.value).inc()
     return concluded

@@ -23,6 +23,7 @@ from agents.models import DeliberationRequest, DeliberationResult
 from agents.service import DeliberationState, StatusRecord
 from agents.settings import Settings
 from flows.deliberate import deliberate
+from flows.runtime import metrics
 from flows.runtime.loop_lag import LoopLag
 from flows.runtime.run_hooks import Watch, on_running, watching
 from flows.service.records import (
@@ -178,7 +179,7 @@ class Runner:
             asyncio.run_coroutine_threadsafe(self._finished(deliberation_id, result), loop).result(30)
             recorded.append(result)
 
-        with watching(deliberation_id, Watch(started, concluding)):
+        with watching(deliberation_id, Watch(started, concluding)), metrics.RUNNING.track_inprogress():
             # In this context, as to_thread would: the flow run's Prefect API is in it.
             run_here = contextvars.copy_context().run
             state, value = await loop.run_in_executor(self._threads, run_here, _run_flow, request)
@@ -244,6 +245,9 @@ class Runner:
         await self._intake.change_status(
             deliberation_id, lambda r: r.model_copy(update=done | {"updated_at": utc_now()})
         )
+        # Counted as `get` first says so.
+        metrics.CONCLUDED.labels(result.status.value).inc()
+        metrics.DURATION.observe(result.duration_ms / 1000)
 
     async def _conclude(
         self, record: StatusRecord, status: DeliberationState, reason: str, msg: Deliveries

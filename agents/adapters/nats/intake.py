@@ -97,6 +97,14 @@ class Intake:
             return None
         return msg
 
+    async def depth(self) -> tuple[int, int]:
+        """Requests no runner has taken yet, and those taken and not finished."""
+        try:
+            info = await self._js.consumer_info(INTAKE_STREAM, RUNNERS)
+        except (NatsError, TimeoutError) as exc:
+            raise EventBusError(f"reading the depth of {INTAKE_STREAM}: {exc}") from None
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
     async def close(self) -> None:
         """Stop taking requests (before the connection drains)."""
         if self._subscription is not None:

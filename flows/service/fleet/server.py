@@ -17,7 +17,7 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -33,6 +33,7 @@ from agents.errors import EventBusError
 from agents.events import STREAM_SUBJECTS, AgentResponseEvent, DeliberationEvent, Event, parse_event
 from agents.models import DeliberationRequest
 from agents.service import DeliberationState, ErrorCode, ServiceFault, StatusRecord
+from flows.runtime import metrics
 from flows.service.endpoints import DeliberationService
 from flows.service.fleet import mapping
 from flows.service.fleet import orchestrator_pb2 as pb
@@ -98,32 +99,12 @@ class EventWatch:
                 del self._followers[deliberation_id]
 
 
-@dataclass
-class FrontCounts:
-    """What GetStatus reports: the deliberations this front took over gRPC since it started."""
-
-    started: float = field(default_factory=time.monotonic)
-    submitted: int = 0
-    concluded: int = 0
-    concluded_ms: int = 0
-    roles: dict[str, int] = field(default_factory=dict)
-
-    def took(self, request: DeliberationRequest) -> None:
-        self.submitted += 1
-        for role in request.roles:
-            self.roles[role.value] = self.roles.get(role.value, 0) + request.agents_per_role
-
-    def saw_concluded(self, duration_ms: int) -> None:
-        self.concluded += 1
-        self.concluded_ms += duration_ms
-
-
 class FleetOrchestrator(pb_grpc.OrchestratorServiceServicer):
     def __init__(self, service: DeliberationService, bus: JetStreamBus, watch: EventWatch) -> None:
         self._service = service
         self._bus = bus
         self._watch = watch
-        self._counts = FrontCounts()
+        self._started = time.monotonic()
 
     async def Deliberate(
         self, request: pb.DeliberateRequest, context: grpc.aio.ServicerContext
@@ -187,31 +168,30 @@ class FleetOrchestrator(pb_grpc.OrchestratorServiceServicer):
                 if update is not None:
                     yield update
                 if isinstance(event, DeliberationEvent):
-                    self._counts.saw_concluded(event.duration_ms)
                     return
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatusResponse:
-        counts = self._counts
-        reply = pb.GetStatusResponse(status="SERVING", uptime_seconds=int(time.monotonic() - counts.started))
+        """SERVING, and this process's counts (flows/runtime/metrics.py): what it took in,
+        what it runs and concluded if it is a runner too."""
+        reply = pb.GetStatusResponse(status="SERVING", uptime_seconds=int(time.monotonic() - self._started))
         if request.include_stats:
+            counts = metrics.counts()
+            concluded = counts["concluded"]
             reply.stats.CopyFrom(
                 pb.OrchestratorStats(
-                    total_deliberations=counts.submitted,
-                    total_orchestrations=counts.concluded,
-                    avg_deliberation_time_ms=counts.concluded_ms / counts.concluded
-                    if counts.concluded
-                    else 0.0,
-                    active_councils=counts.submitted - counts.concluded,
-                    role_counts=counts.roles,
+                    total_deliberations=counts["submitted"],
+                    total_orchestrations=sum(concluded.values()),
+                    avg_deliberation_time_ms=counts["mean_duration_ms"],
+                    active_councils=counts["running"],
+                    role_counts=metrics.roles_submitted(),
                 )
             )
         return reply
 
     async def _submit(self, request: DeliberationRequest, context: grpc.aio.ServicerContext) -> None:
-        await _answer(context, self._service.submit_request(request))
-        self._counts.took(request)
+        await _answer(context, self._service.submit_request(request, via="grpc"))
 
     async def _record(self, deliberation_id: str, context: grpc.aio.ServicerContext) -> StatusRecord:
         return await _answer(context, self._service.record(deliberation_id))
