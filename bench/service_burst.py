@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import grpc
 import httpx
 import nats
 from nats.aio.msg import Msg
@@ -72,7 +73,7 @@ from bench.run import (
     proposal_requests,
     tree_memory_bytes,
 )
-from flows.runtime.embedded import LocalNatsServer, ManagedProcess
+from flows.runtime.embedded import LocalNatsServer, ManagedProcess, free_port
 from support.agreement import assert_events_agree_with_result
 from support.prefect_server import PrefectServer
 from support.processes import command_line
@@ -214,6 +215,7 @@ class Service:
     runners: list[RunnerProcess]
     prefect: PrefectServer
     nats: LocalNatsServer
+    grpc_address: str | None = None  # the front's fleet API, with --front
 
 
 @contextmanager
@@ -234,14 +236,18 @@ def running_service(
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
         started: list[RunnerProcess] = []
         stack.callback(stop_runners, started)  # each stopped, however far the starting got
-        if front:  # the endpoints in a process of their own; the runners only run
-            started.append(RunnerProcess(env | ROLE_FRONT, workdir / f"{database}-front.log"))
+        grpc_address = None
+        if front:  # the endpoints (and the fleet API) in a process of their own; the runners only run
+            grpc_port = free_port()
+            grpc_address = f"127.0.0.1:{grpc_port}"
+            front_env = env | ROLE_FRONT | {"DELIBERATION_GRPC_PORT": str(grpc_port)}
+            started.append(RunnerProcess(front_env, workdir / f"{database}-front.log"))
             env |= ROLE_RUNNER
         for i in range(runners):
             started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
         for runner in started:  # they start at once; each waited for in turn
             runner.wait_ready()
-        yield Service(nats_server.url, started, prefect, nats_server)
+        yield Service(nats_server.url, started, prefect, nats_server, grpc_address)
 
 
 def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
@@ -306,6 +312,7 @@ class Submitted:
     seconds: float | None  # the reply's round trip; None if there was none
     error: str | None = None
     probe: bool = False  # sent alone while the runners were busy, not in the burst at once
+    via: str = "nats"  # or "grpc": the fleet API's DeliberateForBacklogReview
 
 
 @dataclass
@@ -322,11 +329,16 @@ class Burst:
 
 
 async def run_burst(
-    nats_url: str, requests: Sequence[DeliberationRequest], timeout: float, probes: int = 0
+    nats_url: str,
+    requests: Sequence[DeliberationRequest],
+    timeout: float,
+    probes: int = 0,
+    grpc_address: str | None = None,
 ) -> Burst:
     """Submit every request at once from one connection, but the last `probes`, which go
-    one at a time once the runners are busy; then wait (at most `timeout` s) until a final
-    event of each accepted one has been seen."""
+    one at a time once the runners are busy (every other one over the fleet API's gRPC at
+    `grpc_address`, if given); then wait (at most `timeout` s) until a final event of each
+    accepted one has been seen."""
     nc = await nats.connect(nats_url)
     try:
         concluded: dict[str, float] = {}
@@ -366,7 +378,10 @@ async def run_burst(
         submitted = list(await asyncio.gather(*(_submit(nc, request) for request in at_once)))
         for i, request in enumerate(alone):
             await asyncio.sleep(max(0.0, sent_at + PROBE_AFTER + i * PROBE_EVERY - time.monotonic()))
-            submitted.append(replace(await _submit(nc, request), probe=True))
+            if grpc_address is not None and i % 2:
+                submitted.append(replace(await _submit_over_grpc(grpc_address, request), probe=True))
+            else:
+                submitted.append(replace(await _submit(nc, request), probe=True))
         waiting_for = {s.deliberation_id for s in submitted if s.error is None}
         if waiting_for <= concluded.keys():
             seen_all.set()
@@ -397,6 +412,27 @@ async def _submit(nc: nats.NATS, request: DeliberationRequest) -> Submitted:
         return Submitted(deliberation_id, seconds, f"error {code}: {headers.get('Nats-Service-Error')}")
     SubmitReply.model_validate_json(reply.data)  # the contract's reply, or it raises
     return Submitted(deliberation_id, seconds)
+
+
+async def _submit_over_grpc(address: str, request: DeliberationRequest) -> Submitted:
+    """The fleet API's asynchronous submit. It cannot ask for no review round (its `rounds`
+    0 means 1), so these deliberations make more calls than the burst's."""
+    from flows.service.fleet import orchestrator_pb2 as pb
+    from flows.service.fleet import orchestrator_pb2_grpc as pb_grpc
+
+    deliberation_id = request.deliberation_id or ""
+    message = pb.DeliberateRequest(
+        task_id=deliberation_id, task_description=request.task, num_agents=len(request.roles)
+    )
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        await channel.channel_ready()  # the connection is not what is timed
+        sent = time.monotonic()
+        try:
+            await stub.DeliberateForBacklogReview(message, timeout=SUBMIT_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            return Submitted(deliberation_id, None, f"{exc.code().name}: {exc.details()}", via="grpc")
+        return Submitted(deliberation_id, time.monotonic() - sent, via="grpc")
 
 
 def warm_up(nats_url: str, count: int, timeout: float = 300.0) -> None:
@@ -687,7 +723,9 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
             fault_after(args.restart_nats, lambda: service.nats.restart(down_for=NATS_DOWN_SECONDS)),
         ):
             requests = burst_requests(args.count)
-            burst = asyncio.run(run_burst(service.nats_url, requests, args.timeout, args.probes))
+            burst = asyncio.run(
+                run_burst(service.nats_url, requests, args.timeout, args.probes, service.grpc_address)
+            )
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
         task_runs = settled_task_runs(api, runs_before, completed_before)
@@ -742,7 +780,8 @@ def profiled(service: Service, out_dir: Path | None, database: str) -> AbstractC
 def figures(m: Measured, count: int) -> list[Figure]:
     answered = [s for s in m.burst.submitted if s.error is None and s.seconds is not None]
     latencies = [s.seconds * 1000 for s in answered if not s.probe and s.seconds is not None]
-    probed = [s.seconds * 1000 for s in answered if s.probe and s.seconds is not None]
+    probed = [s.seconds * 1000 for s in answered if s.probe and s.via == "nats" and s.seconds is not None]
+    over_grpc = [s.seconds * 1000 for s in answered if s.probe and s.via == "grpc" and s.seconds is not None]
     calls = [r for r in m.stats["requests"] if r["finished"]]
     window = max(r["finished"] for r in calls) - min(r["arrived"] for r in calls) if calls else 0.0
     ends = m.burst.concluded_at.values()
@@ -771,6 +810,18 @@ def figures(m: Measured, count: int) -> list[Figure]:
             [percentile(probed, 0.99)] if probed else [],
             "ms",
             "target <= 50 ms",
+        ),
+        Figure(
+            "submit reply, runners busy, gRPC: p50",
+            [statistics.median(over_grpc)] if over_grpc else [],
+            "ms",
+            "every other probe, by the fleet API (--front); target <= 2x NATS's",
+        ),
+        Figure(
+            "submit reply, runners busy, gRPC: p99",
+            [percentile(over_grpc, 0.99)] if over_grpc else [],
+            "ms",
+            "",
         ),
         Figure(
             "submit errors",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from flows.runtime.embedded import free_port
 from flows.service.fleet import orchestrator_pb2 as pb
 from flows.service.fleet import orchestrator_pb2_grpc as pb_grpc
 from tests.fake_llm import FakeLLMServer
@@ -34,12 +34,6 @@ class Fleet(NamedTuple):
     service: Service
     channel: grpc.Channel
     address: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

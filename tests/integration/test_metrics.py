@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -15,6 +14,7 @@ import grpc
 import httpx
 import pytest
 
+from flows.runtime.embedded import free_port
 from flows.service.fleet import orchestrator_pb2 as pb
 from flows.service.fleet import orchestrator_pb2_grpc as pb_grpc
 from tests.fake_llm import FakeLLMServer
@@ -22,12 +22,6 @@ from tests.service import Service, request, running_service
 from tests.waiting import wait_until
 
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Figures(NamedTuple):
