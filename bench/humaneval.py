@@ -34,17 +34,15 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agents.adapters import confine
-from agents.adapters.sandbox import run_suite
 from agents.config import SandboxLimits
-from agents.evidence import SuiteRun, TestSuite
 from agents.models import DeliberationRequest, Role
 from agents.ranking import Candidate
 from agents.stages import Ranking, Review, execute_proposals, judge
+from support.sandbox_port import LocalSandbox, NoDeadline
 
 LIMITS = SandboxLimits(cpu_seconds=5, memory_mb=512, file_mb=4, wall_seconds=30)
 RUN_SECONDS = 10.0  # one hidden-test run of a candidate, outside the sandbox, here
@@ -257,28 +255,6 @@ def council(problem: Problem, setting: str) -> tuple[str, list[tuple[str, bool]]
                    (PROSE, False), (PROSE, False)]  # fmt: skip
 
 
-@dataclass
-class Sandbox:
-    """The tests' port on the real sandbox, its suites two at a time (the machine's cores)."""
-
-    left_out: Sequence[str] = ()
-
-    def __call__(self, suites: Mapping[str, TestSuite]) -> dict[str, SuiteRun]:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = dict(zip(suites, pool.map(lambda s: run_suite(s, LIMITS), suites.values()), strict=True))
-        return runs
-
-
-class NoDeadline:
-    expired = False
-
-    def reason(self) -> str:
-        return ""
-
-    def check(self) -> None:
-        pass
-
-
 def play(problem: Problem, setting: str, rotation: int) -> bool:
     """Whether the winner's code is right, with the members rotated `rotation` places."""
     task, members = council(problem, setting)
@@ -287,7 +263,7 @@ def play(problem: Problem, setting: str, rotation: int) -> bool:
     latest = {ids[i]: Candidate(ids[i], ROLES[i], 0, text, "stop") for i, (text, _) in enumerate(order)}
     right = {ids[i] for i, (_, ok) in enumerate(order) if ok}
     request = DeliberationRequest(task=task, roles=ROLES, run_code=True, expects="code", rounds=0)
-    execution = execute_proposals(Sandbox(), NoDeadline(), request, latest)  # type: ignore[arg-type]
+    execution = execute_proposals(LocalSandbox(LIMITS, workers=2), NoDeadline(), request, latest)
     verdict = judge(request, Review(latest=latest), Ranking(), execution)
     return verdict.winner is not None and verdict.winner.agent_id in right
 

@@ -5,18 +5,15 @@ says which of them each wrong one failed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import pytest
 
 from agents.adapters import confine
-from agents.adapters.sandbox import run_suite
 from agents.config import SandboxLimits
-from agents.evidence import STATED_CHECK, USER_CHECK, SuiteRun, TestSuite
+from agents.evidence import STATED_CHECK, USER_CHECK
 from agents.models import DeliberationRequest, Role
 from agents.ranking import Candidate
 from agents.stages import Ranking, Review, execute_proposals, judge
+from support.sandbox_port import LocalSandbox, NoDeadline
 
 pytestmark = pytest.mark.skipif(
     confine.isolation_problem() is not None, reason=str(confine.isolation_problem())
@@ -62,26 +59,6 @@ STUB = '''def below_zero(operations: list[int]) -> bool:
 '''
 
 
-@dataclass
-class Sandbox:
-    """The tests' port on the real sandbox, one suite after another, in this process."""
-
-    left_out: Sequence[str] = ()
-
-    def __call__(self, suites: Mapping[str, TestSuite]) -> dict[str, SuiteRun]:
-        return {agent_id: run_suite(suite, LIMITS) for agent_id, suite in suites.items()}
-
-
-class NoDeadline:
-    expired = False
-
-    def reason(self) -> str:
-        return ""
-
-    def check(self) -> None:
-        pass
-
-
 def winner_of(
     task: str, proposals: dict[str, str] | None = None, check: str = USER_CHECK
 ) -> tuple[str, dict[str, str]]:
@@ -91,7 +68,7 @@ def winner_of(
     proposals = proposals or {"agent-dev-001": RIGHT, "agent-devops-001": WRONG_A, "agent-data-001": WRONG_B}
     roles = {"agent-dev-001": Role.DEV, "agent-devops-001": Role.DEVOPS, "agent-data-001": Role.DATA}
     latest = {a: Candidate(a, roles[a], 0, text, "stop") for a, text in proposals.items()}
-    execution = execute_proposals(Sandbox(), NoDeadline(), request, latest)  # type: ignore[arg-type]
+    execution = execute_proposals(LocalSandbox(LIMITS), NoDeadline(), request, latest)
     verdict = judge(request, Review(latest=latest), Ranking(), execution)
     assert verdict.winner is not None
     users = {s.agent_id: c.detail for s in verdict.scores for c in s.checks if c.name == check}
