@@ -216,6 +216,12 @@ class Service:
     prefect: PrefectServer
     nats: LocalNatsServer
     grpc_address: str | None = None  # the front's fleet API, with --front
+    postgres: ManagedProcess | None = None  # the Prefect server's database, on PostgreSQL
+
+    def postgres_restart(self, down_for: float) -> None:
+        if self.postgres is None:
+            raise ConfigurationError("--restart-postgres needs --database postgresql")
+        self.postgres.restart(down_for)
 
 
 @contextmanager
@@ -227,6 +233,7 @@ def running_service(
     with ExitStack() as stack:
         nats_server = stack.enter_context(LocalNatsServer())
         database_url = None
+        postgres = None
         if database == "postgresql":
             postgres = stack.enter_context(PostgresServer())
             keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
@@ -247,7 +254,7 @@ def running_service(
             started.append(RunnerProcess(env, workdir / f"{database}-runner-{i + 1}.log"))
         for runner in started:  # they start at once; each waited for in turn
             runner.wait_ready()
-        yield Service(nats_server.url, started, prefect, nats_server, grpc_address)
+        yield Service(nats_server.url, started, prefect, nats_server, grpc_address, postgres)
 
 
 def keep_log(stack: ExitStack, server: ManagedProcess, path: Path) -> None:
@@ -721,6 +728,8 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
             # A runner, never the front.
             fault_after(args.kill_runner, service.runners[-1].kill),
             fault_after(args.restart_nats, lambda: service.nats.restart(down_for=NATS_DOWN_SECONDS)),
+            fault_after(args.restart_prefect, lambda: service.prefect.restart(down_for=PREFECT_DOWN_SECONDS)),
+            fault_after(args.restart_postgres, lambda: service.postgres_restart(POSTGRES_DOWN_SECONDS)),
         ):
             requests = burst_requests(args.count)
             burst = asyncio.run(
@@ -742,6 +751,8 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
 
 
 NATS_DOWN_SECONDS = 5.0  # --restart-nats: how long nats-server is away
+PREFECT_DOWN_SECONDS = 10.0  # --restart-prefect: how long the Prefect server is away
+POSTGRES_DOWN_SECONDS = 5.0  # --restart-postgres: how long PostgreSQL is away
 
 
 @contextmanager
@@ -1001,6 +1012,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"restart nats-server (away {NATS_DOWN_SECONDS:.0f} s, its JetStream state kept) this long "
         "after the first submit",
+    )
+    parser.add_argument(
+        "--restart-prefect",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"restart the Prefect server (away {PREFECT_DOWN_SECONDS:.0f} s) this long after the "
+        "first submit",
+    )
+    parser.add_argument(
+        "--restart-postgres",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"restart PostgreSQL (away {POSTGRES_DOWN_SECONDS:.0f} s, its data kept) this long after the "
+        "first submit",
     )
     parser.add_argument(
         "--profile",

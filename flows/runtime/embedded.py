@@ -123,6 +123,16 @@ class ManagedProcess:
             )
         self._ready_by = time.monotonic() + self.startup_timeout
 
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop it and start it again on the same port with the state it had, `down_for`
+        seconds later, as after a crash and a restart: clients reconnect to the same
+        address. Only the process is started again: what a subclass's `start` or `launch`
+        makes once (a database cluster, a database) is there already."""
+        self._terminate()
+        time.sleep(down_for)
+        ManagedProcess.launch(self)
+        self.wait_until_ready()
+
     def wait_until_ready(self) -> None:
         """Return once the server answers; stop it and raise ConfigurationError if it exits
         or is not ready within `startup_timeout` of its launch."""
@@ -202,14 +212,6 @@ class LocalNatsServer(ManagedProcess):
             if self._lock is not None:
                 self.store_dir = store_dir
         self.persistent = self._lock is not None
-
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop it and start it again on the same port with the same JetStream state, as
-        after a crash and a restart, `down_for` seconds later: clients reconnect to the
-        same URL."""
-        self._terminate()
-        time.sleep(down_for)
-        self.start()
 
     def stop(self) -> None:
         super().stop()
