@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
+import importlib.util
 import json
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -138,6 +140,43 @@ def _unprivileged_user() -> pwd.struct_passwd:
         return pwd.getpwnam("nobody")
 
 
+class RedisServer(ManagedProcess):
+    """A throwaway redis-server on a free loopback port, nothing saved, for the Prefect
+    server's messaging (prefect-redis)."""
+
+    name = "redis"
+
+    def __init__(self, startup_timeout: float = 30.0) -> None:
+        super().__init__(startup_timeout)
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigurationError("--redis needs redis-server (Debian: apt-get install redis-server)")
+        if importlib.util.find_spec("prefect_redis") is None:
+            raise ConfigurationError(
+                "--redis needs prefect-redis: .venv/bin/pip install prefect-redis==0.3.0"
+            )
+        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def prefect_messaging(self) -> dict[str, str]:
+        """The Prefect server's settings for messaging through this Redis."""
+        return {
+            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+            "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1",
+            "PREFECT_REDIS_MESSAGING_PORT": str(self.port),
+        }
+
+
 class PostgresServer(ManagedProcess):
     """A throwaway PostgreSQL cluster: initdb into a temporary directory, `postgres` on a free
     loopback port (its unix socket in that directory too), and a database for Prefect."""
@@ -226,7 +265,13 @@ class Service:
 
 @contextmanager
 def running_service(
-    database: str, model_url: str, runners: int, concurrency: int, workdir: Path, front: bool = False
+    database: str,
+    model_url: str,
+    runners: int,
+    concurrency: int,
+    workdir: Path,
+    front: bool = False,
+    redis: bool = False,
 ) -> Iterator[Service]:
     """Everything the service needs, started for one database and stopped on exit (Ctrl-C
     included): PostgreSQL (unless SQLite), the Prefect server, a nats-server and the runners."""
@@ -238,7 +283,12 @@ def running_service(
             postgres = stack.enter_context(PostgresServer())
             keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
             database_url = postgres.url
-        prefect = stack.enter_context(PrefectServer.on_database(database_url))
+        prefect = PrefectServer.on_database(database_url)
+        if redis:  # Prefect's messaging for scale: its events through Redis streams, acknowledged
+            redis_server = stack.enter_context(RedisServer())
+            keep_log(stack, redis_server, workdir / f"{database}-redis.log")
+            prefect.env = (prefect.env or {}) | redis_server.prefect_messaging()
+        stack.enter_context(prefect)
         keep_log(stack, prefect, workdir / f"{database}-prefect-server.log")
         env = runner_env(nats_server.url, model_url, prefect.api_url, concurrency, workdir / database)
         started: list[RunnerProcess] = []
@@ -714,7 +764,7 @@ def settled_task_runs(api_url: str, before: int, before_completed: int, patience
 
 def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, workdir: Path) -> Measured:
     with running_service(
-        database, emulator.url, args.runners, args.concurrency, workdir, args.front
+        database, emulator.url, args.runners, args.concurrency, workdir, args.front, args.redis
     ) as service:
         warm_up(service.nats_url, args.warmup)
         emulator.reset()
@@ -1012,6 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help=f"restart nats-server (away {NATS_DOWN_SECONDS:.0f} s, its JetStream state kept) this long "
         "after the first submit",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="the Prefect server's events through a Redis of its own (prefect-redis), not its "
+        "in-memory messaging",
     )
     parser.add_argument(
         "--restart-prefect",
