@@ -1025,8 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probes",
         type=int,
-        default=20,
-        help="of them, how many are submitted one at a time once the runners are busy",
+        default=None,
+        help="of them, how many are submitted one at a time once the runners are busy "
+        "(default: 20, at most a fifth of --count)",
     )
     parser.add_argument(
         "--database", choices=[*DATABASES, "both"], default="both", help="the Prefect server's"
@@ -1093,6 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
         "(flame graphs and top items; its CPU figures are then not the service's alone)",
     )
     args = parser.parse_args(argv)
+    if args.probes is None:
+        args.probes = min(20, args.count // 5)
     if not 0 <= args.probes <= args.count:
         parser.error(f"--probes must be between 0 and --count ({args.count})")
     if args.warmup is None:

@@ -52,6 +52,7 @@ class CallRunner:
         self.deadline = deadline
         self.ledger = ledger
         self.write_ledger = write_ledger
+        self._out: set[str] = set()  # the calls of the stage being asked not finished yet
 
     def __call__(
         self, calls: Sequence[ModelCall], on_calls: Callable[[list[StageCall]], Any] | None = None
@@ -92,6 +93,7 @@ class CallRunner:
         ask = self._ask_model()
         for call in calls:
             metrics.IN_FLIGHT.labels(self.speakers[call.agent_id].url).inc()
+        self._out = set(by_id)
         futures = {
             call.call_id: ask.submit(
                 deliberation_id=self.deliberation_id,
@@ -112,7 +114,13 @@ class CallRunner:
             self._counted(records)
             known(records)
 
-        late = collect(futures, self.deadline, finished)
+        try:
+            late = collect(futures, self.deadline, finished)
+        except BaseException:  # cancelled meanwhile: what is still out leaves the gauge too
+            for call_id in self._out:
+                metrics.IN_FLIGHT.labels(self.speakers[by_id[call_id].agent_id].url).dec()
+            self._out.clear()
+            raise
         if late:
             elapsed_ms = int((time.monotonic() - started) * 1000)
             error = self.deadline.error()
@@ -133,6 +141,7 @@ class CallRunner:
     def _counted(self, records: list[StageCall]) -> None:
         """Finished calls off the in-flight gauge, and the answered ones' latency observed."""
         for record in records:
+            self._out.discard(record.call_id)
             metrics.IN_FLIGHT.labels(self.speakers[record.agent_id].url).dec()
             if record.status is AgentStatus.COMPLETED:
                 metrics.MODEL_CALL.labels(record.stage.value).observe(record.latency_ms / 1000)

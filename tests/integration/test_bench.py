@@ -157,4 +157,4 @@ def test_service_burst_on_postgresql_loses_and_duplicates_nothing() -> None:
     assert values["concluded"] == "4"
     assert values["lost"] == values["duplicated"] == values["stream disagrees with result"] == "0"
     assert values["agent events"] == "20"
-    assert float(values["submit reply: p99"]) > 0 and float(values["model calls sustained"]) > 0
+    assert float(values["submit reply, all at once: p99"]) > 0 and float(values["model calls sustained"]) > 0
