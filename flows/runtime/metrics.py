@@ -50,12 +50,7 @@ def _total(metric: Counter | Gauge | Histogram, suffix: str = "") -> float:
 
 def counts() -> dict[str, Any]:
     """This process's counts, as GetStatus and $SRV.STATS report them."""
-    concluded = {
-        s.labels["status"]: int(s.value)
-        for family in CONCLUDED.collect()
-        for s in family.samples
-        if s.name == family.name + "_total"
-    }
+    concluded = _by_label(CONCLUDED, "status")
     finished = _total(DURATION, "_count")
     return {
         "submitted": int(_total(SUBMITTED, "_total")),
@@ -68,11 +63,16 @@ def counts() -> dict[str, Any]:
 
 
 def roles_submitted() -> dict[str, int]:
+    return _by_label(AGENTS, "role")
+
+
+def _by_label(counter: Counter, label: str) -> dict[str, int]:
+    """A counter's totals by one of its labels."""
     return {
-        s.labels["role"]: int(s.value)
-        for family in AGENTS.collect()
-        for s in family.samples
-        if s.name == family.name + "_total"
+        sample.labels[label]: int(sample.value)
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name == family.name + "_total"
     }
 
 

@@ -156,7 +156,7 @@ class FleetOrchestrator(pb_grpc.OrchestratorServiceServicer):
             )
             seen: set[str] = set()
             done = 0
-            async for event in _events(earlier, live, self._status_changed(deliberation_id)):
+            async for event in _events(earlier, live, lambda: self._is_concluded(deliberation_id, context)):
                 if event is None:  # the status record says it concluded: its final event came and went
                     event = await self._final_event(deliberation_id, context)
                 if event.msg_id in seen:
@@ -204,18 +204,12 @@ class FleetOrchestrator(pb_grpc.OrchestratorServiceServicer):
             record = await self._record(deliberation_id, context)
             if record.status.concluded:
                 return record
-            with contextlib.suppress(TimeoutError):
-                while not isinstance(
-                    await asyncio.wait_for(events.get(), STATUS_POLL_SECONDS), DeliberationEvent
-                ):
-                    pass
+            async for event in _events([], events, lambda: self._is_concluded(deliberation_id, context)):
+                if event is None or isinstance(event, DeliberationEvent):
+                    break
 
-    def _status_changed(self, deliberation_id: str) -> Callable[[], Awaitable[bool]]:
-        async def concluded() -> bool:
-            record = await self._service.record(deliberation_id)
-            return record.status.concluded
-
-        return concluded
+    async def _is_concluded(self, deliberation_id: str, context: grpc.aio.ServicerContext) -> bool:
+        return (await self._record(deliberation_id, context)).status.concluded
 
     async def _final_event(self, deliberation_id: str, context: grpc.aio.ServicerContext) -> Event:
         record = await self._record(deliberation_id, context)
