@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.msg import Msg
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
 
 from agents.adapters.nats.intake import INTAKE_STREAM
 from agents.settings import Settings
@@ -95,6 +95,29 @@ def finished_flow_run(flow_run_id: str, timeout: float = 60.0) -> FlowRun:
         wait_until(final, timeout)
         found = final()
         assert found is not None
+        return found
+
+
+def task_runs_of(
+    flow_run_id: str | uuid.UUID,
+    until: Callable[[list[TaskRun]], bool] = bool,
+    timeout: float = 60.0,
+) -> list[TaskRun]:
+    """The flow run's task runs once `until` holds for them. Task runs reach the API as events,
+    after the flow run's own final state, and in no set order: read them once and a few may
+    not be there yet."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(str(flow_run_id))]))
+    with get_client(sync_client=True) as client:
+        found: list[TaskRun] = []
+
+        def read() -> bool:
+            found[:] = client.read_task_runs(flow_run_filter=flow_runs)
+            return until(found)
+
+        wait_until(read, timeout)
         return found
 
 

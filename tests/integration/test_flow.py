@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
+from prefect.client.schemas.objects import TaskRun
 from prefect.logging.handlers import APILogWorker
 from prefect.states import State
 
@@ -53,6 +54,7 @@ from flows.deliberate import deliberate
 from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer, barrier, ok, status
 from tests.nats_jwt import OperatorNatsServer
+from tests.service import task_runs_of
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 ReadEvents = Callable[[str], list[Event]]
@@ -148,21 +150,13 @@ def test_each_call_is_a_task_run_whose_states_and_logs_show_each_attempt_and_why
 def _task_runs_when_final(state: State[Any], names: list[str]) -> dict[str, Any]:
     """The flow run's task runs of these names, once the API holds each one final (it learns
     of task-run states through events, a moment after the flow ends)."""
-    give_up = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = {
-                r.name: r
-                for r in client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=names)),
-                )
-            }
-            final = [r for r in runs.values() if r.state is not None and r.state.is_final()]
-            if len(final) == len(names):
-                return runs
-            assert time.monotonic() < give_up, runs
-            time.sleep(0.5)
+
+    def final(runs: list[TaskRun]) -> bool:
+        done = {r.name for r in runs if r.state is not None and r.state.is_final()}
+        return set(names) <= done
+
+    runs = task_runs_of(state.state_details.flow_run_id, until=final, timeout=30)
+    return {r.name: r for r in runs if r.name in names}
 
 
 def test_permanent_error_is_not_retried_and_is_published_as_failed(

@@ -22,7 +22,15 @@ from agents.settings import bus_config_for
 from flows.schemas import SCHEMA_DIR
 from support.agreement import assert_stream_agrees_with_stored_result
 from tests.fake_llm import HANG, FakeLLMServer
-from tests.service import ERROR, ERROR_CODE, Service, finished_flow_run, request, running_service
+from tests.service import (
+    ERROR,
+    ERROR_CODE,
+    Service,
+    finished_flow_run,
+    request,
+    running_service,
+    task_runs_of,
+)
 from tests.waiting import wait_until
 
 
@@ -52,14 +60,10 @@ def test_a_submitted_deliberation_is_accepted_at_once_runs_as_a_flow_run_and_get
     assert done["result"]["status"] == "completed" and done["result"]["completed"] == 2
     assert done["flow_run_id"]
 
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        flow_run = finished_flow_run(done["flow_run_id"])
-        task_runs = client.read_task_runs()
+    flow_run = finished_flow_run(done["flow_run_id"])
     assert flow_run.state is not None and flow_run.state.is_completed()
-    names = {t.name for t in task_runs if t.flow_run_id == flow_run.id}
-    assert {"agent-dev-001.proposal", "agent-qa-001.proposal"} <= names
+    proposals = {"agent-dev-001.proposal", "agent-qa-001.proposal"}
+    task_runs_of(flow_run.id, until=lambda runs: proposals <= {t.name for t in runs})
 
     assert_stream_agrees_with_stored_result(service.url, deliberation_id)
     progress = [e for e in _events(service.url, deliberation_id) if isinstance(e, DeliberationProgressEvent)]
