@@ -7,9 +7,11 @@ run_code), they are counted apart from the members' tests, and a solution failin
 ranks below every solution that passes them all (agents/ranking.py).
 
 Where they are found:
-- the task text: doctest examples, and lines that are `assert` statements;
+- the task text: doctest examples, lines that are `assert` statements, and examples in
+  prose of a function the task defines (its stub): `f(3) ==> 5`, `f("a") ➞ True`,
+  `f(2) should return 4.`, as human-eval and many stubs write them;
 - the context files' docstrings (Python files), of the functions and classes the task
-  names, and of their methods: the stub the user means;
+  names, and of their methods: the stub the user means; their prose examples too;
 - the request's `tests`: a pytest file, its tests run as they are, with the solution's
   names in scope as for the members' tests (agents/code_split.py).
 
@@ -67,14 +69,40 @@ def _example(block, index):
 """
 
 
+# A prose example's value compares as prose means it: the same value, a list for a tuple,
+# a lone value for a 1-tuple (`==> ("Venus")`), floats to their shown precision.
+_SAYS = """import math as _math
+
+
+def _alike(got, want):
+    if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
+        return _math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    if type(got) is type(want) or {type(got), type(want)} <= {int, float}:
+        if isinstance(got, list | tuple):
+            return len(got) == len(want) and all(map(_alike, got, want))
+        return got == want
+    if isinstance(got, list | tuple) and isinstance(want, list | tuple):
+        return len(got) == len(want) and all(map(_alike, got, want))
+    if isinstance(got, tuple) and len(got) == 1:
+        return _alike(got[0], want)
+    return False
+
+
+def _says(got, want):
+    assert _alike(got, want), f"{got!r}, not {want!r}"
+"""
+
+
 @dataclass(frozen=True)
 class Example:
-    """One stated example: a doctest example of a block, or an assert statement."""
+    """One stated example: a doctest example of a block, an assert statement, or a prose
+    example's check."""
 
     where: str  # "the task", or "src/mathlib.py: gcd"
-    block: str  # the doctest block it is in, or the assert statement
-    index: int | None  # its place in the block; None for an assert
+    block: str  # the doctest block it is in, or the statement to run
+    index: int | None  # its place in the block; None for a statement
     shown: str  # as the report shows it: `f(2) -> 4`, or the assert
+    prose: bool = False  # a prose example: its statement needs _SAYS
 
 
 class UserTests:
@@ -131,6 +159,8 @@ def examples_module(examples: Sequence[Example], head: str = "") -> str:
     parts = [head or "from solution import *  # noqa: F403\n"]
     if any(example.index is not None for example in examples):
         parts.append(_HARNESS)
+    if any(example.prose for example in examples):
+        parts.append(_SAYS)
     for number, example in enumerate(examples, start=1):
         body = (
             "    " + example.block
@@ -200,7 +230,94 @@ def _assert_lines(text: str) -> Iterator[str]:
 def _task_examples(task: str) -> list[Example]:
     examples = list(_doctest_examples(task, "the task"))
     examples += [Example("the task", line, None, line) for line in _assert_lines(task)]
+    examples += _prose_examples(task, set(_DEFINED.findall(task)), "the task")
     return examples
+
+
+_DEFINED = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*\(", re.MULTILINE)
+# What prose puts between a call and its value; `is` and the like are too loose to read.
+_SEPARATOR = re.compile(r"\s*(==>|=>|➞|→|->|==|=|should return|returns|will return)\s*")
+_PROSE_LITERALS = {"true": True, "false": False}
+
+
+def _prose_examples(text: str, names: set[str], where: str) -> list[Example]:
+    """Lines that show a call of one of `names` with literal arguments and the literal it
+    gives: `f([1, 2]) ==> 3`. Doctest lines are doctest's; anything else after the value
+    (`19 - 5 - 6 = 8`) makes it no example."""
+    if not names:
+        return []
+    call_start = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, sorted(names)))})\(")
+    examples = []
+    for line in text.splitlines():
+        if line.lstrip().startswith((">>>", "...", "assert ")):
+            continue
+        for match in call_start.finditer(line):
+            found = _prose_example(line, match.start())
+            if found is not None:
+                call, want = found
+                examples.append(
+                    Example(where, f"_says({call}, {want!r})", None, f"{call} -> {want!r}", prose=True)
+                )
+    return examples
+
+
+def _prose_example(line: str, start: int) -> tuple[str, object] | None:
+    end = _closing_paren(line, line.index("(", start))
+    if end is None:
+        return None
+    call = line[start : end + 1]
+    try:
+        node = ast.parse(call, mode="eval").body
+        assert isinstance(node, ast.Call)
+        for argument in [*node.args, *(k.value for k in node.keywords)]:
+            ast.literal_eval(argument)
+    except (SyntaxError, ValueError, TypeError, AssertionError, MemoryError, RecursionError):
+        return None
+    separator = _SEPARATOR.match(line, end + 1)
+    if separator is None:
+        return None
+    return (call, want) if (want := _prose_value(line[separator.end() :])) is not _NOTHING else None
+
+
+_NOTHING = object()
+
+
+def _prose_value(text: str) -> object:
+    """The literal `text` starts with, if all after it is a sentence's end or a comment."""
+    for cut in range(len(text), 0, -1):
+        rest = text[cut:].strip()
+        if rest and not (rest[0] == "#" or (rest[0] in ".,;" and not rest[1:2].strip())):
+            continue
+        head = text[:cut].strip()
+        if head.lower() in _PROSE_LITERALS:
+            return _PROSE_LITERALS[head.lower()]
+        try:
+            return ast.literal_eval(head)
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            continue
+    return _NOTHING
+
+
+def _closing_paren(line: str, opening: int) -> int | None:
+    """Where the parenthesis at `opening` closes, outside string literals."""
+    depth, quote, i = 0, "", opening
+    while i < len(line):
+        char = line[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
 
 
 def _context_examples(files: Sequence[ContextFile], task: str) -> list[Example]:
@@ -229,4 +346,6 @@ def _docstring_examples(source: str, named: set[str] | None, where: str) -> list
             if docstring:
                 name = node.name if part is node else f"{node.name}.{part.name}"
                 examples += _doctest_examples(docstring, f"{where}: {name}")
+                if part is node and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    examples += _prose_examples(docstring, {node.name}, f"{where}: {name}")
     return examples

@@ -107,3 +107,93 @@ def test_an_example_shown_with_other_quotes_states_the_same_value() -> None:
             failing()
     finally:
         del sys.modules["solution"]
+
+
+PROSE_STUB = '''def closest_vowel(word):
+    """The vowel nearest the end that stands between two consonants.
+
+    Examples:
+    closest_vowel("yogurt") ==> "u"
+    closest_vowel("FULL") ➞ "U"
+    closest_vowel("ab") should return "".
+    closest_vowel("rabbit") returns 'i' # not the a
+    closest_vowel(word) ==> "the vowel"
+    closest_vowel("xyz") = 19 - 5 - 6 = 8
+    nearby("a") ==> "b"
+    >>> closest_vowel("ox")
+    ''
+    """
+'''
+
+
+def _run_examples(module: str, code: str) -> dict[str, bool]:
+    """Each test of `module` against a solution of `code`: whether it passed."""
+    solution = types.ModuleType("solution")
+    exec(code, solution.__dict__)  # noqa: S102 - fixed test code
+    sys.modules["solution"] = solution
+    try:
+        namespace: dict[str, object] = {}
+        exec(module, namespace)  # noqa: S102 - the module under test, generated from fixed text
+        passed = {}
+        for name, test in namespace.items():
+            if name.startswith("test_") and callable(test):
+                try:
+                    test()
+                    passed[name] = True
+                except AssertionError:
+                    passed[name] = False
+        return passed
+    finally:
+        del sys.modules["solution"]
+
+
+def test_prose_examples_of_the_function_the_task_defines_are_the_users_tests() -> None:
+    tests = UserTests(request("Complete this Python function:\n\n" + PROSE_STUB))
+    # A call with a name for an argument, a value with sums after it, another function's
+    # call: no examples. The doctest example is doctest's, read once.
+    assert [e.shown for e in tests.examples] == [
+        "closest_vowel(\"ox\") -> ''",
+        "closest_vowel(\"yogurt\") -> 'u'",
+        "closest_vowel(\"FULL\") -> 'U'",
+        "closest_vowel(\"ab\") -> ''",
+        "closest_vowel(\"rabbit\") -> 'i'",
+    ]
+    module = tests.module_for({"closest_vowel"})
+    right = (
+        "def closest_vowel(word):\n"
+        "    v = 'aeiouAEIOU'\n"
+        "    for i in range(len(word) - 2, 0, -1):\n"
+        "        if word[i] in v and word[i - 1] not in v and word[i + 1] not in v:\n"
+        "            return word[i]\n"
+        "    return ''\n"
+    )
+    assert set(_run_examples(module, right).values()) == {True}
+    wrong = right.replace("range(len(word) - 2, 0, -1)", "range(1, len(word) - 1)")
+    assert _run_examples(module, wrong) == {
+        "test_example_1": True,
+        "test_example_2": False,  # "yogurt": o is the first such vowel, u the last
+        "test_example_3": True,
+        "test_example_4": True,
+        "test_example_5": False,
+    }
+
+
+def test_prose_values_compare_as_prose_means_them() -> None:
+    task = (
+        'def span(xs):\n    """span([1, 5]) => (1, 5)\n    span([2]) ==> (2)\n    span([]) => true\n    """\n'
+    )
+    module = UserTests(request(task)).module_for({"span"})
+    # A list for a tuple, a lone value for a 1-tuple, `true` for True.
+    code = "def span(xs):\n    return True if not xs else [min(xs), max(xs)] if len(xs) > 1 else (xs[0],)\n"
+    assert set(_run_examples(module, code).values()) == {True}
+    # Not True for 1, nor a string for a number.
+    code = "def span(xs):\n    return 1 if not xs else ['1', '5'] if len(xs) > 1 else '2'\n"
+    assert set(_run_examples(module, code).values()) == {False}
+
+
+def test_a_solutions_own_prose_examples_are_what_it_states() -> None:
+    from agents.examples import stated_examples
+
+    solution = 'def double(x):\n    """double(2) ==> 4\n    """\n    return x + 2\n'
+    [example] = stated_examples(solution)
+    assert example.shown == "double(2) -> 4" and example.where == "its docstring: double"
