@@ -77,7 +77,7 @@ from bench.run import (
 )
 from flows.runtime.embedded import LocalNatsServer, ManagedProcess, free_port
 from support.agreement import assert_events_agree_with_result
-from support.prefect_server import PrefectServer
+from support.prefect_server import PREFECT, PrefectServer
 from support.processes import command_line
 from support.runner_process import RunnerProcess
 
@@ -272,6 +272,7 @@ def running_service(
     workdir: Path,
     front: bool = False,
     redis: bool = False,
+    server_prefect: str | None = None,
 ) -> Iterator[Service]:
     """Everything the service needs, started for one database and stopped on exit (Ctrl-C
     included): PostgreSQL (unless SQLite), the Prefect server, a nats-server and the runners."""
@@ -283,7 +284,7 @@ def running_service(
             postgres = stack.enter_context(PostgresServer())
             keep_log(stack, postgres, workdir / f"{database}-postgresql.log")
             database_url = postgres.url
-        prefect = PrefectServer.on_database(database_url)
+        prefect = PrefectServer.on_database(database_url, executable=server_prefect or PREFECT)
         if redis:  # Prefect's messaging for scale: its events through Redis streams, acknowledged
             redis_server = stack.enter_context(RedisServer())
             keep_log(stack, redis_server, workdir / f"{database}-redis.log")
@@ -764,7 +765,14 @@ def settled_task_runs(api_url: str, before: int, before_completed: int, patience
 
 def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, workdir: Path) -> Measured:
     with running_service(
-        database, emulator.url, args.runners, args.concurrency, workdir, args.front, args.redis
+        database,
+        emulator.url,
+        args.runners,
+        args.concurrency,
+        workdir,
+        args.front,
+        args.redis,
+        args.server_prefect,
     ) as service:
         warm_up(service.nats_url, args.warmup)
         emulator.reset()
@@ -1069,6 +1077,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the Prefect server's events through a Redis of its own (prefect-redis), not its "
         "in-memory messaging",
+    )
+    parser.add_argument(
+        "--server-prefect",
+        default=None,
+        metavar="PATH",
+        help="run the Prefect server with this `prefect` command (another environment's, its own "
+        "Python: say one on Python 3.13, where Prefect's timestamps are the standard library's, "
+        "not pendulum's); the same Prefect version",
     )
     parser.add_argument(
         "--restart-prefect",

@@ -43,15 +43,24 @@ class PrefectServer(ManagedProcess):
 
     name = "prefect-server"
 
-    def __init__(self, startup_timeout: float, env: dict[str, str] | None = None, ui: bool = True) -> None:
+    def __init__(
+        self,
+        startup_timeout: float,
+        env: dict[str, str] | None = None,
+        ui: bool = True,
+        executable: str = PREFECT,
+    ) -> None:
         super().__init__(startup_timeout, env)
         self.ui = ui
+        self.executable = executable  # another environment's `prefect`: its Python, say
 
     @classmethod
-    def on_database(cls, database_url: str | None, startup_timeout: float = 180.0) -> PrefectServer:
+    def on_database(
+        cls, database_url: str | None, startup_timeout: float = 180.0, executable: str = PREFECT
+    ) -> PrefectServer:
         """As deploy/k8s runs it (its settings, no UI), with a PREFECT_HOME of its own:
         on `database_url`, or on SQLite in that home."""
-        server = cls(startup_timeout, ui=False)
+        server = cls(startup_timeout, ui=False, executable=executable)
         home = server.workdir / "home"
         server.env = deployed_settings() | {
             "PREFECT_HOME": str(home),
@@ -65,7 +74,7 @@ class PrefectServer(ManagedProcess):
         return f"http://127.0.0.1:{self.port}/api"
 
     def command(self) -> list[str]:
-        command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [self.executable, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         return command if self.ui else [*command, "--no-ui"]
 
     def is_ready(self) -> bool:
