@@ -77,15 +77,11 @@ _SAYS = """import math as _math
 def _alike(got, want):
     if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
         return _math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
-    if type(got) is type(want) or {type(got), type(want)} <= {int, float}:
-        if isinstance(got, list | tuple):
-            return len(got) == len(want) and all(map(_alike, got, want))
-        return got == want
     if isinstance(got, list | tuple) and isinstance(want, list | tuple):
         return len(got) == len(want) and all(map(_alike, got, want))
     if isinstance(got, tuple) and len(got) == 1:
         return _alike(got[0], want)
-    return False
+    return (type(got) is type(want) or {type(got), type(want)} <= {int, float}) and got == want
 
 
 def _says(got, want):
