@@ -3,7 +3,10 @@
 Each proposal's Python code is split into its solution (everything but tests) and its tests
 (`test_*` functions, `Test*` classes, fixtures, and the imports and helpers beside them). A
 proposal is then tested only with the tests the *other* members wrote: its own tests would
-let it mark its own work. The pass and fail counts become the `tests_pass` check.
+let it mark its own work. The pass and fail counts become the `tests_pass` check. Its own
+tests count only against it (`own_tests`: code failing its own author's test that another
+solution passes contradicts itself), and the tests of members who proposed no solution
+count apart (`independent_tests`).
 
 How the code splits: agents/code_split.py. No I/O here: agents/adapters/sandbox.py runs a
 TestSuite, tasks/run_tests.py does so on a Ray worker.
@@ -24,6 +27,8 @@ from agents.models import CheckResult, Tested
 CHECK_NAME = "tests_pass"
 USER_CHECK = "user_tests"
 STATED_CHECK = "own_examples"
+OWN_TESTS_CHECK = "own_tests"
+INDEPENDENT_CHECK = "independent_tests"
 STATED = "stated"  # the author of a solution's own docstring examples in its suite
 MAX_FAILURES_SHOWN = 3
 
@@ -38,6 +43,11 @@ class TestSuite(BaseModel):
     tests: dict[str, str] = Field(description="Test module source by its author's agent id.")
     expected: dict[str, int] = Field(description="Tests counted in each author's source.")
     own_tests: int = Field(default=0, description="Tests the candidate wrote (not counted for it).")
+    testers: list[str] = Field(
+        default_factory=list,
+        description="The authors among `tests` who proposed no solution of their own: independent "
+        "testers (the `independent_tests` check).",
+    )
     own: str = Field(
         default="",
         description="The candidate's own tests as a module, run against its solution only to "
@@ -106,6 +116,7 @@ def plan_suites(proposals: Mapping[str, str], user: UserTests | None = None) -> 
             | ({USER: user.count} if users and user is not None else {})
             | ({STATED: len(stated)} if stated else {}),
             own_tests=split.test_count,
+            testers=[author for author in others if not splits[author].solution],
             own=split.tests_for(split.defined) if split.solution and split.test_count else "",
             user=users,
             stated=examples_module(stated),
@@ -214,6 +225,84 @@ def check_stated_examples(suite: TestSuite, run: SuiteRun | None) -> CheckResult
         detail += "; not: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
     return CheckResult(
         name=STATED_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
+    )
+
+
+def _counted(
+    results: Mapping[str, bool | None], agreements: Mapping[str, float]
+) -> tuple[int, int, list[str]]:
+    """Passed, failed, and the failed tests' names, of one author's tests in one run: each
+    test that some solution passes (one that passes none, `assert False`, is no evidence); a
+    test that gave no result in this run failed here, one skipped here does not count."""
+    passed, failed = 0, []
+    for test, share in agreements.items():
+        ok = results.get(test, False)
+        if share == 0 or ok is None:
+            continue
+        if ok:
+            passed += 1
+        else:
+            failed.append(test)
+    return passed, len(failed), failed
+
+
+def check_independent_tests(
+    suite: TestSuite, run: SuiteRun | None, agreed: Agreement, code_expected: bool, testers: bool
+) -> CheckResult | None:
+    """The `independent_tests` check: the share of the tests by members who proposed no
+    solution (independent testers, as AgentCoder's test designer) that the solution passes.
+    They say what the task asks of every solution, where an author's tests say mostly what
+    its own code does, so they rank above the authors' (agents/ranking.py), unweighed by
+    agreement: two solutions that agree are weak evidence against them. Where the council
+    has testers (`testers`), a proposal of a code task with code but no solution fails it,
+    as it fails `tests_pass`: tests are no answer to the task. None where no tester's test
+    reached the solution."""
+    if testers and code_expected and not suite.solution and (suite.tests or suite.own_tests):
+        return CheckResult(
+            name=INDEPENDENT_CHECK,
+            applicable=True,
+            score=0.0,
+            detail="no Python solution to run them against",
+        )
+    if not suite.testers or not suite.solution or run is None or run.outcome != "finished":
+        return None
+    passed = failed = 0
+    missed: list[str] = []
+    for author in suite.testers:
+        p, f, names = _counted(run.results.get(author, {}), agreed.get(author, {}))
+        passed, failed = passed + p, failed + f
+        missed += [f"{author}: {name}" for name in names]
+    if passed + failed == 0:
+        return None
+    detail = (
+        f"{passed} of {passed + failed} tests by members without a solution of their own pass "
+        f"({', '.join(suite.testers)})"
+    )
+    if missed:
+        detail += "; failed: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
+    return CheckResult(
+        name=INDEPENDENT_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
+    )
+
+
+def check_own_tests(suite: TestSuite, run: SuiteRun | None, agreed: Agreement) -> CheckResult | None:
+    """The `own_tests` check: the share of its author's own tests the solution passes, of
+    those some solution passes. Code failing a test its own author wrote, that another
+    solution passes, contradicts itself, which ranks it with code contradicting its
+    docstring (agents/ranking.py). A test no solution passes says nothing of the code. None
+    where its author wrote no tests, or they did not run."""
+    if not suite.own or not suite.solution or run is None or run.outcome != "finished":
+        return None
+    passed, failed, missed = _counted(
+        run.results.get(suite.candidate_id, {}), agreed.get(suite.candidate_id, {})
+    )
+    if passed + failed == 0:
+        return None
+    detail = f"its code passes {passed} of its author's {passed + failed} tests that some solution passes"
+    if missed:
+        detail += "; not: " + "; ".join(missed[:MAX_FAILURES_SHOWN])
+    return CheckResult(
+        name=OWN_TESTS_CHECK, applicable=True, score=round(passed / (passed + failed), 4), detail=detail
     )
 
 

@@ -514,6 +514,21 @@ class CheckResult(BaseModel):
 Tested = Literal["passed", "untested", "failed"]
 
 
+# Which evidence decided a winner over the runner-up, in the ranking's order (agents/ranking.py).
+DecidedBy = Literal[
+    "required_checks",
+    "user_tests",
+    "self_contradiction",
+    "independent_tests",
+    "members_tests",
+    "ballots",
+    "checks",
+    "score",
+    "council_order",
+    "sole_candidate",
+]
+
+
 class ProposalScore(BaseModel):
     agent_id: str
     role: Role
@@ -538,6 +553,11 @@ class Winner(BaseModel):
     version: int
     content: str
     reason: str
+    decided_by: DecidedBy | None = Field(
+        default=None,
+        description="The evidence that put it above the runner-up: the first part of the ranking's "
+        "order where they differ.",
+    )
     tie_break: str | None = Field(default=None, description="How a tie for first place was broken.")
 
 

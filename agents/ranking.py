@@ -2,8 +2,11 @@
 deterministic checks combined into one score, and an explicit tie-break. Pure: no I/O.
 
 The order: a proposal that fails a required check ranks below every one that passes them
-all; on a code task whose code was run, code that passed the other members' tests ranks
-above code none of them reached, which ranks above code that failed; then the score.
+all; then one failing the user's tests below those passing them; then code contradicting
+itself (its docstrings' examples, its own author's tests) below code that does not; then
+by the tests of members who proposed no solution; then, on a code task whose code was run,
+code that passed the other members' tests ranks above code none of them reached, which
+ranks above code that failed; then the score. The winner says which of them decided.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.checks import check_score, run_checks
-from agents.evidence import STATED_CHECK, USER_CHECK, tested_standing
-from agents.models import Ballot, CheckResult, ProposalScore, Role, Tested, Winner
+from agents.evidence import INDEPENDENT_CHECK, OWN_TESTS_CHECK, STATED_CHECK, USER_CHECK, tested_standing
+from agents.models import Ballot, CheckResult, DecidedBy, ProposalScore, Role, Tested, Winner
 
 PEER_WEIGHT = 0.5  # the rest is the checks' weight
 RANKING_MARKER = "FINAL RANKING"
@@ -285,15 +288,40 @@ def score_candidates(
     return [score.model_copy(update={"rank": rank}) for rank, (_, score) in enumerate(ranked, start=1)]
 
 
-def _standing(score: ProposalScore) -> tuple[bool, bool, bool, int]:
-    """What ranks before the score: required checks passed, then the user's tests, then its
-    own docstrings' examples, then how the other members' tests went."""
+def _standing(score: ProposalScore) -> tuple[bool, bool, bool, tuple[int, float], int]:
+    """What ranks before the score: required checks passed, then the user's tests, then
+    whether its code contradicts itself (its own docstrings' examples, its own author's
+    tests), then the independent testers' tests (passed, none reached it, failed: the more
+    of them passed the better), then how the other members' tests went."""
     return (
         _fails_required(score),
         _fails_user_tests(score),
-        _fails(score, STATED_CHECK),
+        _contradicts_itself(score),
+        _independent_standing(score),
         TESTED_ORDER.index(score.tested) if score.tested else 0,
     )
+
+
+# The elements of `_standing`, in order: the evidence each one is (`Winner.decided_by`).
+_STANDING_EVIDENCE: tuple[DecidedBy, ...] = (
+    "required_checks",
+    "user_tests",
+    "self_contradiction",
+    "independent_tests",
+    "members_tests",
+)
+_DECIDED_SAYS: dict[DecidedBy, str] = {
+    "required_checks": "the required checks",
+    "user_tests": "your tests",
+    "self_contradiction": "{runner_up}'s code contradicting its docstring's examples or its author's tests",
+    "independent_tests": "the tests of members without a solution of their own",
+    "members_tests": "the other members' tests, weighed by how far the solutions agree with them",
+    "ballots": "the ballots",
+    "checks": "the checks",
+    "score": "the score (ballots and checks)",
+    "council_order": "council order",
+    "sole_candidate": "being the only candidate",
+}
 
 
 def _fails(score: ProposalScore, check: str) -> bool:
@@ -304,13 +332,51 @@ def _fails_user_tests(score: ProposalScore) -> bool:
     return _fails(score, USER_CHECK)
 
 
+def _contradicts_itself(score: ProposalScore) -> bool:
+    return _fails(score, STATED_CHECK) or _fails(score, OWN_TESTS_CHECK)
+
+
+def _independent_standing(score: ProposalScore) -> tuple[int, float]:
+    check = next((c for c in score.checks if c.name == INDEPENDENT_CHECK and c.applicable), None)
+    if check is None:
+        return (1, 0.0)
+    return (0, 0.0) if check.passed else (2, -check.score)
+
+
 def _specification_says(score: ProposalScore) -> str | None:
     said = []
     if any(c.name == USER_CHECK and c.applicable for c in score.checks):
         said.append("failed your tests" if _fails_user_tests(score) else "passed your tests")
     if _fails(score, STATED_CHECK):
         said.append("contradicts its own docstring's examples")
+    if _fails(score, OWN_TESTS_CHECK):
+        said.append("fails its own author's tests")
+    if (independent := _independent_standing(score))[0] != 1:
+        said.append(
+            "passed the tests of members without a solution"
+            if independent[0] == 0
+            else "failed tests of members without a solution"
+        )
     return ", ".join(said) or None
+
+
+def decided_by(scores: Sequence[ProposalScore]) -> DecidedBy:
+    """Which evidence put the first above the second: the first part of the ranking's order
+    where they differ (`_standing`, then the score: ballots or checks, then the tie-breaks)."""
+    if len(scores) < 2:
+        return "sole_candidate"
+    first, second = scores[0], scores[1]
+    for evidence, mine, theirs in zip(_STANDING_EVIDENCE, _standing(first), _standing(second), strict=True):
+        if mine != theirs:
+            return evidence
+    same_peers = (first.peer_score or 0.0) == (second.peer_score or 0.0)
+    if first.score == second.score:
+        if first.check_score != second.check_score:
+            return "checks"
+        return "council_order" if same_peers else "ballots"
+    if same_peers:
+        return "checks"
+    return "ballots" if first.check_score == second.check_score else "score"
 
 
 def no_winner_reason(scores: Sequence[ProposalScore]) -> str | None:
@@ -332,11 +398,12 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
         return None
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
     runner_up = tied[0]
+    both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
     if _standing(first)[1:3] != _standing(runner_up)[1:3]:
-        both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
         how = f"the specification ({both})"
+    elif _standing(first)[3] != _standing(runner_up)[3]:
+        how = f"the independent testers ({both})"
     elif first.tested != runner_up.tested:
-        both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
         how = f"the tests ({both})"
     elif first.check_score != runner_up.check_score:
         how = "the better check score"
@@ -371,6 +438,10 @@ def choose_winner(scores: Sequence[ProposalScore], candidates: Sequence[Candidat
         else "no peer ballots"
     )
     reason = f"{best.agent_id} ({best.role}) ranks first with score {best.score:.2f}: {peer}; checks {checks}"
+    evidence = decided_by(scores)
+    if evidence != "sole_candidate":
+        says = _DECIDED_SAYS[evidence].format(runner_up=scores[1].agent_id)
+        reason += f"; decided over {scores[1].agent_id} by {says}"
     # Only the tests rank a proposal above a better score: say so, or the order looks wrong.
     outscored = [s for s in scores[1:] if s.score > best.score and not _fails_required(s)]
     if outscored:
@@ -383,5 +454,6 @@ def choose_winner(scores: Sequence[ProposalScore], candidates: Sequence[Candidat
         version=best.version,
         content=content,
         reason=reason,
+        decided_by=evidence,
         tie_break=tie_break(scores),
     )

@@ -20,6 +20,8 @@ from agents.evidence import (
     SuiteRun,
     TestSuite,
     agreement,
+    check_independent_tests,
+    check_own_tests,
     check_stated_examples,
     check_tests_pass,
     check_user_tests,
@@ -127,10 +129,12 @@ class Execution:
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
     tested: dict[str, Tested] = field(default_factory=dict)
-    # By agent id: what the specification says of its code, the user's tests and the
-    # examples its own docstrings state (user_tests, own_examples).
+    # By agent id: what ranks before the members' tests: the user's tests, whether its code
+    # contradicts its own docstrings or its own author's tests, and the tests of members
+    # without a solution (user_tests, own_examples, own_tests, independent_tests).
     specified: dict[str, list[CheckResult]] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
+    runs: dict[str, SuiteRun] = field(default_factory=dict)
 
 
 def propose(
@@ -273,8 +277,9 @@ def execute_proposals(
     candidates: Mapping[str, Candidate],
 ) -> Execution:
     """Every proposal with Python code run against the tests the other members wrote, each
-    test weighed by how far the solutions agree with it, and against the user's own
-    (agents/evidence.py, agents/examples.py)."""
+    test weighed by how far the solutions agree with it; the testers' (members with no
+    solution) counted apart; its own author's and docstrings' against it; and the user's
+    own (agents/evidence.py, agents/examples.py)."""
     deadline.check()
     user = UserTests(request)
     proposals = {agent_id: candidate.content for agent_id, candidate in candidates.items()}
@@ -294,12 +299,19 @@ def execute_proposals(
             for agent_id in runnable
         }
     agreed = agreement(runs.values())
+    execution.runs = dict(runs)
+    testers = any(suite.testers for suite in suites.values())
     for agent_id in candidates:
         check = check_tests_pass(suites[agent_id], runs.get(agent_id), request.code_expected, agreed)
         execution.checks[agent_id] = check
         execution.tested[agent_id] = tested_standing(check, suites[agent_id], runs.get(agent_id), agreed)
         run = runs.get(agent_id)
-        said = [check_user_tests(suites[agent_id], run, user), check_stated_examples(suites[agent_id], run)]
+        said = [
+            check_user_tests(suites[agent_id], run, user),
+            check_stated_examples(suites[agent_id], run),
+            check_own_tests(suites[agent_id], run, agreed),
+            check_independent_tests(suites[agent_id], run, agreed, request.code_expected, testers),
+        ]
         if checks := [check for check in said if check is not None]:
             execution.specified[agent_id] = checks
         if agent_id in runs and runs[agent_id].outcome == "not_run":

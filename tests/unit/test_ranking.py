@@ -188,3 +188,62 @@ def test_a_tie_between_tested_and_untested_code_is_broken_by_the_tests_not_counc
         "tie at score 1.00 between agent-dev-001, agent-qa-001, broken by the tests (agent-dev-001 "
         "passed the other members' tests; agent-qa-001 was reached by none of the other members' tests)"
     )
+
+
+# -- issue 33: independent testers above the members' tests; the evidence that decided -------
+
+
+def _independent(passed: int, of: int) -> CheckResult:
+    return CheckResult(
+        name="independent_tests", applicable=True, score=passed / of, detail=f"{passed} of {of}"
+    )
+
+
+def test_the_independent_testers_rank_above_the_members_tests_and_the_winner_says_so() -> None:
+    # The pair passed each other's tests; the right one failed theirs and passed the tester's.
+    candidates = [_candidate("pair-a", CODE), _candidate("pair-b", CODE), _candidate("right", CODE)]
+    executed = {"pair-a": PASSED, "pair-b": PASSED, "right": FAILED}
+    specified = {
+        "pair-a": [_independent(1, 3)],
+        "pair-b": [_independent(2, 3)],
+        "right": [_independent(3, 3)],
+    }
+    scores = score_candidates(candidates, [], [], True, executed, specified=specified)
+    # The more of the tester's tests a failing one passes, the better it ranks.
+    assert [s.agent_id for s in scores] == ["right", "pair-b", "pair-a"]
+    winner = choose_winner(scores, candidates)
+    assert winner is not None and winner.decided_by == "independent_tests"
+    assert "; decided over pair-b by the tests of members without a solution of their own" in winner.reason
+    # Without the tester, agreement decides, and the winner says that instead.
+    pair_and_right = [candidates[0], candidates[2]]
+    scores = score_candidates(pair_and_right, [], [], True, executed)
+    winner = choose_winner(scores, pair_and_right)
+    assert winner is not None and winner.agent_id == "pair-a" and winner.decided_by == "members_tests"
+
+
+def test_the_winner_names_the_evidence_that_put_it_above_the_runner_up() -> None:
+    own_failed = CheckResult(name="own_tests", applicable=True, score=0.0, detail="its code passes 0 of 1")
+    user_failed = CheckResult(
+        name="user_tests", applicable=True, score=0.5, detail="1 of 2 of your tests pass"
+    )
+    user_passed = user_failed.model_copy(update={"score": 1.0})
+    candidates = [_candidate("a", CODE), _candidate("b", CODE)]
+
+    def decided(specified: dict[str, list[CheckResult]], ballots: list[Ballot] | None = None) -> str | None:
+        scores = score_candidates(
+            candidates, ballots or [], [], True, {"a": PASSED, "b": PASSED}, specified=specified
+        )
+        winner = choose_winner(scores, candidates)
+        assert winner is not None
+        return winner.decided_by
+
+    assert decided({"a": [user_failed], "b": [user_passed]}) == "user_tests"
+    assert decided({"a": [own_failed]}) == "self_contradiction"
+    ballot = Ballot(reviewer_id="x", labels={"A": "b", "B": "a"}, order=["b", "a"])
+    assert decided({}, [ballot]) == "ballots"
+    assert decided({}) == "council_order"
+    single = [_candidate("only", CODE)]
+    winner = choose_winner(score_candidates(single, [], []), single)
+    assert (
+        winner is not None and winner.decided_by == "sole_candidate" and "decided over" not in winner.reason
+    )

@@ -3,7 +3,14 @@ flood of tests only a buggy solution passes, cannot sink the code the tests agre
 
 from __future__ import annotations
 
-from agents.evidence import SuiteRun, TestSuite, agreement, check_tests_pass
+from agents.evidence import (
+    SuiteRun,
+    TestSuite,
+    agreement,
+    check_independent_tests,
+    check_own_tests,
+    check_tests_pass,
+)
 from agents.evidence import tested_standing as standing_of  # not collected as a test
 
 CORRECT, BUGGY, QA = "agent-dev-001", "agent-architect-001", "agent-qa-001"
@@ -128,3 +135,69 @@ def test_a_test_only_its_author_s_solution_passes_puts_no_one_else_among_the_fai
         standing[candidate] = standing_of(check, suite(candidate, others), runs[candidate], agreed)
     # Counted as any failure, the correct code would stand with the buggy one, below X's copy.
     assert standing == {CORRECT: "passed", BUGGY: "failed", x: "passed"}
+
+
+# -- issue 33: independent testers, and code that fails its own author's tests -------------
+
+MUTANT_A, MUTANT_B = "agent-devops-001", "agent-data-001"
+
+
+def test_a_testers_tests_count_plainly_for_every_solution_whatever_the_solutions_agree_on() -> None:
+    # Two wrong solutions that agree pass each other's tests; the tester's (QA, no solution)
+    # only the right one passes. Weighed by agreement the pair wins; the tester's count says not.
+    runs = {
+        CORRECT: run(CORRECT, {MUTANT_A: {"t": False}, MUTANT_B: {"t": False}, QA: {"q1": True, "q2": True}}),
+        MUTANT_A: run(
+            MUTANT_A, {CORRECT: {"t": False}, MUTANT_B: {"t": True}, QA: {"q1": False, "q2": True}}
+        ),
+        MUTANT_B: run(
+            MUTANT_B, {CORRECT: {"t": False}, MUTANT_A: {"t": True}, QA: {"q1": False, "q2": True}}
+        ),
+    }
+    agreed = agreement(runs.values())
+    checks = {
+        agent: check_independent_tests(
+            suite(agent, {a: 1 for a in runs[agent].results if a != agent}).model_copy(
+                update={"testers": [QA]}
+            ),
+            runs[agent],
+            agreed,
+            code_expected=True,
+            testers=True,
+        )
+        for agent in runs
+    }
+    assert checks[CORRECT] is not None and checks[CORRECT].passed
+    assert (
+        checks[CORRECT].detail
+        == "2 of 2 tests by members without a solution of their own pass (agent-qa-001)"
+    )
+    wrong = checks[MUTANT_A]
+    assert wrong is not None and wrong.score == 0.5
+    assert wrong.detail.endswith("; failed: agent-qa-001: q1")
+    # A test no solution passes is no evidence, here as in the weighing.
+    never = agreement([run(CORRECT, {QA: {"q": False}}), run(MUTANT_A, {QA: {"q": False}})])
+    tester_only = suite(CORRECT, {QA: 1}).model_copy(update={"testers": [QA]})
+    assert check_independent_tests(tester_only, run(CORRECT, {QA: {"q": False}}), never, True, True) is None
+    # The tester's own proposal is no solution: it fails the check, as it fails tests_pass.
+    tests_only = TestSuite(candidate_id=QA, solution="", tests={CORRECT: "..."}, expected={CORRECT: 1})
+    assert not check_independent_tests(tests_only, None, agreed, code_expected=True, testers=True).passed
+
+
+def test_code_failing_a_test_its_own_author_wrote_that_another_solution_passes_contradicts_itself() -> None:
+    own = "def test_f(): ...\n"
+    runs = {
+        CORRECT: run(CORRECT, {BUGGY: {"test_f": True}, CORRECT: {"test_f": True}}),
+        BUGGY: run(BUGGY, {CORRECT: {"test_f": False}, BUGGY: {"test_f": False, "test_never": False}}),
+    }
+    agreed = agreement(runs.values())
+    buggy = check_own_tests(suite(BUGGY, {CORRECT: 1}).model_copy(update={"own": own}), runs[BUGGY], agreed)
+    assert buggy is not None and not buggy.passed
+    # Its test_never passes no solution: a broken test, not a contradiction, so not counted.
+    assert buggy.detail == "its code passes 0 of its author's 1 tests that some solution passes; not: test_f"
+    correct = check_own_tests(
+        suite(CORRECT, {BUGGY: 1}).model_copy(update={"own": own}), runs[CORRECT], agreed
+    )
+    assert correct is not None and correct.passed
+    # No tests of its own: nothing to contradict.
+    assert check_own_tests(suite(CORRECT, {BUGGY: 1}), runs[CORRECT], agreed) is None
