@@ -23,6 +23,7 @@ from agents.prompts import (
     revision_messages,
     synthesis_messages,
 )
+from agents.proposal_form import PROPOSAL_SCHEMA
 from agents.ranking import ballot_schema
 
 # What a call's record keeps of the model's answer, and a proposal carries on.
@@ -77,10 +78,16 @@ def plan_call(
     )
 
 
-def proposal_call(request: DeliberationRequest, agent: AgentSpec) -> ModelCall:
-    """An agent's proposal."""
+def proposal_call(request: DeliberationRequest, agent: AgentSpec, structured: bool = False) -> ModelCall:
+    """An agent's proposal; `structured` (a code task, on a server that can hold an answer
+    to a schema): in agents.proposal_form's JSON form."""
     return plan_call(
-        request, Stage.PROPOSAL, agent.agent_id, proposal_messages(request, agent), agent.temperature
+        request,
+        Stage.PROPOSAL,
+        agent.agent_id,
+        proposal_messages(request, agent, structured),
+        agent.temperature,
+        answer_schema=PROPOSAL_SCHEMA if structured else None,
     )
 
 
@@ -100,17 +107,24 @@ def critique_call(
 
 
 def revision_call(
-    request: DeliberationRequest, author: AgentSpec, proposal: str, critiques: list[str], round_: int
+    request: DeliberationRequest,
+    author: AgentSpec,
+    proposal: str,
+    critiques: list[str],
+    round_: int,
+    structured: bool = False,
 ) -> ModelCall:
-    """`author`'s revision of its proposal with the critiques it received."""
+    """`author`'s revision of its proposal with the critiques it received; `structured`: in
+    the proposal's JSON form, as its proposal was asked."""
     return plan_call(
         request,
         Stage.REVISION,
         author.agent_id,
-        revision_messages(request, author, proposal, critiques),
+        revision_messages(request, author, proposal, critiques, structured),
         author.temperature,
         round_,
         subject_id=author.agent_id,
+        answer_schema=PROPOSAL_SCHEMA if structured else None,
     )
 
 
@@ -157,6 +171,7 @@ def finished_call(
         agent_id=call.agent_id,
         round=call.round,
         subject_id=call.subject_id,
+        structured=call.answer_schema is not None,
         status=status,
         attempts=attempts,
         error=error,

@@ -58,6 +58,19 @@ _UNFENCED_CODE = re.compile(
 )
 
 
+def looks_like_code(text: str) -> bool:
+    """Whether text written where code was asked for is code: a line that starts like code,
+    or Python with a statement in it (prose that happens to parse is one bare expression,
+    as `response` or `{json_data}` are)."""
+    if _UNFENCED_CODE.search(text):
+        return True
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return any(not isinstance(node, ast.Expr) for node in tree.body)
+
+
 def check_has_code(content: str, code_expected: bool) -> CheckResult:
     """A code task needs code: a fenced block with something in it, or lines that start
     like code (def, class, function, import ...). Required: without it a proposal cannot

@@ -25,6 +25,7 @@ from agents.models import (
     Verdict,
 )
 from agents.planning import plan_council
+from agents.proposal_form import as_text
 
 
 def agent_outcome(agent: AgentSpec, call: StageCall) -> AgentOutcome:
@@ -32,7 +33,7 @@ def agent_outcome(agent: AgentSpec, call: StageCall) -> AgentOutcome:
     proposal = None
     if call.status is AgentStatus.COMPLETED and call.content is not None:
         proposal = Proposal(
-            **call.model_dump(include=COMPLETION_FIELDS),
+            **as_text(call).model_dump(include=COMPLETION_FIELDS),
             model=call.model or "",
             author_id=agent.agent_id,
             author_role=agent.role,

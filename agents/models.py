@@ -453,6 +453,9 @@ class StageCall(BaseModel):
     agent_id: str = Field(description="Who spoke: the critic, the author, the ranking reviewer, the chair.")
     round: int = Field(default=0, ge=0)
     subject_id: str | None = Field(default=None, description="Whose proposal a critique or revision is on.")
+    structured: bool = Field(
+        default=False, description="Asked for in a JSON form (its ModelCall's answer_schema)."
+    )
     status: AgentStatus
     attempts: int = Field(default=0, ge=0)
     content: str | None = None

@@ -84,8 +84,24 @@ def _council_messages(request: DeliberationRequest, instruction: str) -> list[di
     ]
 
 
-def proposal_messages(request: DeliberationRequest, agent: AgentSpec) -> list[dict[str, str]]:
-    return _council_messages(request, role_instruction(agent))
+# Asked where the member's server holds the answer to agents.proposal_form's schema. No
+# filled-in example: a small model copies one word for word.
+STRUCTURED_INSTRUCTION = (
+    'Answer with a JSON object only. Its "explanation" is a short paragraph on your approach '
+    'and its risks. Its "solution" is the complete Python code, without tests (empty if you '
+    'propose only tests). Its "tests" are pytest test functions (test_...) for the solution.'
+)
+
+
+def proposal_messages(
+    request: DeliberationRequest, agent: AgentSpec, structured: bool = False
+) -> list[dict[str, str]]:
+    """An agent's proposal; `structured`: in agents.proposal_form's JSON form, which the
+    agent's server holds it to."""
+    instruction = role_instruction(agent)
+    if structured:
+        instruction += " " + STRUCTURED_INSTRUCTION
+    return _council_messages(request, instruction)
 
 
 def _persona_line(agent: AgentSpec) -> str:
@@ -107,17 +123,23 @@ def critique_messages(request: DeliberationRequest, critic: AgentSpec, proposal:
 
 
 def revision_messages(
-    request: DeliberationRequest, author: AgentSpec, proposal: str, critiques: list[str]
+    request: DeliberationRequest,
+    author: AgentSpec,
+    proposal: str,
+    critiques: list[str],
+    structured: bool = False,
 ) -> list[dict[str, str]]:
-    """The author revises its proposal with the critiques it received."""
+    """The author revises its proposal with the critiques it received; `structured`: in
+    the proposal's JSON form."""
     listed = "\n\n".join(f"<critique>\n{text}\n</critique>" for text in critiques)
+    answer = STRUCTURED_INSTRUCTION if structured else "Answer with the proposal only."
     return _council_messages(
         request,
         (
             f"{_persona_line(author)} This is your proposal:\n\n<proposal>\n{proposal}\n</proposal>\n\n"
             f"Other council members critiqued it:\n\n{listed}\n\n"
             "Write the complete revised proposal. Adopt the critiques you agree with; "
-            "keep what was right. Answer with the proposal only."
+            f"keep what was right. {answer}"
         ),
     )
 

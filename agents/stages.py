@@ -42,6 +42,7 @@ from agents.models import (
     Verdict,
 )
 from agents.planning import plan_critiques
+from agents.proposal_form import as_text
 from agents.ranking import (
     Candidate,
     anonymize,
@@ -142,16 +143,25 @@ def propose(
     request: DeliberationRequest,
     agents: Sequence[AgentSpec],
     on_outcomes: Callable[[list[AgentOutcome]], Any],
+    as_json: Mapping[str, bool] | None = None,
 ) -> list[AgentOutcome]:
-    """Every agent's proposal at once. Outcomes are handed to `on_outcomes` as soon as they
-    are known (together when they finish together); agents unfinished at the deadline are
+    """Every agent's proposal at once; on a code task, in a JSON form (explanation,
+    solution, tests) from the agents whose server can hold an answer to it (`as_json`),
+    rendered back to text. Outcomes are handed to `on_outcomes` as soon as they are known
+    (together when they finish together); agents unfinished at the deadline are
     timed_out. In council order."""
     by_id = {agent.agent_id: agent for agent in agents}
     calls = ask(
-        [proposal_call(request, agent) for agent in agents],
+        [proposal_call(request, agent, in_form(request, as_json, agent.agent_id)) for agent in agents],
         on_calls=lambda calls: on_outcomes([agent_outcome(by_id[call.agent_id], call) for call in calls]),
     )
     return [agent_outcome(agent, call) for agent, call in zip(agents, calls, strict=True)]
+
+
+def in_form(request: DeliberationRequest, as_json: Mapping[str, bool] | None, agent_id: str) -> bool:
+    """Whether an agent's proposal (and its revisions) are asked for in the JSON form: on a
+    code task, where its server can hold an answer to a schema."""
+    return request.code_expected and bool((as_json or {}).get(agent_id))
 
 
 def authors_of(agents: Sequence[AgentSpec], outcomes: Sequence[AgentOutcome]) -> list[AgentSpec]:
@@ -179,9 +189,10 @@ def review_rounds(
     authors: Sequence[AgentSpec],
     candidates: dict[str, Candidate],
     on_critiques: Callable[[list[StageCall]], Any],
+    as_json: Mapping[str, bool] | None = None,
 ) -> Review:
     """Each round: critiques by other agents (of other roles first), then a revision by each
-    author that received any."""
+    author that received any (in the JSON form where its proposal was, `in_form`)."""
     review = Review(latest=dict(candidates))
     pairs = plan_critiques(authors, request.critics)
     if request.rounds and not pairs:
@@ -209,10 +220,18 @@ def review_rounds(
                 received.setdefault(critique.subject_id, []).append(critique.content)
         revisions = ask(
             [
-                revision_call(request, by_id[author_id], review.latest[author_id].content, texts, round_)
+                revision_call(
+                    request,
+                    by_id[author_id],
+                    review.latest[author_id].content,
+                    texts,
+                    round_,
+                    in_form(request, as_json, author_id),
+                )
                 for author_id, texts in received.items()
             ]
         )
+        revisions = [as_text(revision) for revision in revisions]
         review.calls.extend(revisions)
         for revision in revisions:
             text = (revision.content or "") if revision.ok else ""

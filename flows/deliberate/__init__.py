@@ -88,12 +88,18 @@ def deliberate(request: DeliberationRequest) -> State[DeliberationResult]:
         ask, deadline, clock = sitting.ask, sitting.deadline, StageClock()
         try:
             with clock(Stage.PROPOSAL):
-                outcomes = propose(ask, request, council, announce.outcomes)
+                outcomes = propose(ask, request, council, announce.outcomes, sitting.constrains_json)
             authors, verdict = authors_of(council, outcomes), None
             if len(authors) >= request.required_proposals:
                 with clock(Stage.CRITIQUE):
                     review = review_rounds(
-                        ask, deadline, request, authors, candidates_of(outcomes), announce.critiques
+                        ask,
+                        deadline,
+                        request,
+                        authors,
+                        candidates_of(outcomes),
+                        announce.critiques,
+                        sitting.constrains_json,
                     )
                 with clock(Stage.RANKING):
                     ranking = rank_proposals(ask, deadline, request, authors, review.latest, sitting.ballots)

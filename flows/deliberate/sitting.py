@@ -90,10 +90,14 @@ class Sitting:
         return self.ask.deadline
 
     @property
+    def constrains_json(self) -> dict[str, bool]:
+        """By agent id: whether its server can hold an answer to a JSON schema."""
+        return {agent_id: endpoint.constrains_json for agent_id, endpoint in self.speakers.items()}
+
+    @property
     def ballots(self) -> Ballots:
         """Labels seeded by the deliberation's id; JSON from whose server can hold it."""
-        as_json = {agent_id: endpoint.constrains_json for agent_id, endpoint in self.speakers.items()}
-        return Ballots(seed=self.deliberation_id, as_json=as_json)
+        return Ballots(seed=self.deliberation_id, as_json=self.constrains_json)
 
     @property
     def context_cut(self) -> list[str]:

@@ -179,6 +179,55 @@ def test_a_second_agent_of_a_role_runs_hotter_and_is_told_to_diverge() -> None:
     assert first.messages[-1]["content"] != second.messages[-1]["content"]
 
 
+def test_on_a_code_task_a_proposal_is_asked_in_a_json_form_where_the_server_can_and_read_as_text() -> None:
+    form = {
+        "explanation": "Recursion.",
+        "solution": "def f(n):\n    return n",
+        "tests": "def test_f():\n    assert f(1) == 1",
+    }
+
+    def answers(call: ModelCall) -> str | ErrorInfo:
+        return json.dumps(form) if call.answer_schema is not None else f"prose by {call.agent_id}"
+
+    asked = request(task="Write a Python function f", expects="code")
+    models = FakeModels(answers)
+    json_servers = {"agent-dev-001": True, "agent-qa-001": False, "agent-architect-001": True}
+    outcomes = propose(models, asked, plan_council(asked), lambda _: None, json_servers)
+    dev, qa, _ = models.calls_of(Stage.PROPOSAL)
+    assert dev.answer_schema is not None and set(dev.answer_schema["required"]) == {
+        "explanation",
+        "solution",
+        "tests",
+    }
+    assert '"solution"' in dev.messages[-1]["content"] and qa.answer_schema is None
+    assert outcomes[0].proposal is not None and outcomes[0].proposal.content == (
+        "Recursion.\n\n```python\ndef f(n):\n    return n\n```\n\n"
+        "Tests:\n\n```python\ndef test_f():\n    assert f(1) == 1\n```"
+    )
+    assert outcomes[1].proposal is not None and outcomes[1].proposal.content == "prose by agent-qa-001"
+    # Its revisions are asked in the form too, and read as text.
+    review = review_rounds(
+        models,
+        models.deadline,
+        asked,
+        authors_of(plan_council(asked), outcomes),
+        candidates_of(outcomes),
+        lambda _: None,
+        json_servers,
+    )
+    revisions = {call.agent_id: call for call in models.calls_of(Stage.REVISION)}
+    assert (
+        revisions["agent-dev-001"].answer_schema is not None
+        and revisions["agent-qa-001"].answer_schema is None
+    )
+    assert review.latest["agent-dev-001"].content == outcomes[0].proposal.content
+    assert review.latest["agent-qa-001"].content == "prose by agent-qa-001"
+    # Not a code task: text, whatever the server can do.
+    models = FakeModels(answers)
+    propose(models, request(expects="any"), plan_council(request()), lambda _: None, json_servers)
+    assert all(call.answer_schema is None for call in models.calls_of(Stage.PROPOSAL))
+
+
 # Review rounds
 
 
