@@ -131,7 +131,13 @@ def test_the_other_members_tests_pick_the_correct_code_when_every_ballot_abstain
     # The evidence is published with the ranking, for whoever reacts to it.
     [ranked] = [e for e in read_events(request.deliberation_id or "") if isinstance(e, RankedEvent)]
     assert ranked.winner == "agent-architect-001"
-    assert {s.agent_id: s.checks[-1] for s in ranked.scores} == checks
+    assert {s.agent_id: next(c for c in s.checks if c.name == "tests_pass") for s in ranked.scores} == checks
+    # QA proposed tests and no solution: its tests count apart, plainly (issue 33).
+    independent = {
+        s.agent_id: c.detail for s in ranked.scores for c in s.checks if c.name == "independent_tests"
+    }
+    assert independent["agent-architect-001"].startswith("2 of 2 tests by members without a solution")
+    assert independent["agent-dev-001"].startswith("1 of 2 tests by members without a solution")
 
 
 def test_a_sandbox_that_fails_on_the_workers_is_refused_before_anything_is_published(
