@@ -247,17 +247,17 @@ def _counted(
 
 
 def check_independent_tests(
-    suite: TestSuite, run: SuiteRun | None, agreed: Agreement, code_expected: bool, testers: bool
+    suite: TestSuite, run: SuiteRun | None, agreed: Agreement, code_expected: bool, council_has_testers: bool
 ) -> CheckResult | None:
     """The `independent_tests` check: the share of the tests by members who proposed no
     solution (independent testers, as AgentCoder's test designer) that the solution passes.
     They say what the task asks of every solution, where an author's tests say mostly what
     its own code does, so they rank above the authors' (agents/ranking.py), unweighed by
     agreement: two solutions that agree are weak evidence against them. Where the council
-    has testers (`testers`), a proposal of a code task with code but no solution fails it,
-    as it fails `tests_pass`: tests are no answer to the task. None where no tester's test
-    reached the solution."""
-    if testers and code_expected and not suite.solution and (suite.tests or suite.own_tests):
+    has testers (`council_has_testers`), a proposal of a code task with code but no
+    solution fails it, as it fails `tests_pass`: tests are no answer to the task. None where
+    no tester's test reached the solution."""
+    if council_has_testers and code_expected and not suite.solution and (suite.tests or suite.own_tests):
         return CheckResult(
             name=INDEPENDENT_CHECK,
             applicable=True,

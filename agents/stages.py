@@ -319,7 +319,7 @@ def execute_proposals(
         }
     agreed = agreement(runs.values())
     execution.runs = dict(runs)
-    testers = any(suite.testers for suite in suites.values())
+    has_testers = any(suite.testers for suite in suites.values())
     for agent_id in candidates:
         check = check_tests_pass(suites[agent_id], runs.get(agent_id), request.code_expected, agreed)
         execution.checks[agent_id] = check
@@ -329,7 +329,7 @@ def execute_proposals(
             check_user_tests(suites[agent_id], run, user),
             check_stated_examples(suites[agent_id], run),
             check_own_tests(suites[agent_id], run, agreed),
-            check_independent_tests(suites[agent_id], run, agreed, request.code_expected, testers),
+            check_independent_tests(suites[agent_id], run, agreed, request.code_expected, has_testers),
         ]
         if checks := [check for check in said if check is not None]:
             execution.specified[agent_id] = checks

@@ -163,7 +163,7 @@ def test_a_testers_tests_count_plainly_for_every_solution_whatever_the_solutions
             runs[agent],
             agreed,
             code_expected=True,
-            testers=True,
+            council_has_testers=True,
         )
         for agent in runs
     }
@@ -181,7 +181,9 @@ def test_a_testers_tests_count_plainly_for_every_solution_whatever_the_solutions
     assert check_independent_tests(tester_only, run(CORRECT, {QA: {"q": False}}), never, True, True) is None
     # The tester's own proposal is no solution: it fails the check, as it fails tests_pass.
     tests_only = TestSuite(candidate_id=QA, solution="", tests={CORRECT: "..."}, expected={CORRECT: 1})
-    assert not check_independent_tests(tests_only, None, agreed, code_expected=True, testers=True).passed
+    assert not check_independent_tests(
+        tests_only, None, agreed, code_expected=True, council_has_testers=True
+    ).passed
 
 
 def test_code_failing_a_test_its_own_author_wrote_that_another_solution_passes_contradicts_itself() -> None:
