@@ -399,19 +399,20 @@ def tie_break(scores: Sequence[ProposalScore]) -> str | None:
     names = ", ".join([first.agent_id, *(s.agent_id for s in tied)])
     runner_up = tied[0]
     both = f"{first.agent_id} {_tested_says(first)}; {runner_up.agent_id} {_tested_says(runner_up)}"
-    if _standing(first)[1:3] != _standing(runner_up)[1:3]:
-        how = f"the specification ({both})"
-    elif _standing(first)[3] != _standing(runner_up)[3]:
-        how = f"the independent testers ({both})"
-    elif first.tested != runner_up.tested:
-        how = f"the tests ({both})"
-    elif first.check_score != runner_up.check_score:
-        how = "the better check score"
-    elif (first.peer_score or 0.0) != (runner_up.peer_score or 0.0):
-        how = "the better peer score"
-    else:
-        how = "council order (the earlier agent)"
+    how = _TIE_BROKEN_BY[decided_by([first, runner_up])].format(both=both)
     return f"tie at score {first.score:.2f} between {names}, broken by {how}"
+
+
+# How `decided_by` reads where the two had the same score (neither fails a required check).
+_TIE_BROKEN_BY: dict[DecidedBy, str] = {
+    "user_tests": "the specification ({both})",
+    "self_contradiction": "the specification ({both})",
+    "independent_tests": "the independent testers ({both})",
+    "members_tests": "the tests ({both})",
+    "checks": "the better check score",
+    "ballots": "the better peer score",
+    "council_order": "council order (the earlier agent)",
+}
 
 
 def _tested_says(score: ProposalScore) -> str:
