@@ -122,7 +122,9 @@ class TemporaryPrefectAPI(ManagedProcess):
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "2",
             # The event persister's 20 at a time fell behind in a burst: the in-memory
-            # broker's queues (10,000) filled and it dropped events (deploy/k8s has the same).
+            # broker's queues (10,000) filled and it dropped events. (deploy/k8s's server,
+            # on PostgreSQL, has larger batches still, so that a restart of its database
+            # costs no events: BENCHMARKS.md.)
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

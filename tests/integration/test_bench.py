@@ -17,7 +17,7 @@ import pytest
 from agents.adapters import confine
 from agents.errors import ConfigurationError
 from bench.run import EmulatorProcess, cpu_since, cpu_snapshot, cpu_split
-from bench.service_burst import postgres_bin_dir
+from bench.service_burst import dropped_events, postgres_bin_dir
 from tests.conftest import print_in_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,23 @@ def test_cpu_split_separates_a_deliberations_fixed_cost_from_its_cost_per_call()
     assert fixed == pytest.approx(400.0)
     assert per_call == pytest.approx(20.0)
     assert cpu_split([(10, 600.0), (10, 650.0)]) is None  # one size: nothing to tell apart
+
+
+def test_the_events_the_prefect_servers_log_says_it_dropped_are_counted() -> None:
+    # Lines as Prefect 3.9.1's server writes them: its broker's full queue and its task-run
+    # recorder name one event a line, its event persister a whole batch.
+    log = "\n".join([
+        "08:40.436 | ERROR | event_persister - Max flush retries (5) reached, dropping 204 events",
+        "08:44.412 | ERROR | task_run_recorder - Dropping event 01a2538d-a372 after 6 failed attempts",
+        "08:44.413 | ERROR | task_run_recorder - Dropping event 01a2538d-a373 after 6 failed attempts",
+        "08:44.414 | ERROR | task_run_recorder - Error flushing 91 events (50 to retry, 41 dropped)",
+        "memory - Subscription queue is full, dropping message for topic='events'",
+        "event_persister - Event queue full (50000/50000), dropping 7 events that failed to flush",
+        "event_persister - Event queue full (50000/50000), dropping event id=01a2",
+    ])  # fmt: skip
+    # The summary line of the recorder's flush repeats the events already named: not counted.
+    assert dropped_events(log) == 204 + 2 + 1 + 7 + 1
+    assert dropped_events("Error flushing 100 events (100 to retry, 0 dropped)") == 0
 
 
 def test_cpu_since_counts_this_process_and_takes_nothing_for_one_that_exited() -> None:
