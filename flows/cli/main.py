@@ -27,6 +27,7 @@ from agents.settings import Settings
 from flows.cli.context import read_context, read_diff, skipped_note
 from flows.cli.parsing import UsageParser
 from flows.runtime.console import every_logger
+from flows.runtime.prefect_tls import share_prefect_tls_contexts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     # that went on to complete after Ctrl-C).
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    share_prefect_tls_contexts()
     try:
         request = request_from_args(args)
         for flag, variable in ENV_FLAGS.items():

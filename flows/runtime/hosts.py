@@ -57,6 +57,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.task_runners import PrefectRayFuture
 
 from flows.runtime.console import plain_console_logs
+from flows.runtime.prefect_tls import share_prefect_tls_contexts
 from flows.runtime.ray_setup import init_ray
 from flows.runtime.task_runs import HostedTaskRun, runs_without_engine
 
@@ -225,6 +226,7 @@ class CallHost:
         self._settings = BuiltSettings()
         self._tasks = ShippedTasks()
         plain_console_logs()  # a worker's stderr is a log file
+        share_prefect_tls_contexts()  # each flow run's context makes two Prefect clients here
         for module in self._hooks.preload:
             importlib.import_module(module)
 

@@ -23,6 +23,7 @@ from agents.service import ENDPOINTS, HOST_METADATA, ROLE_METADATA, SERVICE_NAME
 from agents.settings import Settings
 from flows.runtime import metrics
 from flows.runtime.console import plain_console_logs
+from flows.runtime.prefect_tls import share_prefect_tls_contexts
 from flows.service.endpoints import DeliberationService, Endpoints
 from flows.service.readiness import READY, ReadyFile, until_model_server_answers
 
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.runtime.ray_setup import local_ray
 
     plain_console_logs()
+    share_prefect_tls_contexts()
     try:
         settings = Settings()
         runs = settings.service_role != "front"
