@@ -38,7 +38,6 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-import httpx
 import nats
 from nats.aio.msg import Msg
 
@@ -77,7 +76,7 @@ from bench.run import (
 )
 from flows.runtime.embedded import LocalNatsServer, ManagedProcess, free_port
 from support.agreement import assert_events_agree_with_result
-from support.prefect_server import PREFECT, PrefectServer
+from support.prefect_server import PREFECT, PrefectServer, api
 from support.processes import command_line
 from support.runner_process import RunnerProcess
 
@@ -765,13 +764,8 @@ def task_run_count(api_url: str, completed: bool = False) -> int:
     body = {"task_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}} if completed else {}
     # Right after a database restart the server can answer 500 once per stale pooled
     # connection; a count is asked again rather than read from the error.
-    for attempt in range(5):
-        response = httpx.post(f"{api_url}/task_runs/count", json=body, timeout=30)
-        if response.status_code == 200 or attempt == 4:
-            break
-        time.sleep(1)
-    response.raise_for_status()
-    return int(response.json())
+    retry_on = (429, 500, 503)
+    return int(api({"PREFECT_API_URL": api_url}, "POST", "/task_runs/count", body, retry_on=retry_on))
 
 
 def settled_task_runs(api_url: str, before: int, before_completed: int, patience: float = 180.0) -> TaskRuns:
@@ -802,8 +796,8 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
     ) as service:
         warm_up(service.nats_url, args.warmup)
         emulator.reset()
-        api = service.prefect.api_url
-        warmed = settled_task_runs(api, 0, 0)  # the warm-up's, once all are in
+        api_url = service.prefect.api_url
+        warmed = settled_task_runs(api_url, 0, 0)  # the warm-up's, once all are in
         runs_before, completed_before = warmed.settled, warmed.completed
         before: CpuSnapshot = cpu_snapshot(service_kinds)
         with (
@@ -821,7 +815,7 @@ def measure(database: str, emulator: EmulatorProcess, args: argparse.Namespace, 
             )
         cpu = cpu_since(before, service_kinds)
         stats = emulator.stats()
-        task_runs = settled_task_runs(api, runs_before, completed_before)
+        task_runs = settled_task_runs(api_url, runs_before, completed_before)
         dropped = dropped_events(service.prefect.log_path.read_text(errors="replace"))
         audit = asyncio.run(audit_streams(service.nats_url, burst.accepted))
         if args.profile is not None:

@@ -103,13 +103,16 @@ def prefect(env: dict[str, str], *args: str) -> None:
         raise RuntimeError(f"prefect {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
-def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
-    """A call to the API at env["PREFECT_API_URL"]; its JSON answer."""
+def api(
+    env: dict[str, str], method: str, path: str, body: Any = None, retry_on: tuple[int, ...] = (429, 503)
+) -> Any:
+    """A call to the API at env["PREFECT_API_URL"]; its JSON answer. Asked again, with a
+    backoff, while the server answers a status of `retry_on`."""
     # The server answers 503 while its SQLite database is busy (say, the scheduler writing
     # the nightly runs); Prefect's own client retries those, and so does this helper.
     for attempt in range(6):
         response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
-        if response.status_code not in (429, 503) or attempt == 5:
+        if response.status_code not in retry_on or attempt == 5:
             break
         time.sleep(0.5 * 2**attempt)
     response.raise_for_status()
